@@ -1,0 +1,22 @@
+"""Read-only snapshots of what the database holds. Nothing here changes anything."""
+
+from .table import (
+    Column,
+    Constraint,
+    ForeignKey,
+    Index,
+    Partition,
+    Partitioning,
+    SequenceInfo,
+    TableInfo,
+    Trigger,
+    View,
+    resolve,
+    server_version,
+    snapshot,
+)
+
+__all__ = [
+    "Column", "Constraint", "ForeignKey", "Index", "Partition", "Partitioning", "SequenceInfo",
+    "TableInfo", "Trigger", "View", "resolve", "server_version", "snapshot",
+]

@@ -1,0 +1,494 @@
+"""A snapshot of one table: everything an operation must know before it plans.
+
+Partitions are always ordered by their bounds, evaluated by the server in the key's own type
+(never by their names: ``orders_p2024_10`` sorts before ``orders_p2024_9`` as text).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..connection import Connection
+from ..errors import NotFound, Refused
+from ..names import QualifiedName
+
+
+@dataclass
+class Column:
+    name: str
+    type: str
+    not_null: bool
+    default: str | None
+    identity: str  # '' | 'a' (ALWAYS) | 'd' (BY DEFAULT)
+    generated: str  # '' | 's' (STORED)
+    attnum: int
+    type_oid: int = 0
+    collation: str | None = None
+
+
+@dataclass
+class Index:
+    name: str
+    definition: str
+    unique: bool
+    primary: bool
+    valid: bool
+    columns: list[str]
+    constraint: str | None
+
+
+@dataclass
+class Constraint:
+    name: str
+    type: str  # c, f, p, u, x, t
+    definition: str
+    validated: bool
+    columns: list[str]
+    inherited: bool = False
+
+
+@dataclass
+class ForeignKey:
+    name: str
+    table: QualifiedName
+    columns: list[str]
+    ref_table: QualifiedName
+    ref_columns: list[str]
+    definition: str
+    validated: bool
+
+
+@dataclass
+class SequenceInfo:
+    name: QualifiedName
+    column: str
+    kind: str  # 'serial' (owned, used by a default) or 'identity'
+    last_value: int | None
+
+
+@dataclass
+class Trigger:
+    name: str
+    definition: str
+    enabled: str
+
+
+@dataclass
+class View:
+    name: QualifiedName
+    definition: str
+    materialized: bool
+
+
+@dataclass
+class Partition:
+    name: QualifiedName
+    oid: int
+    bound: str  # e.g. "FOR VALUES FROM ('A') TO ('B')" or "DEFAULT"
+    is_default: bool
+    kind: str  # 'r' table, 'p' partitioned, 'f' foreign
+    server: str | None
+    rows: int | None
+    bytes: int | None
+    detach_pending: bool = False
+    lower: list[str] | None = None  # range: SQL literals or MINVALUE/MAXVALUE
+    upper: list[str] | None = None
+    values: list[str] | None = None  # list: SQL literals (NULL included)
+    modulus: int | None = None
+    remainder: int | None = None
+    partitioning: Partitioning | None = None
+
+    @property
+    def location(self) -> str:
+        return self.server if self.server else "local"
+
+
+@dataclass
+class Partitioning:
+    strategy: str  # range, list, hash
+    key: str  # pg_get_partkeydef, e.g. "RANGE (created_at)"
+    key_columns: list[str]
+    key_types: list[str]
+    partitions: list[Partition] = field(default_factory=list)
+
+    @property
+    def default(self) -> Partition | None:
+        return next((p for p in self.partitions if p.is_default), None)
+
+    def leaves(self) -> list[Partition]:
+        out: list[Partition] = []
+        for p in self.partitions:
+            if p.partitioning is not None:
+                out.extend(p.partitioning.leaves())
+            else:
+                out.append(p)
+        return out
+
+
+@dataclass
+class TableInfo:
+    oid: int
+    name: QualifiedName
+    kind: str  # r, p, f
+    persistence: str
+    owner: str
+    columns: list[Column]
+    primary_key: Constraint | None
+    indexes: list[Index]
+    constraints: list[Constraint]
+    foreign_keys_out: list[ForeignKey]
+    foreign_keys_in: list[ForeignKey]
+    sequences: list[SequenceInfo]
+    triggers: list[Trigger]
+    grants: list[dict[str, Any]]
+    acl: str | None
+    views: list[View]
+    comment: str | None
+    rls_enabled: bool
+    rls_forced: bool
+    policies: list[str]
+    reloptions: list[str]
+    partitioning: Partitioning | None
+    parent: QualifiedName | None
+    rows: int | None
+    bytes: int
+    server_version: int
+
+    @property
+    def is_partitioned(self) -> bool:
+        return self.kind == "p"
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise NotFound(f"table {self.name} has no column {name!r}",
+                       hint="columns: " + ", ".join(c.name for c in self.columns))
+
+    def to_json(self) -> dict[str, Any]:
+        def conv(o: Any) -> Any:
+            if isinstance(o, QualifiedName):
+                return {"schema": o.schema, "name": o.name}
+            if isinstance(o, dict):
+                return {k: conv(v) for k, v in o.items()}
+            if isinstance(o, list):
+                return [conv(v) for v in o]
+            return o
+
+        return conv(asdict(self))  # type: ignore[no-any-return]
+
+
+def server_version(conn: Connection) -> int:
+    return int(conn.info.server_version)
+
+
+def resolve(conn: Connection, name: str) -> tuple[int, QualifiedName, str]:
+    """Resolve user input (``orders``, ``"Sales"."Order Items"``) the way the server does."""
+    try:
+        row = conn.execute(
+            "SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
+            [name]).fetchone()
+    except psycopg.errors.InvalidName as exc:
+        raise Refused(f"{name!r} is not a valid table name: {exc}",
+                      hint='quote names with capitals or spaces: \'"Sales"."Order Items"\'') from None
+    if row is None:
+        raise NotFound(f"table {name} does not exist",
+                       hint="check the name and schema; names with capitals need double quotes,"
+                            ' e.g. \'"Orders"\'')
+    oid, schema, relname, relkind = row
+    if relkind not in ("r", "p", "f"):
+        raise Refused(f"{name} is not a table (relkind {relkind!r})")
+    return int(oid), QualifiedName(schema, relname), str(relkind)
+
+
+def snapshot(conn: Connection, name: str) -> TableInfo:
+    """Read everything about one table in a single repeatable-read snapshot."""
+    oid, qname, kind = resolve(conn, name)
+    return _snapshot_oid(conn, oid, qname, kind)
+
+
+def _snapshot_oid(conn: Connection, oid: int, qname: QualifiedName, kind: str) -> TableInfo:
+    q = _Query(conn)
+    cls = q.one(
+        "SELECT c.relpersistence, pg_get_userbyid(c.relowner), c.relacl::text,"
+        " obj_description(c.oid, 'pg_class'), c.relrowsecurity, c.relforcerowsecurity,"
+        " coalesce(c.reloptions, '{}'), c.reltuples, c.relispartition"
+        " FROM pg_class c WHERE c.oid = %s", oid)
+    persistence, owner, acl, comment, rls, rls_forced, reloptions, reltuples, is_part = cls
+
+    columns = [Column(*r) for r in q.all(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,"
+        " pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, a.attgenerated::text, a.attnum,"
+        " a.atttypid::int, CASE WHEN a.attcollation <> t.typcollation THEN co.collname END"
+        " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+        " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+        " LEFT JOIN pg_collation co ON co.oid = a.attcollation"
+        " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum", oid)]
+
+    constraints = [Constraint(r[0], r[1], r[2], r[3], list(r[4] or []), r[5]) for r in q.all(
+        "SELECT con.conname, con.contype::text, pg_get_constraintdef(con.oid), con.convalidated,"
+        " (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(con.conkey)"
+        "   WITH ORDINALITY k(attnum, ord) JOIN pg_attribute a ON a.attrelid = con.conrelid"
+        "   AND a.attnum = k.attnum), con.conparentid <> 0"
+        " FROM pg_constraint con WHERE con.conrelid = %s ORDER BY con.conname", oid)]
+    primary_key = next((c for c in constraints if c.type == "p"), None)
+
+    indexes = [Index(*r[:5], list(r[5] or []), r[6]) for r in q.all(
+        "SELECT ic.relname, pg_get_indexdef(i.indexrelid), i.indisunique, i.indisprimary,"
+        " i.indisvalid, (SELECT array_agg(coalesce(a.attname, '(expression)') ORDER BY k.ord)"
+        "   FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)"
+        "   LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum),"
+        " con.conname"
+        " FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid"
+        " LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid"
+        " WHERE i.indrelid = %s ORDER BY ic.relname", oid)]
+
+    fk_sql = (
+        "SELECT con.conname, sn.nspname, s.relname,"
+        " (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(con.conkey) WITH ORDINALITY"
+        "   k(n, ord) JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n),"
+        " rn.nspname, r.relname,"
+        " (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(con.confkey) WITH ORDINALITY"
+        "   k(n, ord) JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n),"
+        " pg_get_constraintdef(con.oid), con.convalidated"
+        " FROM pg_constraint con JOIN pg_class s ON s.oid = con.conrelid"
+        " JOIN pg_namespace sn ON sn.oid = s.relnamespace"
+        " JOIN pg_class r ON r.oid = con.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace"
+        " WHERE con.contype = 'f' AND con.conparentid = 0 AND {} = %s ORDER BY con.conname")
+
+    def fks(col: str) -> list[ForeignKey]:
+        return [ForeignKey(r[0], QualifiedName(r[1], r[2]), list(r[3]), QualifiedName(r[4], r[5]),
+                           list(r[6]), r[7], r[8]) for r in q.all(fk_sql.format(col), oid)]
+
+    sequences = [SequenceInfo(QualifiedName(r[0], r[1]), r[2], r[3], r[4]) for r in q.all(
+        "SELECT sn.nspname, s.relname, a.attname,"
+        " CASE WHEN a.attidentity <> '' THEN 'identity' ELSE 'serial' END, ps.last_value"
+        " FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
+        " JOIN pg_namespace sn ON sn.oid = s.relnamespace"
+        " JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
+        " LEFT JOIN pg_sequences ps ON ps.schemaname = sn.nspname AND ps.sequencename = s.relname"
+        " WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass"
+        " AND d.refobjid = %s AND d.deptype IN ('a', 'i') ORDER BY a.attnum", oid)]
+
+    triggers = [Trigger(*r) for r in q.all(
+        "SELECT t.tgname, pg_get_triggerdef(t.oid), t.tgenabled::text FROM pg_trigger t"
+        " WHERE t.tgrelid = %s AND NOT t.tgisinternal AND t.tgparentid = 0 ORDER BY t.tgname",
+        oid)]
+
+    grants = [{"grantee": r[0], "privilege": r[1], "grantable": r[2]} for r in q.all(
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,"
+        " a.privilege_type, a.is_grantable FROM pg_class c, aclexplode(c.relacl) a"
+        " WHERE c.oid = %s AND a.grantee <> c.relowner ORDER BY 1, 2", oid)]
+
+    views = [View(QualifiedName(r[0], r[1]), r[2], r[3] == "m") for r in q.all(
+        "SELECT DISTINCT vn.nspname, v.relname, pg_get_viewdef(v.oid), v.relkind::text"
+        " FROM pg_depend d JOIN pg_rewrite rw ON rw.oid = d.objid"
+        " JOIN pg_class v ON v.oid = rw.ev_class JOIN pg_namespace vn ON vn.oid = v.relnamespace"
+        " WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass"
+        " AND d.refobjid = %s AND v.oid <> %s ORDER BY 1, 2", oid, oid)]
+
+    policies = [r[0] for r in q.all(
+        "SELECT polname FROM pg_policy WHERE polrelid = %s ORDER BY polname", oid)]
+
+    partitioning = _partitioning(q, oid) if kind == "p" else None
+    parent = None
+    if is_part:
+        prow = q.one("SELECT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c"
+                     " ON c.oid = i.inhparent JOIN pg_namespace n ON n.oid = c.relnamespace"
+                     " WHERE i.inhrelid = %s", oid)
+        parent = QualifiedName(prow[0], prow[1])
+
+    size_row = q.one(
+        "SELECT coalesce(sum(pg_total_relation_size(relid)), 0),"
+        " sum(CASE WHEN c.reltuples >= 0 THEN c.reltuples END), bool_or(c.reltuples < 0)"
+        " FROM pg_partition_tree(%s) t JOIN pg_class c ON c.oid = t.relid"
+        " WHERE t.isleaf AND c.relkind = 'r'", oid)
+    total_bytes = int(size_row[0] or 0)
+    if kind == "p":
+        rows: int | None = int(size_row[1]) if size_row[1] is not None else 0
+        if partitioning is not None:
+            rows = sum(p.rows or 0 for p in partitioning.leaves())
+    elif kind == "r":
+        rows = _rows(q, oid, float(reltuples), total_bytes)
+    else:
+        rows = int(reltuples) if reltuples >= 0 else None
+        total_bytes = 0
+
+    return TableInfo(
+        oid=oid, name=qname, kind=kind, persistence=persistence, owner=owner,
+        columns=columns, primary_key=primary_key, indexes=indexes, constraints=constraints,
+        foreign_keys_out=fks("con.conrelid"), foreign_keys_in=fks("con.confrelid"),
+        sequences=sequences, triggers=triggers, grants=grants, acl=acl, views=views,
+        comment=comment, rls_enabled=rls, rls_forced=rls_forced, policies=policies,
+        reloptions=list(reloptions), partitioning=partitioning, parent=parent, rows=rows,
+        bytes=total_bytes, server_version=server_version(q.conn),
+    )
+
+
+EXACT_COUNT_BYTES = 32 * 1024 * 1024
+
+
+def _rows(q: _Query, oid: int, reltuples: float, size: int) -> int | None:
+    """The planner's estimate; a small table never analyzed is counted exactly instead."""
+    if reltuples >= 0:
+        return int(reltuples)
+    if size <= EXACT_COUNT_BYTES:
+        row = q.one(sql.SQL("SELECT count(*) FROM ONLY {}").format(_regclass_ident(q, oid)))
+        return int(row[0])
+    return None
+
+
+def _regclass_ident(q: _Query, oid: int) -> sql.Identifier:
+    row = q.one("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
+                " ON n.oid = c.relnamespace WHERE c.oid = %s", oid)
+    return sql.Identifier(row[0], row[1])
+
+
+def _partitioning(q: _Query, oid: int) -> Partitioning:
+    strat, key = q.one(
+        "SELECT pt.partstrat::text, pg_get_partkeydef(pt.partrelid) FROM pg_partitioned_table pt"
+        " WHERE pt.partrelid = %s", oid)
+    cols = q.all(
+        "SELECT coalesce(a.attname, '(expression)'), format_type(a.atttypid, a.atttypmod)"
+        " FROM pg_partitioned_table pt CROSS JOIN LATERAL unnest(pt.partattrs::int2[])"
+        "   WITH ORDINALITY k(n, ord)"
+        " LEFT JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = k.n"
+        " WHERE pt.partrelid = %s ORDER BY k.ord", oid)
+    strategy = {"r": "range", "l": "list", "h": "hash"}[strat]
+    parts: list[Partition] = []
+    for r in q.all(
+        "SELECT n.nspname, c.relname, c.oid::int, pg_get_expr(c.relpartbound, c.oid),"
+        " c.relkind::text, fs.srvname, c.reltuples, i.inhdetachpending,"
+        " CASE WHEN c.relkind = 'r' THEN pg_total_relation_size(c.oid) END"
+        " FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " LEFT JOIN pg_foreign_table ft ON ft.ftrelid = c.oid"
+        " LEFT JOIN pg_foreign_server fs ON fs.oid = ft.ftserver"
+        " WHERE i.inhparent = %s", oid):
+        nsp, rel, poid, bound, relkind, server, reltuples, pending, size = r
+        p = Partition(QualifiedName(nsp, rel), poid, bound, bound == "DEFAULT", relkind, server,
+                      None, size, pending)
+        if relkind == "r":
+            p.rows = _rows(q, poid, float(reltuples), int(size or 0))
+        elif relkind == "f":
+            p.rows = int(reltuples) if reltuples >= 0 else None
+        _parse_bound(p)
+        if relkind == "p":
+            p.partitioning = _partitioning(q, poid)
+            p.rows = sum(x.rows or 0 for x in p.partitioning.leaves())
+            p.bytes = sum(x.bytes or 0 for x in p.partitioning.leaves())
+        parts.append(p)
+    types = [c[1] for c in cols]
+    return Partitioning(strategy, key, [c[0] for c in cols], types,
+                        _order_by_bounds(q, strategy, types, parts))
+
+
+_RANGE_RE = re.compile(r"^FOR VALUES FROM \((.*)\) TO \((.*)\)$", re.S)
+_LIST_RE = re.compile(r"^FOR VALUES IN \((.*)\)$", re.S)
+_HASH_RE = re.compile(r"^FOR VALUES WITH \(modulus (\d+), remainder (\d+)\)$")
+
+
+def split_literals(text: str) -> list[str]:
+    """Split a deparsed bound list ``'a', 'b,c', 3`` on top-level commas, respecting quotes."""
+    out: list[str] = []
+    cur: list[str] = []
+    in_quote = False
+    depth = 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if in_quote:
+            cur.append(ch)
+            if ch == "'":
+                if i + 1 < len(text) and text[i + 1] == "'":
+                    cur.append("'")
+                    i += 1
+                else:
+                    in_quote = False
+        elif ch == "'":
+            in_quote = True
+            cur.append(ch)
+        elif ch == "(":
+            depth += 1
+            cur.append(ch)
+        elif ch == ")":
+            depth -= 1
+            cur.append(ch)
+        elif ch == "," and depth == 0:
+            out.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    if cur or text.strip():
+        out.append("".join(cur).strip())
+    return out
+
+
+def _parse_bound(p: Partition) -> None:
+    if p.is_default:
+        return
+    if m := _RANGE_RE.match(p.bound):
+        p.lower, p.upper = split_literals(m.group(1)), split_literals(m.group(2))
+    elif m := _LIST_RE.match(p.bound):
+        p.values = split_literals(m.group(1))
+    elif m := _HASH_RE.match(p.bound):
+        p.modulus, p.remainder = int(m.group(1)), int(m.group(2))
+
+
+def _order_by_bounds(q: _Query, strategy: str, types: list[str], parts: list[Partition]
+                     ) -> list[Partition]:
+    """Sort partitions by bound, comparing values in the key's type on the server."""
+    default = [p for p in parts if p.is_default]
+    bounded = [p for p in parts if not p.is_default]
+    if strategy == "hash":
+        return sorted(bounded, key=lambda p: (p.modulus or 0, p.remainder or 0)) + default
+    if not bounded or "(expression)" in types or not types:
+        return sorted(bounded, key=lambda p: p.name.name) + default
+    rows: list[sql.Composable] = []
+    for i, p in enumerate(bounded):
+        if strategy == "range":
+            vals = p.lower or []
+            items = [sql.SQL("NULL::{}").format(sql.SQL(t)) if v.upper() == "MINVALUE"
+                     else sql.SQL("({})::{}").format(sql.SQL(v), sql.SQL(t))
+                     for v, t in zip(vals, types, strict=False)]
+            maxflags = [sql.Literal(v.upper() == "MAXVALUE") for v in vals]
+            rows.append(sql.SQL("({}, {}, {})").format(
+                sql.Literal(i), sql.SQL(", ").join(maxflags), sql.SQL(", ").join(items)))
+        else:
+            vals = [v for v in (p.values or []) if v.upper() != "NULL"]
+            lit = (sql.SQL("(SELECT min(x) FROM (VALUES {}) v(x))").format(
+                sql.SQL(", ").join(sql.SQL("(({})::{})").format(sql.SQL(v), sql.SQL(types[0]))
+                                   for v in vals)) if vals else sql.SQL("NULL::{}").format(
+                sql.SQL(types[0])))
+            rows.append(sql.SQL("({}, false, {})").format(sql.Literal(i), lit))
+    n = len(types) if strategy == "range" else 1
+    flags = [f"f{k}" for k in range(n)] if strategy == "range" else ["f0"]
+    keys = [f"k{k}" for k in range(n)]
+    order = ", ".join(f"{f}, {k} NULLS FIRST" for f, k in zip(flags, keys, strict=True))
+    query = sql.SQL("SELECT i FROM (VALUES {}) v(i, {}, {}) ORDER BY {}").format(
+        sql.SQL(", ").join(rows), sql.SQL(", ".join(flags)), sql.SQL(", ".join(keys)),
+        sql.SQL(order))
+    order_idx = [r[0] for r in q.all(query)]
+    return [bounded[i] for i in order_idx] + default
+
+
+class _Query:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def all(self, query: str | sql.Composable, *args: Any) -> list[tuple[Any, ...]]:
+        return self.conn.execute(query if isinstance(query, sql.Composable)
+                                 else query.encode(), list(args) or None).fetchall()
+
+    def one(self, query: str | sql.Composable, *args: Any) -> tuple[Any, ...]:
+        row = self.conn.execute(query if isinstance(query, sql.Composable)
+                                else query.encode(), list(args) or None).fetchone()
+        assert row is not None
+        return tuple(row)

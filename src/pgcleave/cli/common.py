@@ -1,0 +1,135 @@
+"""Shared CLI plumbing: the global state, confirmation, the dry run, progress rendering.
+
+Conventions every command follows (other parts and users' scripts rely on them):
+- connection options (``--dsn``, ``--lock-timeout``) come before the command name;
+- commands that change something take ``--dry-run`` and ``--yes`` after their name; with no
+  terminal and no ``--yes``, a command that needs confirmation refuses instead of waiting;
+- commands that report take ``--json``;
+- output for people goes to stdout, logs and progress to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from rich.console import Console
+
+from ..connection import Connection, Settings, connect
+from ..errors import ConfirmationRequired
+from ..execute import Event, Executor
+from ..plan import Plan
+
+
+def _console(stderr: bool) -> Console:
+    # Off a terminal (pipes, cron, CI logs) rich would crop trees at 80 columns; never crop.
+    probe = Console(stderr=stderr)
+    width = None if probe.is_terminal else 400
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
+
+
+@dataclass
+class State:
+    settings: Settings = field(default_factory=Settings)
+    quiet: bool = False
+
+
+STATE = State()
+
+dry_run_option = click.option("--dry-run", is_flag=True, help="Print the exact SQL of every "
+                              "step with the lock it takes, and change nothing.")
+yes_option = click.option("--yes", "-y", is_flag=True,
+                          help="Accept the consequences the plan lists without asking.")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Machine-readable output on stdout.")
+
+
+def settings() -> Settings:
+    return STATE.settings
+
+
+def db() -> Connection:
+    return connect(STATE.settings)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask on a terminal; refuse (never wait) without one."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfirmationRequired(f"{question} (no terminal to ask on)",
+                                   hint="rerun with --yes to accept")
+    if not click.confirm(question, default=False, err=True):
+        raise ConfirmationRequired("not confirmed; nothing changed")
+
+
+class Reporter:
+    """Renders executor events on stderr: a spinner line per step on a terminal, plain
+    timestamped log lines otherwise (cron, CI, Kubernetes logs)."""
+
+    def __init__(self) -> None:
+        self.tty = err.is_terminal
+        self.started: dict[int, float] = {}
+        self.last_progress = 0.0
+
+    def __call__(self, ev: Event) -> None:
+        if STATE.quiet:
+            return
+        stamp = "" if self.tty else time.strftime("%Y-%m-%dT%H:%M:%S ")
+        if ev.kind == "job-start":
+            err.print(f"{stamp}job {ev.job_id}: {ev.message} ({ev.total} steps)")
+        elif ev.kind == "step-start":
+            self.started[ev.index] = time.monotonic()
+            err.print(f"{stamp}  [{ev.index + 1}/{ev.total}] {ev.message} ...")
+        elif ev.kind in ("step-done", "step-skipped"):
+            t = (time.monotonic() - self.started.get(ev.index, time.monotonic())) * 1000
+            extra = "skipped: already done" if ev.kind == "step-skipped" else f"{t:.0f} ms"
+            held = ev.data.get("held_ms")
+            if held is not None and ev.step is not None and ev.step.strongest_lock is not None \
+                    and ev.step.strongest_lock.level.blocks_writes:
+                extra += f", {ev.step.strongest_lock.level.value} held {held:.0f} ms"
+            err.print(f"{stamp}  [{ev.index + 1}/{ev.total}] done ({extra})")
+        elif ev.kind == "retry":
+            err.print(f"{stamp}    lock not available, {ev.message}")
+        elif ev.kind == "progress":
+            now = time.monotonic()
+            if now - self.last_progress >= (0.5 if self.tty else 10.0) or ev.data.get("final"):
+                self.last_progress = now
+                err.print(f"{stamp}    {ev.message}")
+        elif ev.kind == "job-done":
+            err.print(f"{stamp}job {ev.job_id}: done")
+
+
+def execute(plan: Plan, *, dry_run: bool, yes: bool, as_json: bool = False) -> int | None:
+    """Show or run a plan: the one path every changing command takes."""
+    if dry_run:
+        if as_json:
+            print_json(plan.to_json())
+        else:
+            out.print(plan.render_sql(), markup=False, end="")
+        return None
+    for note in plan.notes:
+        err.print(f"note: {note}", markup=False)
+    if plan.warnings:
+        for w in plan.warnings:
+            err.print(f"warning: {w}", markup=False)
+        confirm("Proceed with the changes listed above?", yes)
+    job_id = Executor(STATE.settings, Reporter()).run(plan)
+    if as_json:
+        print_json({"job": job_id, "operation": plan.operation, "target": plan.target,
+                    "state": "done"})
+    else:
+        out.print(f"{plan.operation} {plan.target}: done (job {job_id})", markup=False)
+    return job_id

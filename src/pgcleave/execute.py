@@ -1,0 +1,361 @@
+"""The one executor. Every plan of every operation runs through ``Executor``.
+
+What it guarantees, in one place:
+- every DDL statement runs under a short ``lock_timeout``; a lock it cannot get quickly is given
+  up and asked for again after a jittered, growing pause, so pgcleave never sits at the head of a
+  lock queue with the application's queries piling up behind it;
+- two runs on one table never overlap (a session advisory lock keyed by the table's name);
+- each job and step is journaled in ``pgcleave.jobs``/``pgcleave.steps``. A transactional step
+  marks itself done in its own transaction, so after a kill it is either done and recorded or not
+  done at all; ``resume`` continues from the first step not done, skipping steps whose guard says
+  their effect is already there; ``rollback`` runs the undo of done steps in reverse.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerrors
+
+from . import journal
+from .connection import Connection, Settings, connect
+from .errors import Busy, LockContention, PgcleaveError, Refused, StepFailed
+from .plan import Plan, Step
+
+RETRYABLE = (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected,
+             pgerrors.SerializationFailure)
+
+
+@dataclass
+class Event:
+    """What the executor reports to its caller (the CLI renders these on stderr)."""
+
+    kind: str  # job-start, step-start, step-done, step-skipped, retry, progress, job-done
+    job_id: int | None = None
+    index: int = 0
+    total: int = 0
+    step: Step | None = None
+    message: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Progress = Callable[[Event], None]
+
+ActionFn = Callable[["ActionContext"], None]
+ACTIONS: dict[str, ActionFn] = {}
+
+
+def action(name: str) -> Callable[[ActionFn], ActionFn]:
+    """Register a Python action that a step can name (batched copies, waits, checks)."""
+
+    def register(fn: ActionFn) -> ActionFn:
+        ACTIONS[name] = fn
+        return fn
+
+    return register
+
+
+@dataclass
+class ActionContext:
+    """What an action gets: the job's connection, its saved progress, and the retry helper."""
+
+    executor: Executor
+    conn: Connection
+    job_id: int
+    index: int
+    step: Step
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.step.params
+
+    @property
+    def settings(self) -> Settings:
+        return self.executor.settings
+
+    def load(self) -> dict[str, Any]:
+        return journal.load_progress(self.conn, self.job_id, self.index)
+
+    def save(self, progress: dict[str, Any]) -> None:
+        journal.save_progress(self.conn, self.job_id, self.index, progress)
+
+    def progress(self, message: str = "", **data: Any) -> None:
+        self.executor.emit(Event("progress", self.job_id, self.index, 0, self.step, message, data))
+
+    def run_ddl(self, statements: list[str], *, transactional: bool = True) -> float:
+        return self.executor.run_statements(self.conn, statements, transactional=transactional,
+                                            step=self.step)
+
+    def connect(self, purpose: str) -> Connection:
+        return connect(self.settings, purpose=purpose)
+
+
+class Executor:
+    def __init__(self, settings: Settings | None = None, progress: Progress | None = None) -> None:
+        self.settings = settings or Settings()
+        self._progress = progress
+
+    def emit(self, event: Event) -> None:
+        if self._progress is not None:
+            self._progress(event)
+
+    # -- public entry points ------------------------------------------------------------------
+    def run(self, plan: Plan) -> int:
+        """Journal ``plan`` as a new job and run it to the end. Returns the job id."""
+        with connect(self.settings, purpose="job") as conn:
+            journal.ensure_schema(conn)
+            with self._table_lock(conn, plan.target):
+                self._refuse_unfinished(conn, plan.target)
+                job_id = journal.create_job(conn, plan, socket.gethostname(), os.getpid())
+                self._run_job(conn, job_id, plan, ["pending"] * len(plan.steps))
+        return job_id
+
+    def resume(self, job_id: int) -> Plan:
+        """Continue a job from the first step not done."""
+        with connect(self.settings, purpose="job") as conn:
+            if not journal.schema_exists(conn):
+                raise Refused(f"no job {job_id}: this database has no pgcleave journal")
+            plan, states, job_state = journal.load_plan(conn, job_id)
+            if job_state in ("done", "rolled back"):
+                raise Refused(f"job {job_id} is already {job_state}; nothing to resume")
+            with self._table_lock(conn, plan.target):
+                journal.set_job(conn, job_id, "running")
+                self._run_job(conn, job_id, plan, states)
+        return plan
+
+    def rollback(self, job_id: int) -> Plan:
+        """Undo the done steps of an unfinished job, last first."""
+        with connect(self.settings, purpose="job") as conn:
+            if not journal.schema_exists(conn):
+                raise Refused(f"no job {job_id}: this database has no pgcleave journal")
+            plan, states, job_state = journal.load_plan(conn, job_id)
+            if job_state in ("done", "rolled back"):
+                raise Refused(f"job {job_id} is {job_state}; only unfinished jobs roll back",
+                              hint="an operation that finished has its own reverse command")
+            with self._table_lock(conn, plan.target):
+                for idx in reversed(range(len(plan.steps))):
+                    step = plan.steps[idx]
+                    if states[idx] not in ("done", "running", "failed"):
+                        continue
+                    if not step.undo and states[idx] == "done" and step.ddl:
+                        raise StepFailed(
+                            f"step {step.name!r} of job {job_id} cannot be undone", job_id=job_id,
+                            hint=f"finish the job instead: pgcleave resume {job_id}")
+                    self.emit(Event("step-start", job_id, idx, len(plan.steps), step,
+                                    f"undo {step.description}"))
+                    if step.undo:
+                        self.run_statements(conn, step.undo, transactional=step.transactional,
+                                            step=step)
+                    journal.set_step(conn, job_id, idx, "undone")
+                    self.emit(Event("step-done", job_id, idx, len(plan.steps), step, "undone"))
+                journal.set_job(conn, job_id, "rolled back")
+        return plan
+
+    # -- internals -----------------------------------------------------------------------------
+    @contextmanager
+    def _table_lock(self, conn: Connection, target: str) -> Iterator[None]:
+        """Session advisory lock keyed by the target's name; released when the job ends."""
+        key = "pgcleave:" + target
+        row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                           [key]).fetchone()
+        if not (row and row[0]):
+            holder = conn.execute(
+                "SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a"
+                " USING (pid) WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+                " AND l.classid = ((hashtextextended(%s, 0) >> 32) & 4294967295)::oid"
+                " AND l.objid = (hashtextextended(%s, 0) & 4294967295)::oid LIMIT 1",
+                [key, key]).fetchone()
+            who = f" (backend pid {holder[0]}, {holder[1]})" if holder else ""
+            raise Busy(f"another pgcleave run is working on {target}{who}",
+                       hint="wait for it to finish; `pgcleave jobs` shows what it is doing")
+        try:
+            yield
+        finally:
+            if not conn.closed:
+                conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key])
+
+    def _refuse_unfinished(self, conn: Connection, target: str) -> None:
+        row = conn.execute(
+            "SELECT id, operation FROM pgcleave.jobs WHERE target = %s"
+            " AND state IN ('running', 'failed') ORDER BY id LIMIT 1", [target]).fetchone()
+        if row:
+            raise Busy(f"job {row[0]} ({row[1]}) on {target} is unfinished",
+                       hint=f"finish it with `pgcleave resume {row[0]}` or undo it with "
+                            f"`pgcleave rollback {row[0]}`")
+
+    def _run_job(self, conn: Connection, job_id: int, plan: Plan, states: list[str]) -> None:
+        total = len(plan.steps)
+        self.emit(Event("job-start", job_id, 0, total, None, f"{plan.operation} {plan.target}"))
+        for idx, step in enumerate(plan.steps):
+            if states[idx] in ("done", "skipped"):
+                continue
+            _fault("before", step, idx)
+            try:
+                self._run_step(conn, job_id, idx, total, step)
+            except PgcleaveError as exc:
+                self._fail(conn, job_id, idx, str(exc))
+                if isinstance(exc, LockContention):
+                    exc.hint = (f"the job stays resumable: pgcleave resume {job_id} "
+                                f"(or pgcleave rollback {job_id})")
+                raise
+            except psycopg.Error as exc:
+                msg = str(exc).strip()
+                self._fail(conn, job_id, idx, msg)
+                raise StepFailed(f"job {job_id}, step {idx + 1}/{total} ({step.name}) failed: "
+                                 f"{msg}", job_id=job_id,
+                                 hint=f"fix the cause, then `pgcleave resume {job_id}`; or "
+                                      f"`pgcleave rollback {job_id}`") from None
+            _fault("after", step, idx)
+        journal.set_job(conn, job_id, "done")
+        self.emit(Event("job-done", job_id, total, total, None, "done"))
+
+    def _fail(self, conn: Connection, job_id: int, idx: int, message: str) -> None:
+        if conn.closed:
+            return
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        journal.set_step(conn, job_id, idx, "failed", error=message)
+        journal.set_job(conn, job_id, "failed", error=message)
+
+    def _guard_holds(self, conn: Connection, step: Step) -> bool:
+        if not step.guard:
+            return False
+        row = conn.execute(step.guard).fetchone()
+        return bool(row and row[0])
+
+    def _run_step(self, conn: Connection, job_id: int, idx: int, total: int, step: Step) -> None:
+        if self._guard_holds(conn, step):
+            journal.set_step(conn, job_id, idx, "skipped")
+            self.emit(Event("step-skipped", job_id, idx, total, step, "already done"))
+            return
+        self.emit(Event("step-start", job_id, idx, total, step, step.description))
+        started = time.monotonic()
+        if step.action:
+            fn = ACTIONS.get(step.action)
+            if fn is None:
+                raise StepFailed(f"unknown action {step.action!r} in job {job_id}", job_id=job_id,
+                                 hint="this job was planned by a newer pgcleave; upgrade")
+            journal.set_step(conn, job_id, idx, "running")
+            fn(ActionContext(self, conn, job_id, idx, step))
+            journal.set_step(conn, job_id, idx, "done",
+                             duration_ms=(time.monotonic() - started) * 1000)
+        elif step.transactional:
+            def mark_done() -> None:
+                journal.set_step(conn, job_id, idx, "done",
+                                 duration_ms=(time.monotonic() - started) * 1000)
+
+            held = self.run_statements(conn, step.statements, transactional=True, step=step,
+                                       finish=mark_done)
+            self.emit(Event("step-done", job_id, idx, total, step, step.description,
+                            {"held_ms": held}))
+            return
+        else:
+            journal.set_step(conn, job_id, idx, "running")
+            held = self.run_statements(conn, step.statements, transactional=False, step=step)
+            journal.set_step(conn, job_id, idx, "done",
+                             duration_ms=(time.monotonic() - started) * 1000)
+            self.emit(Event("step-done", job_id, idx, total, step, step.description,
+                            {"held_ms": held}))
+            return
+        self.emit(Event("step-done", job_id, idx, total, step, step.description,
+                        {"ms": (time.monotonic() - started) * 1000}))
+
+    def run_statements(self, conn: Connection, statements: list[str], *, transactional: bool,
+                       step: Step | None = None, finish: Callable[[], None] | None = None
+                       ) -> float:
+        """Run statements under lock_timeout with jittered exponential retry.
+
+        Returns the duration in ms of the successful attempt: for a transactional step that is
+        how long its locks were held (plus the time to get them).
+        """
+        ddl = step.ddl if step is not None else True
+        timeout = self.settings.lock_timeout_ms if ddl else 0
+        stmt_timeout = self.settings.statement_timeout_ms
+        cleanup = step.retry_cleanup if step is not None else []
+        if transactional:
+            def attempt() -> float:
+                t0 = time.monotonic()
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL lock_timeout = {int(timeout)}")
+                    conn.execute(f"SET LOCAL statement_timeout = {int(stmt_timeout)}")
+                    for s in statements:
+                        conn.execute(s.encode())
+                    if finish is not None:
+                        finish()
+                return (time.monotonic() - t0) * 1000
+
+            return self._with_retry(conn, attempt, step, cleanup)
+
+        total = 0.0
+        for s in statements:
+            def attempt_one(s: str = s) -> float:
+                t0 = time.monotonic()
+                conn.execute(f"SET lock_timeout = {int(timeout)}")
+                conn.execute(f"SET statement_timeout = {int(stmt_timeout)}")
+                try:
+                    conn.execute(s.encode())
+                finally:
+                    conn.execute("RESET lock_timeout")
+                    conn.execute("RESET statement_timeout")
+                return (time.monotonic() - t0) * 1000
+
+            total += self._with_retry(conn, attempt_one, step, cleanup)
+        return total
+
+    def _with_retry(self, conn: Connection, attempt: Callable[[], float], step: Step | None,
+                    cleanup: list[str]) -> float:
+        deadline = time.monotonic() + self.settings.lock_retry_limit_s
+        n = 0
+        while True:
+            try:
+                return attempt()
+            except RETRYABLE as exc:
+                n += 1
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
+                for c in cleanup:
+                    conn.execute(c.encode())
+                pause = backoff(n)
+                if time.monotonic() + pause > deadline:
+                    what = step.description if step else "statement"
+                    raise LockContention(
+                        f"gave up after {n} attempts over {self.settings.lock_retry_limit_s:.0f}s"
+                        f" waiting for a lock ({what}): {str(exc).strip()}",
+                        hint="a long transaction holds the table; find it in pg_stat_activity, "
+                             "or raise --lock-retry-limit") from None
+                self.emit(Event("retry", message=f"{type(exc).__name__}: retry {n} in "
+                                                 f"{pause * 1000:.0f} ms", step=step,
+                                data={"attempt": n, "pause_s": pause}))
+                time.sleep(pause)
+
+
+def backoff(attempt: int, base: float = 0.05, cap: float = 5.0) -> float:
+    """Equal-jitter exponential backoff: half fixed, half random, doubling up to ``cap``."""
+    d = min(cap, base * 2 ** min(attempt, 20))
+    return d / 2 + random.uniform(0, d / 2)
+
+
+def _fault(when: str, step: Step, idx: int) -> None:
+    """Fault injection for tests: PGCLEAVE_FAULT=kill-after:STEP or kill-before:STEP (a step
+    name or its 1-based number) sends SIGKILL to this process at that point, like ``kill -9``."""
+    spec = os.environ.get("PGCLEAVE_FAULT")
+    if not spec:
+        return
+    for part in spec.split(","):
+        kind, _, which = part.partition(":")
+        if kind == f"kill-{when}" and which in (step.name, str(idx + 1)):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_plan(plan: Plan, settings: Settings | None = None, progress: Progress | None = None
+             ) -> int:
+    return Executor(settings, progress).run(plan)
