@@ -1,7 +1,9 @@
 """The ``pgcleave`` schema: the journal of jobs and steps, and the state other features keep.
 
-Migrations are append-only: each entry runs once, in order, recorded in ``pgcleave.meta``. The
-schema is created on first use by any command that changes something (never by a dry run).
+Migrations are named and append-only: each runs once, recorded by name in ``pgcleave.meta``.
+Feature modules register their own (``register_migration``) at import time, so features never
+edit a shared list. The schema is created on first use by a command that changes something
+(never by a dry run).
 """
 
 from __future__ import annotations
@@ -19,9 +21,18 @@ from .plan import Plan, Step
 
 SCHEMA = "pgcleave"
 
-MIGRATIONS: list[str] = [
-    # 1: jobs and steps
-    """
+MIGRATIONS: dict[str, str] = {}
+
+
+def register_migration(name: str, ddl: str) -> None:
+    """Register DDL that creates or changes objects in the ``pgcleave`` schema. Never edit a
+    migration that has shipped; add a new one."""
+    if name in MIGRATIONS and MIGRATIONS[name] != ddl:
+        raise ValueError(f"migration {name!r} registered twice with different DDL")
+    MIGRATIONS[name] = ddl
+
+
+register_migration("core:jobs", """
     CREATE TABLE pgcleave.jobs (
         id          bigserial PRIMARY KEY,
         operation   text NOT NULL,
@@ -51,8 +62,7 @@ MIGRATIONS: list[str] = [
         error       text,
         PRIMARY KEY (job_id, idx)
     );
-    """,
-]
+    """)
 
 
 def ensure_schema(conn: Connection) -> None:
@@ -60,13 +70,13 @@ def ensure_schema(conn: Connection) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('pgcleave:schema', 0))")
         conn.execute("CREATE SCHEMA IF NOT EXISTS pgcleave")
-        conn.execute("CREATE TABLE IF NOT EXISTS pgcleave.meta (version integer NOT NULL)")
-        row = conn.execute("SELECT max(version) FROM pgcleave.meta").fetchone()
-        current = row[0] if row and row[0] is not None else 0
-        for version, ddl in enumerate(MIGRATIONS, 1):
-            if version > current:
-                conn.execute(ddl)
-                conn.execute("INSERT INTO pgcleave.meta VALUES (%s)", [version])
+        conn.execute("CREATE TABLE IF NOT EXISTS pgcleave.meta (migration text PRIMARY KEY,"
+                     " applied_at timestamptz NOT NULL DEFAULT now())")
+        done = {r[0] for r in conn.execute("SELECT migration FROM pgcleave.meta")}
+        for name, ddl in MIGRATIONS.items():
+            if name not in done:
+                conn.execute(ddl.encode())
+                conn.execute("INSERT INTO pgcleave.meta (migration) VALUES (%s)", [name])
 
 
 def schema_exists(conn: Connection) -> bool:

@@ -304,17 +304,15 @@ def _snapshot_oid(conn: Connection, oid: int, qname: QualifiedName, kind: str) -
                      " WHERE i.inhrelid = %s", oid)
         parent = QualifiedName(prow[0], prow[1])
 
-    size_row = q.one(
-        "SELECT coalesce(sum(pg_total_relation_size(relid)), 0),"
-        " sum(CASE WHEN c.reltuples >= 0 THEN c.reltuples END), bool_or(c.reltuples < 0)"
-        " FROM pg_partition_tree(%s) t JOIN pg_class c ON c.oid = t.relid"
-        " WHERE t.isleaf AND c.relkind = 'r'", oid)
-    total_bytes = int(size_row[0] or 0)
     if kind == "p":
-        rows: int | None = int(size_row[1]) if size_row[1] is not None else 0
-        if partitioning is not None:
-            rows = sum(p.rows or 0 for p in partitioning.leaves())
+        # pg_partition_tree lists nothing for a plain table, so only partitioned ones use it.
+        size_row = q.one("SELECT coalesce(sum(pg_total_relation_size(relid)), 0)"
+                         " FROM pg_partition_tree(%s) WHERE isleaf", oid)
+        total_bytes = int(size_row[0] or 0)
+        rows: int | None = (sum(p.rows or 0 for p in partitioning.leaves())
+                            if partitioning is not None else 0)
     elif kind == "r":
+        total_bytes = int(q.one("SELECT pg_total_relation_size(%s)", oid)[0])
         rows = _rows(q, oid, float(reltuples), total_bytes)
     else:
         rows = int(reltuples) if reltuples >= 0 else None

@@ -1,0 +1,224 @@
+"""Application-like writers: INSERT ... RETURNING, UPDATE, DELETE, key-moving UPDATE and reads,
+each thread on its own connection and its own rows, remembering what it committed.
+
+``verify`` then proves the table holds exactly what the writers committed: no row lost, none
+duplicated, none changed behind their back. During the run every UPDATE/DELETE/read of a row
+the writer knows to exist must find exactly one row; a miss means a row was invisible for a
+moment (the failure mode of naive DELETE+INSERT moves) and is recorded as an anomaly.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+KeyFn = Callable[[random.Random], Any]
+
+
+@dataclass
+class Spec:
+    table: sql.Composable  # e.g. sql.Identifier("public", "orders")
+    key_col: str
+    make_key: KeyFn
+    id_col: str = "id"
+    payload_col: str = "payload"
+    extra: dict[str, Callable[[random.Random], Any]] = field(default_factory=dict)
+
+
+@dataclass
+class WriterResult:
+    expected: dict[Any, tuple[Any, str]] = field(default_factory=dict)
+    deleted: set[Any] = field(default_factory=set)
+    ops: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    anomalies: list[str] = field(default_factory=list)
+    max_stall_ms: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+class Workload:
+    WEIGHTS = {"insert": 4, "update": 2, "delete": 1, "move": 2, "read": 2}
+
+    def __init__(self, dsn: str, spec: Spec, *, writers: int = 4, seed: int = 1,
+                 max_seconds: float = 60.0, pause_s: float = 0.0,
+                 weights: dict[str, int] | None = None) -> None:
+        self.dsn = dsn
+        self.spec = spec
+        self.n = writers
+        self.seed = seed
+        self.max_seconds = max_seconds
+        self.pause_s = pause_s
+        self.weights = weights or self.WEIGHTS
+        self.results = [WriterResult() for _ in range(writers)]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._started = threading.Barrier(writers + 1)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Workload:
+        for i in range(self.n):
+            t = threading.Thread(target=self._writer, args=(i,), daemon=True,
+                                 name=f"writer-{i}")
+            t.start()
+            self._threads.append(t)
+        self._started.wait(timeout=30)
+        return self
+
+    def stop(self) -> Workload:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=self.max_seconds + 30)
+        return self
+
+    def __enter__(self) -> Workload:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def run_for(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    # -- summary -------------------------------------------------------------------------------
+    @property
+    def errors(self) -> list[str]:
+        return [e for r in self.results for e in r.errors]
+
+    @property
+    def anomalies(self) -> list[str]:
+        return [a for r in self.results for a in r.anomalies]
+
+    @property
+    def max_stall_ms(self) -> float:
+        return max((r.max_stall_ms for r in self.results), default=0.0)
+
+    @property
+    def ops(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for r in self.results:
+            for k, v in r.ops.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def expected_rows(self) -> dict[Any, tuple[Any, str]]:
+        rows: dict[Any, tuple[Any, str]] = {}
+        for r in self.results:
+            rows.update(r.expected)
+        return rows
+
+    def summary(self) -> str:
+        return (f"writers={self.n} ops={self.ops} errors={len(self.errors)} "
+                f"anomalies={len(self.anomalies)} longest_stall_ms={self.max_stall_ms:.1f}")
+
+    def verify(self, conn: psycopg.Connection[Any]) -> None:
+        """Assert the table holds every committed write exactly once."""
+        s = self.spec
+        dup = conn.execute(sql.SQL("SELECT {id}, count(*) FROM {t} GROUP BY {id} HAVING "
+                                   "count(*) > 1 LIMIT 5").format(
+            id=sql.Identifier(s.id_col), t=s.table)).fetchall()
+        assert not dup, f"duplicated rows: {dup}"
+        mine = {i for r in self.results for i in (*r.expected, *r.deleted)}
+        rows = {r[0]: (r[1], r[2]) for r in conn.execute(
+            sql.SQL("SELECT {id}, {k}, {p} FROM {t} WHERE {id} = ANY(%s)").format(
+                id=sql.Identifier(s.id_col), k=sql.Identifier(s.key_col),
+                p=sql.Identifier(s.payload_col), t=s.table), [list(mine)])}
+        expected = self.expected_rows()
+        missing = [i for i in expected if i not in rows]
+        assert not missing, f"{len(missing)} committed rows lost, e.g. {missing[:5]}"
+        resurrected = [i for r in self.results for i in r.deleted if i in rows]
+        assert not resurrected, f"{len(resurrected)} deleted rows came back: {resurrected[:5]}"
+        wrong = [(i, rows[i], v) for i, v in expected.items() if rows[i] != v]
+        assert not wrong, f"{len(wrong)} rows differ from the last committed write: {wrong[:3]}"
+        assert not self.errors, f"writers got errors: {self.errors[:5]}"
+        assert not self.anomalies, f"rows invisible for a moment: {self.anomalies[:5]}"
+
+    # -- the writer ----------------------------------------------------------------------------
+    def _writer(self, i: int) -> None:
+        res = self.results[i]
+        rng = random.Random(self.seed * 1000 + i)
+        s = self.spec
+        ident = {"t": s.table, "id": sql.Identifier(s.id_col), "k": sql.Identifier(s.key_col),
+                 "p": sql.Identifier(s.payload_col)}
+        cols = [s.key_col, s.payload_col, *s.extra]
+        q_insert = sql.SQL("INSERT INTO {t} ({cols}) VALUES ({vals}) RETURNING {id}").format(
+            cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+            vals=sql.SQL(", ").join(sql.Placeholder() * len(cols)), **ident)
+        q_update = sql.SQL("UPDATE {t} SET {p} = %s WHERE {id} = %s").format(**ident)
+        q_move = sql.SQL("UPDATE {t} SET {k} = %s, {p} = %s WHERE {id} = %s").format(**ident)
+        q_delete = sql.SQL("DELETE FROM {t} WHERE {id} = %s").format(**ident)
+        q_read = sql.SQL("SELECT {k}, {p} FROM {t} WHERE {id} = %s").format(**ident)
+        ops = [k for k, w in self.weights.items() for _ in range(w)]
+        deadline = time.monotonic() + self.max_seconds
+        seq = 0
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=True, application_name=f"writer-{i}")
+        except psycopg.Error as exc:
+            res.errors.append(f"connect: {exc}")
+            self._started.wait(timeout=30)
+            return
+        self._started.wait(timeout=30)
+        with conn:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                op = rng.choice(ops)
+                ids = list(res.expected)
+                if op != "insert" and not ids:
+                    op = "insert"
+                seq += 1
+                payload = f"w{i}-{seq}"
+                t0 = time.monotonic()
+                try:
+                    if op == "insert":
+                        key = s.make_key(rng)
+                        extra = [f(rng) for f in s.extra.values()]
+                        row = conn.execute(q_insert, [key, payload, *extra]).fetchone()
+                        assert row is not None
+                        res.expected[row[0]] = (key, payload)
+                    elif op == "update":
+                        rid = rng.choice(ids)
+                        n = conn.execute(q_update, [payload, rid]).rowcount
+                        self._check(res, op, rid, n)
+                        if n == 1:
+                            res.expected[rid] = (res.expected[rid][0], payload)
+                    elif op == "move":
+                        rid = rng.choice(ids)
+                        key = s.make_key(rng)
+                        n = conn.execute(q_move, [key, payload, rid]).rowcount
+                        self._check(res, op, rid, n)
+                        if n == 1:
+                            res.expected[rid] = (key, payload)
+                    elif op == "delete":
+                        rid = rng.choice(ids)
+                        n = conn.execute(q_delete, [rid]).rowcount
+                        self._check(res, op, rid, n)
+                        if n == 1:
+                            del res.expected[rid]
+                            res.deleted.add(rid)
+                    else:
+                        rid = rng.choice(ids)
+                        found = conn.execute(q_read, [rid]).fetchall()
+                        self._check(res, op, rid, len(found))
+                        if len(found) == 1 and tuple(found[0]) != res.expected[rid]:
+                            res.anomalies.append(f"read {rid}: {tuple(found[0])} != "
+                                                 f"{res.expected[rid]}")
+                except psycopg.Error as exc:
+                    res.errors.append(f"{op}: {type(exc).__name__}: {str(exc).strip()}")
+                    if conn.closed or conn.broken:
+                        return
+                elapsed = (time.monotonic() - t0) * 1000
+                res.latencies_ms.append(elapsed)
+                res.max_stall_ms = max(res.max_stall_ms, elapsed)
+                res.ops[op] = res.ops.get(op, 0) + 1
+                if self.pause_s:
+                    time.sleep(self.pause_s)
+
+    @staticmethod
+    def _check(res: WriterResult, op: str, rid: Any, n: int) -> None:
+        if n != 1:
+            res.anomalies.append(f"{op} of row {rid} touched {n} rows (expected 1)")
