@@ -340,7 +340,7 @@ class Executor:
 
 def backoff(attempt: int, base: float = 0.05, cap: float = 5.0) -> float:
     """Equal-jitter exponential backoff: half fixed, half random, doubling up to ``cap``."""
-    d = min(cap, base * 2 ** min(attempt, 20))
+    d: float = min(cap, base * 2.0 ** min(attempt, 20))
     return d / 2 + random.uniform(0, d / 2)
 
 

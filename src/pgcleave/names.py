@@ -40,7 +40,7 @@ def quote_ident(name: str) -> str:
     """Quote like PostgreSQL's ``quote_ident``: only when the name needs it."""
     simple = (
         name != ""
-        and (name[0].isalpha() and name[0].islower() or name[0] == "_")
+        and ((name[0].isalpha() and name[0].islower()) or name[0] == "_")
         and all((c.islower() and c.isascii()) or c.isdigit() or c == "_" for c in name)
     )
     if simple and name.upper() not in _RESERVED:
@@ -69,5 +69,5 @@ _RESERVED = {
     "LOCALTIME", "LOCALTIMESTAMP", "NOT", "NULL", "OFFSET", "ON", "ONLY", "OR", "ORDER", "PLACING",
     "PRIMARY", "REFERENCES", "RETURNING", "SELECT", "SESSION_USER", "SOME", "SYMMETRIC", "TABLE",
     "THEN", "TO", "TRAILING", "TRUE", "UNION", "UNIQUE", "USER", "USING", "VARIADIC", "WHEN",
-    "WHERE", "WINDOW", "WITH", "USER",
+    "WHERE", "WINDOW", "WITH",
 }

@@ -155,7 +155,8 @@ class Plan:
             out.append(f"-- step {i}/{len(self.steps)} [{step.name}]: {step.description}")
             locks = "; ".join(str(lt) for lt in step.locks) or "no table lock"
             out.append(f"--   locks: {locks}")
-            out.append(f"--   runs: {mode}" + (", under lock_timeout with retry" if step.ddl else ""))
+            retry = ", under lock_timeout with retry" if step.ddl else ""
+            out.append(f"--   runs: {mode}{retry}")
             if step.action:
                 out.append(f"--   action: {step.action} {json.dumps(step.params, sort_keys=True)}")
             if step.transactional and len(step.statements) > 1:

@@ -86,9 +86,11 @@ def find_bindir() -> Path:
             out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
                                  check=True).stdout.strip()
             candidates.append(Path(out))
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"),
-                      key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
-                      reverse=True)
+    def major(p: str) -> int:
+        name = Path(p).parent.name
+        return int(name) if name.isdigit() else 0
+
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=major, reverse=True)
     candidates += [Path(p) for p in versions]
     for c in candidates:
         if (c / "initdb").exists() and (c / "pg_ctl").exists():
@@ -145,8 +147,9 @@ class Sandbox:
             extra = {"user": run_as.pw_uid, "group": run_as.pw_gid, "extra_groups": []}
         env = dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8")
         try:
-            return subprocess.run(args, capture_output=True, text=True, check=True, env=env,
-                                  cwd="/", **extra, **kw)  # type: ignore[call-overload, no-any-return]
+            proc: subprocess.CompletedProcess[str] = subprocess.run(  # type: ignore[call-overload]
+                args, capture_output=True, text=True, check=True, env=env, cwd="/", **extra, **kw)
+            return proc
         except subprocess.CalledProcessError as exc:
             raise SandboxError(f"{Path(args[0]).name} failed: {(exc.stderr or exc.stdout).strip()}"
                                ) from None

@@ -7,6 +7,7 @@ from .table import (
     Index,
     Partition,
     Partitioning,
+    Policy,
     SequenceInfo,
     TableInfo,
     Trigger,
@@ -17,6 +18,7 @@ from .table import (
 )
 
 __all__ = [
-    "Column", "Constraint", "ForeignKey", "Index", "Partition", "Partitioning", "SequenceInfo",
+    "Column", "Constraint", "ForeignKey", "Index", "Partition", "Partitioning", "Policy",
+    "SequenceInfo",
     "TableInfo", "Trigger", "View", "resolve", "server_version", "snapshot",
 ]

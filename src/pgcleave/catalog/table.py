@@ -29,6 +29,7 @@ class Column:
     attnum: int
     type_oid: int = 0
     collation: str | None = None
+    comment: str | None = None
 
 
 @dataclass
@@ -76,6 +77,16 @@ class Trigger:
     name: str
     definition: str
     enabled: str
+
+
+@dataclass
+class Policy:
+    name: str
+    permissive: bool
+    command: str  # ALL, SELECT, INSERT, UPDATE, DELETE
+    roles: list[str]
+    using: str | None
+    with_check: str | None
 
 
 @dataclass
@@ -151,7 +162,7 @@ class TableInfo:
     comment: str | None
     rls_enabled: bool
     rls_forced: bool
-    policies: list[str]
+    policies: list[Policy]
     reloptions: list[str]
     partitioning: Partitioning | None
     parent: QualifiedName | None
@@ -196,7 +207,8 @@ def resolve(conn: Connection, name: str) -> tuple[int, QualifiedName, str]:
             [name]).fetchone()
     except psycopg.errors.InvalidName as exc:
         raise Refused(f"{name!r} is not a valid table name: {exc}",
-                      hint='quote names with capitals or spaces: \'"Sales"."Order Items"\'') from None
+                      hint="quote names with capitals or spaces: "
+                           "'\"Sales\".\"Order Items\"'") from None
     if row is None:
         raise NotFound(f"table {name} does not exist",
                        hint="check the name and schema; names with capitals need double quotes,"
@@ -225,7 +237,8 @@ def _snapshot_oid(conn: Connection, oid: int, qname: QualifiedName, kind: str) -
     columns = [Column(*r) for r in q.all(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,"
         " pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, a.attgenerated::text, a.attnum,"
-        " a.atttypid::int, CASE WHEN a.attcollation <> t.typcollation THEN co.collname END"
+        " a.atttypid::int, CASE WHEN a.attcollation <> t.typcollation THEN co.collname END,"
+        " col_description(a.attrelid, a.attnum)"
         " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
         " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
         " LEFT JOIN pg_collation co ON co.oid = a.attcollation"
@@ -239,7 +252,7 @@ def _snapshot_oid(conn: Connection, oid: int, qname: QualifiedName, kind: str) -
         " FROM pg_constraint con WHERE con.conrelid = %s ORDER BY con.conname", oid)]
     primary_key = next((c for c in constraints if c.type == "p"), None)
 
-    indexes = [Index(*r[:5], list(r[5] or []), r[6]) for r in q.all(
+    indexes = [Index(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), r[6]) for r in q.all(
         "SELECT ic.relname, pg_get_indexdef(i.indexrelid), i.indisunique, i.indisprimary,"
         " i.indisvalid, (SELECT array_agg(coalesce(a.attname, '(expression)') ORDER BY k.ord)"
         "   FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)"
@@ -293,8 +306,14 @@ def _snapshot_oid(conn: Connection, oid: int, qname: QualifiedName, kind: str) -
         " WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass"
         " AND d.refobjid = %s AND v.oid <> %s ORDER BY 1, 2", oid, oid)]
 
-    policies = [r[0] for r in q.all(
-        "SELECT polname FROM pg_policy WHERE polrelid = %s ORDER BY polname", oid)]
+    policies = [Policy(r[0], r[1], r[2], list(r[3]), r[4], r[5]) for r in q.all(
+        "SELECT p.polname, p.polpermissive,"
+        " CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'"
+        "   WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,"
+        " ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE pg_get_userbyid(r) END"
+        "       FROM unnest(p.polroles) r),"
+        " pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)"
+        " FROM pg_policy p WHERE p.polrelid = %s ORDER BY p.polname", oid)]
 
     partitioning = _partitioning(q, oid) if kind == "p" else None
     parent = None
@@ -481,12 +500,12 @@ class _Query:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def all(self, query: str | sql.Composable, *args: Any) -> list[tuple[Any, ...]]:
-        return self.conn.execute(query if isinstance(query, sql.Composable)
-                                 else query.encode(), list(args) or None).fetchall()
+    def all(self, query: str | sql.Composed | sql.SQL, *args: Any) -> list[tuple[Any, ...]]:
+        q = query.encode() if isinstance(query, str) else query
+        return self.conn.execute(q, list(args) or None).fetchall()
 
-    def one(self, query: str | sql.Composable, *args: Any) -> tuple[Any, ...]:
-        row = self.conn.execute(query if isinstance(query, sql.Composable)
-                                else query.encode(), list(args) or None).fetchone()
+    def one(self, query: str | sql.Composed | sql.SQL, *args: Any) -> tuple[Any, ...]:
+        q = query.encode() if isinstance(query, str) else query
+        row = self.conn.execute(q, list(args) or None).fetchone()
         assert row is not None
         return tuple(row)

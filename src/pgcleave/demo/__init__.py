@@ -89,7 +89,7 @@ def _shell_quote(a: str) -> str:
 def chapters() -> list[Any]:
     from .. import demo as pkg
 
-    mods = sorted((m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("ch")))
+    mods = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("ch"))
     return [importlib.import_module(f"{pkg.__name__}.{m}") for m in mods]
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 from psycopg import sql
@@ -44,7 +44,8 @@ class WriterResult:
 
 
 class Workload:
-    WEIGHTS = {"insert": 4, "update": 2, "delete": 1, "move": 2, "read": 2}
+    WEIGHTS: ClassVar[dict[str, int]] = {
+        "insert": 4, "update": 2, "delete": 1, "move": 2, "read": 2}
 
     def __init__(self, dsn: str, spec: Spec, *, writers: int = 4, seed: int = 1,
                  max_seconds: float = 60.0, pause_s: float = 0.0,
