@@ -289,6 +289,8 @@ class Executor:
                     conn.execute(f"SET LOCAL statement_timeout = {int(stmt_timeout)}")
                     for s in statements:
                         conn.execute(s.encode())
+                    if step is not None:
+                        _fault("inside", step, -1)
                     if finish is not None:
                         finish()
                 return (time.monotonic() - t0) * 1000
@@ -345,8 +347,9 @@ def backoff(attempt: int, base: float = 0.05, cap: float = 5.0) -> float:
 
 
 def _fault(when: str, step: Step, idx: int) -> None:
-    """Fault injection for tests: PGCLEAVE_FAULT=kill-after:STEP or kill-before:STEP (a step
-    name or its 1-based number) sends SIGKILL to this process at that point, like ``kill -9``."""
+    """Fault injection for tests: PGCLEAVE_FAULT=kill-before:STEP, kill-after:STEP, or
+    kill-inside:STEP (statements sent, transaction not yet committed), with STEP a step name or
+    its 1-based number, sends SIGKILL to this process at that point, like ``kill -9``."""
     spec = os.environ.get("PGCLEAVE_FAULT")
     if not spec:
         return
