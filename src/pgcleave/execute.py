@@ -240,7 +240,7 @@ class Executor:
         self.emit(Event("step-start", job_id, idx, total, step, step.description))
         started = time.monotonic()
         if step.action:
-            fn = ACTIONS.get(step.action)
+            fn = ACTIONS.get(step.action) or _import_actions().get(step.action)
             if fn is None:
                 raise StepFailed(f"unknown action {step.action!r} in job {job_id}", job_id=job_id,
                                  hint="this job was planned by a newer pgcleave; upgrade")
@@ -338,6 +338,19 @@ class Executor:
                                                  f"{pause * 1000:.0f} ms", step=step,
                                 data={"attempt": n, "pause_s": pause}))
                 time.sleep(pause)
+
+
+def _import_actions() -> dict[str, ActionFn]:
+    """Import every operation module so their actions register (a library user resuming a job
+    may not have imported the module that planned it)."""
+    import importlib
+    import pkgutil
+
+    from . import ops
+
+    for mod in pkgutil.iter_modules(ops.__path__):
+        importlib.import_module(f"{ops.__name__}.{mod.name}")
+    return ACTIONS
 
 
 def backoff(attempt: int, base: float = 0.05, cap: float = 5.0) -> float:
