@@ -146,6 +146,10 @@ class Executor:
                     step = plan.steps[idx]
                     if states[idx] not in ("done", "running", "failed"):
                         continue
+                    if states[idx] == "failed" and step.transactional and not step.action:
+                        # Its transaction rolled back: nothing of it is there to undo.
+                        journal.set_step(conn, job_id, idx, "undone")
+                        continue
                     if not step.undo and states[idx] == "done" and step.ddl:
                         raise StepFailed(
                             f"step {step.name!r} of job {job_id} cannot be undone", job_id=job_id,
