@@ -10,8 +10,13 @@ from .connection import Connection
 
 def table_status(conn: Connection, table: str) -> dict[str, Any]:
     """A JSON-ready description of a table and its partitions, ordered by bounds."""
+    from . import policy
+
     info = snapshot(conn, table)
-    return describe(info)
+    d = describe(info)
+    pol = policy.load(conn, info.name)
+    d["policy"] = None if pol is None else {**pol.to_json(), "summary": pol.summary()}
+    return d
 
 
 def describe(info: TableInfo) -> dict[str, Any]:

@@ -44,6 +44,10 @@ def render(st: dict[str, Any]) -> None:
     tree = Tree(head)
     _branch(tree, st["partitioning"])
     out.print(tree)
+    if "policy" in st:
+        pol = st["policy"]
+        out.print("policy: " + (pol["summary"] if pol else "none (nothing maintains it; "
+                                "`pgcleave config` sets one)"), markup=False)
 
 
 def _branch(node: Tree, p: dict[str, Any]) -> None:

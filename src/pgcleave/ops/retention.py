@@ -1,0 +1,403 @@
+"""Retention: retire range partitions whose upper bound is past the policy's horizon.
+
+Per partition, oldest first (ordered by bounds, never by name):
+1. detach. ``DETACH ... CONCURRENTLY`` (SHARE UPDATE EXCLUSIVE on the parent: writers never
+   wait) when the parent has no DEFAULT partition. PostgreSQL refuses CONCURRENTLY when a DEFAULT
+   exists; then a plain ``DETACH`` runs under ``lock_timeout`` with retries: it takes ACCESS
+   EXCLUSIVE on the parent, the partition and the DEFAULT for a few milliseconds (no scan).
+   A concurrent detach interrupted in its second phase (a crash, or ``lock_timeout`` while it
+   waits for older snapshots) leaves the partition "detach pending"; the action sees that and
+   runs ``DETACH ... FINALIZE`` instead, so a rerun or ``resume`` always completes it.
+2. ``archive``: under a SHARE lock on the detached table, stream it to a file, read the file
+   back and compare row count (and checksum), write the manifest, then drop the table in the
+   same transaction. ``drop``: drop the detached table.
+
+Rows that arrive later for a retired range go to the DEFAULT partition, where they stay
+visible; ``check`` reports them and ``maintain`` never recreates a partition that old.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg import sql
+
+from .. import archive as arch
+from ..errors import LockContention
+from ..execute import ActionContext, action, backoff
+from ..names import QualifiedName
+from ..plan import Lock, LockTaken, Plan, Statement, Step
+from ..policy import Level, Policy, RangePart
+
+
+def _qn(d: dict[str, str]) -> QualifiedName:
+    return QualifiedName(d["schema"], d["name"])
+
+
+def _qd(q: QualifiedName) -> dict[str, str]:
+    return {"schema": q.schema, "name": q.name}
+
+
+def attached_guard(parent: QualifiedName, part: QualifiedName) -> sql.Composable:
+    """True once ``part`` is no longer (even pending) a partition of ``parent``."""
+    return sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = "
+                   "to_regclass({}) AND inhparent = to_regclass({}))").format(
+        part.literal, parent.literal)
+
+
+def gone_guard(part: QualifiedName) -> sql.Composable:
+    return sql.SQL("SELECT to_regclass({}) IS NULL").format(part.literal)
+
+
+def detach_sql(parent: QualifiedName, part: QualifiedName, mode: str) -> sql.Composed:
+    suffix = {"concurrently": " CONCURRENTLY", "finalize": " FINALIZE", "plain": ""}[mode]
+    return sql.SQL("ALTER TABLE {} DETACH PARTITION {}" + suffix).format(parent.ident, part.ident)
+
+
+def retention_steps(policy: Policy, level: Level, parts: list[RangePart],
+                    archive_dir: str | None) -> list[Step]:
+    steps: list[Step] = []
+    concurrently = level.default is None
+    for rp in parts:
+        part = rp.part.name
+        steps.append(detach_step(level.parent, part, concurrently=concurrently,
+                                 pending=rp.part.detach_pending))
+        if policy.retention_action == "archive":
+            assert archive_dir is not None
+            steps.append(archive_step(level, rp, archive_dir, policy.archive_format))
+        elif policy.retention_action == "drop":
+            steps.append(Step.sql(
+                f"drop:{part.name}", f"drop retired partition {part} (detached)",
+                [sql.SQL("DROP TABLE IF EXISTS {}").format(part.ident)],
+                locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{part} (detached)")],
+                guard=gone_guard(part)))
+        else:
+            steps.append(Step.sql(
+                f"record:{part.name}", f"record that {part} was detached by retention",
+                [record_sql(level.parent, part, rp.part.bound, "detach", None, None, None)],
+                ddl=False, guard=sql.SQL(
+                    "SELECT EXISTS (SELECT 1 FROM pgcleave.archives WHERE partition = {} AND "
+                    "action = 'detach' AND restored_at IS NULL)").format(
+                    sql.Literal(part.quoted))))
+    return steps
+
+
+def detach_step(parent: QualifiedName, part: QualifiedName, *, concurrently: bool,
+                pending: bool = False) -> Step:
+    mode = "finalize" if pending else ("concurrently" if concurrently else "plain")
+    if mode == "plain":
+        desc = (f"detach {part} from {parent} (plain DETACH: CONCURRENTLY is refused while the "
+                "table has a DEFAULT partition; brief ACCESS EXCLUSIVE, no scan)")
+        locks = [LockTaken(Lock.ACCESS_EXCLUSIVE, str(parent)),
+                 LockTaken(Lock.ACCESS_EXCLUSIVE, str(part)),
+                 LockTaken(Lock.ACCESS_EXCLUSIVE, "the DEFAULT partition")]
+    else:
+        desc = (f"{'finish the pending detach of' if pending else 'detach'} {part} from "
+                f"{parent} concurrently")
+        locks = [LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, str(parent)),
+                 LockTaken(Lock.ACCESS_EXCLUSIVE, f"{part} (waits for older snapshots)")]
+    return Step(
+        name=f"detach:{part.name}", description=desc,
+        statements=[detach_sql(parent, part, mode).as_string(None)], locks=locks,
+        transactional=False, guard=attached_guard(parent, part).as_string(None),
+        action="retention:detach",
+        params={"parent": _qd(parent), "partition": _qd(part), "concurrently": mode != "plain"})
+
+
+@action("retention:detach")
+def _detach(ctx: ActionContext) -> None:
+    """Detach, finalizing a pending detach whenever one is found (from this or an earlier
+    run), retrying lock timeouts with jittered backoff up to the retry limit."""
+    parent, part = _qn(ctx.params["parent"]), _qn(ctx.params["partition"])
+    concurrently = bool(ctx.params["concurrently"])
+    conn = ctx.conn
+    timeout = int(ctx.settings.lock_timeout_ms)
+    deadline = time.monotonic() + ctx.settings.lock_retry_limit_s
+    attempt = 0
+    while True:
+        row = conn.execute(
+            "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = to_regclass(%s)"
+            " AND inhparent = to_regclass(%s)", [part.quoted, parent.quoted]).fetchone()
+        if row is None:
+            return
+        pending = bool(row[0])
+        try:
+            if pending:
+                ctx.progress(f"finalizing the pending detach of {part}")
+                conn.execute(f"SET lock_timeout = {timeout}")
+                try:
+                    conn.execute(detach_sql(parent, part, "finalize"))
+                finally:
+                    conn.execute("RESET lock_timeout")
+            elif concurrently:
+                conn.execute(f"SET lock_timeout = {timeout}")
+                try:
+                    conn.execute(detach_sql(parent, part, "concurrently"))
+                finally:
+                    conn.execute("RESET lock_timeout")
+            else:
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL lock_timeout = {timeout}")
+                    conn.execute(detach_sql(parent, part, "plain"))
+            continue  # re-read the state: done, or pending after an interrupted phase two
+        except (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected) as exc:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.rollback()
+            attempt += 1
+            pause = backoff(attempt)
+            if time.monotonic() + pause > deadline:
+                raise LockContention(
+                    f"gave up detaching {part} after {attempt} attempts: {str(exc).strip()}",
+                    hint="a long transaction holds the table; the next maintain run finishes "
+                         "the detach (it is left pending or attached, never half-done)"
+                ) from None
+            ctx.progress(f"lock not available detaching {part}, retry {attempt} in "
+                         f"{pause * 1000:.0f} ms")
+            time.sleep(pause)
+
+
+def archive_step(level: Level, rp: RangePart, archive_dir: str, fmt: str) -> Step:
+    part = rp.part.name
+    stem = arch.base_name(part)
+    where = str(Path(archive_dir) / (stem + (".copy.gz" if fmt == "copy" else ".dump")))
+    shown: list[str] = [
+        sql.SQL("LOCK TABLE {} IN SHARE MODE").format(part.ident).as_string(None),
+        (sql.SQL("COPY (SELECT * FROM ONLY {}) TO STDOUT").format(part.ident).as_string(None)
+         + f"  -- gzip into {where}, read back and counted" if fmt == "copy"
+         else f"-- pg_dump --format=custom --table={part.quoted} --file={where}; rows counted "
+              "with pg_restore"),
+        sql.SQL("DROP TABLE {}").format(part.ident).as_string(None),
+    ]
+    return Step(
+        name=f"archive:{part.name}",
+        description=f"archive {part} ({rp.part.bound}) to {where}, verify, then drop it",
+        statements=shown,
+        locks=[LockTaken(Lock.SHARE, f"{part} (detached)"),
+               LockTaken(Lock.ACCESS_EXCLUSIVE, f"{part} (detached, to drop it)")],
+        transactional=True, guard=gone_guard(part).as_string(None), action="retention:archive",
+        params={"parent": _qd(level.parent), "partition": _qd(part), "bound": rp.part.bound,
+                "key_column": level.key, "key_type": level.key_type, "dir": archive_dir,
+                "format": fmt})
+
+
+def record_sql(parent: QualifiedName, part: QualifiedName, bound: str, what: str,
+               path: str | None, rows: int | None, sha: str | None) -> sql.Composed:
+    return sql.SQL(
+        "INSERT INTO pgcleave.archives (table_schema, table_name, partition, bound, action, "
+        "path, rows, sha256) VALUES ({}, {}, {}, {}, {}, {}, {}, {})").format(
+        sql.Literal(parent.schema), sql.Literal(parent.name), sql.Literal(part.quoted),
+        sql.Literal(bound), sql.Literal(what), sql.Literal(path), sql.Literal(rows),
+        sql.Literal(sha))
+
+
+@action("retention:archive")
+def _archive(ctx: ActionContext) -> None:
+    p = ctx.params
+    parent, part = _qn(p["parent"]), _qn(p["partition"])
+    directory = Path(p["dir"])
+    stem = arch.base_name(part)
+    conn = ctx.conn
+    result: dict[str, Any] = {}
+
+    def attempt() -> float:
+        t0 = time.monotonic()
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = {int(ctx.settings.lock_timeout_ms)}")
+            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [part.quoted]
+                                  ).fetchone()
+            if not (exists and exists[0]):
+                return 0.0
+            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(part.ident))
+            conn.execute("SET LOCAL lock_timeout = 0")
+            columns = arch.columns_of(conn, part)
+            if p["format"] == "pg_dump":
+                cnt = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(part.ident)
+                                   ).fetchone()
+                expected = int(cnt[0]) if cnt else 0
+                path, rows, size = arch.write_pg_dump(ctx.settings.resolved_dsn(), part,
+                                                      directory, stem)
+                if rows != expected:
+                    raise arch.ArchiveError(
+                        f"{path} holds {rows} rows, {part} has {expected}; nothing dropped")
+                sha, encoding = None, "pg_dump-custom"
+            else:
+                path, rows, sha_s, size = arch.write_copy(conn, part, directory, stem)
+                cnt = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(part.ident)
+                                   ).fetchone()
+                if not cnt or int(cnt[0]) != rows:
+                    raise arch.ArchiveError(
+                        f"{path} holds {rows} rows, {part} has {cnt[0] if cnt else '?'}; "
+                        "nothing dropped")
+                sha, encoding = sha_s, "copy-text+gzip"
+            ver = conn.execute("SHOW server_version_num").fetchone()
+            m = arch.Manifest(
+                table={"schema": parent.schema, "name": parent.name},
+                partition={"schema": part.schema, "name": part.name}, bound=p["bound"],
+                key_column=p["key_column"], key_type=p["key_type"], columns=columns, rows=rows,
+                sha256=sha, data_file=path.name, encoding=encoding, bytes=size,
+                server_version=int(ver[0]) if ver else 0)
+            mpath = arch.write_manifest(m, directory, stem)
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                sql.Literal(int(ctx.settings.lock_timeout_ms))))
+            conn.execute(sql.SQL("DROP TABLE {}").format(part.ident))
+            conn.execute(record_sql(parent, part, p["bound"], "archive", str(mpath), rows, sha))
+            result.update(rows=rows, path=str(path), manifest=str(mpath), bytes=size)
+            ctx.save({"rows": rows, "path": str(path), "manifest": str(mpath), "bytes": size})
+        return (time.monotonic() - t0) * 1000
+
+    ctx.executor._with_retry(conn, attempt, ctx.step, [])
+    if result:
+        ctx.progress(f"archived {result['rows']} rows of {part} to {result['path']}",
+                     final=True)
+
+
+# -- restore -----------------------------------------------------------------------------------
+def plan_restore(conn: Any, path: str, *, as_table: str | None = None) -> Plan:
+    """Bring an archived partition back: recreate it with the parent's definition and a
+    CHECK of its bound, COPY the rows in (verified against the manifest), then attach it
+    without any scan (and, with a DEFAULT partition, after an excluding CHECK on it is
+    validated). ``as_table`` restores into a standalone table instead."""
+    from ..catalog import snapshot
+    from ..catalog.table import _RANGE_RE, split_literals
+    from ..errors import Refused
+    from ..policy import load as load_policy
+
+    m, mpath = arch.Manifest.read(path)
+    data = m.data_path(mpath)
+    if not data.exists():
+        raise Refused(f"the archive's data file {data} is missing")
+    info = snapshot(conn, m.parent.quoted)
+    have = [(c.name, c.type) for c in info.columns]
+    want = [(c["name"], c["type"]) for c in m.columns]
+    if have != want:
+        raise Refused(f"{info.name} no longer has the columns the archive recorded",
+                      hint=f"archive: {want}; table now: {have}")
+    target = (resolve_name(conn, as_table, info.name) if as_table else m.partition_name)
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [target.quoted]).fetchone()
+    if exists and exists[0]:
+        raise Refused(f"{target} already exists", hint="restore under another name with "
+                      "--as-table NAME")
+    mt = _RANGE_RE.match(m.bound)
+    if mt is None:
+        raise Refused(f"unsupported bound in the manifest: {m.bound}")
+    lo_s, hi_s = split_literals(mt.group(1))[0], split_literals(mt.group(2))[0]
+    key = sql.Identifier(m.key_column)
+    typ = sql.SQL(m.key_type)
+
+    def val(s: str) -> sql.Composable:
+        if s.upper() in ("MINVALUE", "MAXVALUE") or not (s.startswith("'") or
+                                                         s.replace(".", "").lstrip("-")
+                                                         .isdigit()):
+            raise Refused(f"unsupported bound value {s!r} in the manifest")
+        return sql.SQL("({})::{}").format(sql.SQL(s), typ)
+
+    in_range = sql.SQL("({k} IS NOT NULL AND {k} >= {lo} AND {k} < {hi})").format(
+        k=key, lo=val(lo_s), hi=val(hi_s))
+    warnings: list[str] = []
+    notes = [f"restore {m.rows} rows of {m.partition_name} ({m.bound}) from {data}"]
+    steps: list[Step] = [Step.sql(
+        "restore:create", f"create {target} like {info.name}, with a CHECK of its bound",
+        [sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+                 "INCLUDING INDEXES INCLUDING GENERATED INCLUDING STORAGE)").format(
+            target.ident, info.name.ident),
+         sql.SQL("ALTER TABLE {} ADD CONSTRAINT pgcleave_bound CHECK {}").format(
+             target.ident, in_range)],
+        guard=sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(target.literal),
+        undo=[sql.SQL("DROP TABLE IF EXISTS {}").format(target.ident)])]
+    cols = [c["name"] for c in m.columns if not c.get("generated")]
+    steps.append(Step(
+        name="restore:load", description=f"COPY the {m.rows} archived rows into {target} and "
+        "check count and checksum against the manifest",
+        statements=[sql.SQL("COPY {} ({}) FROM STDIN").format(
+            target.ident, sql.SQL(", ").join(map(sql.Identifier, cols))).as_string(None)
+            + f"  -- from {data}"],
+        locks=[LockTaken(Lock.ROW_EXCLUSIVE, f"{target} (new)")], transactional=True,
+        ddl=False, action="retention:load",
+        params={"manifest": str(mpath), "table": _qd(target), "cols": cols}))
+    if as_table is None:
+        if info.partitioning is None or info.partitioning.strategy != "range":
+            raise Refused(f"{info.name} is not range-partitioned any more",
+                          hint="restore with --as-table NAME")
+        d = info.partitioning.default
+        if d is not None:
+            late = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {} WHERE {}").format(
+                d.name.ident, in_range)).fetchone()
+            if late and late[0]:
+                raise Refused(
+                    f"{late[0]} rows for this range arrived later and sit in {d.name}",
+                    hint="restore with --as-table NAME and merge them by hand, or delete the "
+                         "late rows first")
+            con = sql.Identifier("pgcleave_restore_guard")
+            steps.append(Step.sql(
+                "restore:guard", f"CHECK on {d.name} excluding the range (NOT VALID, then "
+                "validated while writes go on)",
+                [sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(d.name.ident, con),
+                 sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (NOT {}) NOT VALID").format(
+                     d.name.ident, con, in_range)],
+                locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{d.name} (catalog only)")]))
+            steps.append(Step.sql(
+                "restore:validate", f"validate the CHECK on {d.name}",
+                [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(d.name.ident, con)],
+                locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, str(d.name))]))
+        attach: list[Statement] = [sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
+            info.name.ident, target.ident, sql.SQL(m.bound))]
+        if d is not None:
+            attach.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                d.name.ident, sql.Identifier("pgcleave_restore_guard")))
+        steps.append(Step.sql(
+            "restore:attach", f"attach {target} to {info.name} (no scan: CHECKs prove it)",
+            attach, locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, str(info.name)),
+                           LockTaken(Lock.ACCESS_EXCLUSIVE, f"{target} and the DEFAULT")],
+            guard=attached_guard(info.name, target).as_string(None).replace(
+                "SELECT NOT EXISTS", "SELECT EXISTS")))
+        policy = load_policy(conn, info.name)
+        if policy is not None and policy.retention:
+            warnings.append(f"the policy of {info.name} retires data older than "
+                            f"{policy.retention}: if this range is that old, the next "
+                            "`maintain` retires it again (change it with `pgcleave config "
+                            "--retention`, or restore with --as-table)")
+    steps.append(Step.sql(
+        "restore:record", "mark the archive restored",
+        [sql.SQL("UPDATE pgcleave.archives SET restored_at = now() WHERE partition = {} AND "
+                 "path = {} AND restored_at IS NULL").format(
+            sql.Literal(m.partition_name.quoted), sql.Literal(str(mpath)))], ddl=False))
+    return Plan("restore", info.name.quoted if as_table is None else target.quoted,
+                {"archive": str(mpath), "as_table": as_table}, steps, notes=notes,
+                warnings=warnings)
+
+
+def resolve_name(conn: Any, name: str, like: QualifiedName) -> QualifiedName:
+    """A new table's name as the user typed it (``x`` lands in the parent's schema)."""
+    row = conn.execute("SELECT parse_ident(%s)", [name]).fetchone()
+    parts = list(row[0]) if row else [name]
+    return QualifiedName(parts[0], parts[1]) if len(parts) == 2 else like.sibling(parts[0])
+
+
+@action("retention:load")
+def _load(ctx: ActionContext) -> None:
+    p = ctx.params
+    m, mpath = arch.Manifest.read(p["manifest"])
+    target = _qn(p["table"])
+    conn = ctx.conn
+    with conn.transaction():
+        conn.execute(sql.SQL("TRUNCATE {}").format(target.ident))
+        query = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            target.ident, sql.SQL(", ").join(map(sql.Identifier, p["cols"])))
+        sha = hashlib.sha256()
+        with conn.cursor() as cur, cur.copy(query) as cp:
+            for chunk in arch.data_rows(m, mpath):
+                sha.update(chunk)
+                cp.write(chunk)
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target.ident)).fetchone()
+        n = int(row[0]) if row else -1
+        if n != m.rows:
+            raise arch.ArchiveError(f"loaded {n} rows from {mpath}, the manifest says {m.rows}")
+        if m.sha256 and sha.hexdigest() != m.sha256:
+            raise arch.ArchiveError(f"{mpath}: checksum differs from the manifest")
+        ctx.save({"rows": n})
+    ctx.progress(f"loaded {n} rows into {target}", final=True)
