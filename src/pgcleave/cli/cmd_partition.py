@@ -1,0 +1,155 @@
+"""``pgcleave partition``, ``add-partition``, ``carve``, ``unpartition``: partition a live table in
+place, add partitions without scanning a DEFAULT under an exclusive lock, move rows out of the
+DEFAULT (or the legacy partition) into new partitions, and the way back."""
+
+from __future__ import annotations
+
+import click
+
+from ..ops.carve import DIRECT_MAX_LOCK_MS, plan_carve
+from ..ops.partition import plan_add_partition, plan_partition, plan_unpartition
+from . import common
+from .common import dry_run_option, json_option, yes_option
+from .main import app
+
+
+def _values(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    vals = [v.strip() for v in text.split(",")]
+    if not all(vals):
+        raise click.BadParameter("empty value in the list", param_hint="--values")
+    return vals
+
+
+@app.command()
+@click.argument("table")
+@click.option("--by", "by", required=True, metavar="'range(COL)'|'list(COL)'|'hash(COL)'",
+              help="Partitioning method and key column.")
+@click.option("--interval", default=None, metavar="INTERVAL",
+              help="Range width: '1 day', '1 week', '1 month', '3 months', '1 year', or a "
+                   "number for integer keys.")
+@click.option("--premake", default=3, show_default=True, type=click.IntRange(min=0),
+              help="Future partitions created at once (legacy strategy).")
+@click.option("--modulus", default=None, type=click.IntRange(min=1),
+              help="Number of hash partitions (hash).")
+@click.option("--strategy", type=click.Choice(["legacy", "default", "copy"]), default=None,
+              help="legacy: the old table becomes [MINVALUE, cutoff); default: it becomes the "
+                   "DEFAULT partition; copy: rows are copied into a new table. Chosen "
+                   "automatically when omitted (the reason is printed).")
+@click.option("--then", "then", default=None, metavar="'range(COL)'",
+              help="Second level, stored in the policy for maintain (default strategy).")
+@click.option("--then-interval", default=None, metavar="INTERVAL",
+              help="Interval of the second level.")
+@click.option("--cutoff", default=None, metavar="VALUE",
+              help="Legacy strategy: first key value not kept in the old table (aligned to "
+                   "the interval). Default: the interval after now / the largest key.")
+@click.option("--old-name", default=None, metavar="NAME",
+              help="New name of the old table (default TABLE_legacy or TABLE_old).")
+@click.option("--drop-inbound-fks", is_flag=True,
+              help="Drop foreign keys that reference TABLE in the cut-over (else refused).")
+@click.option("--require-parent-key", is_flag=True,
+              help="Refuse when the primary key cannot live on the partitioned table.")
+@dry_run_option
+@yes_option
+@json_option
+def partition(table: str, by: str, interval: str | None, premake: int, modulus: int | None,
+              strategy: str | None, then: str | None, then_interval: str | None,
+              cutoff: str | None, old_name: str | None, drop_inbound_fks: bool,
+              require_parent_key: bool, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Turn the plain TABLE into a partitioned table under the same name, online.
+
+    \b
+    pgcleave partition orders --by 'range(created_at)' --interval '1 month'
+    pgcleave partition exercises --by 'range(tenant)'          # old table as DEFAULT
+    """
+    with common.db() as conn:
+        plan = plan_partition(conn, table, by=by, interval=interval, premake=premake,
+                              modulus=modulus, strategy=strategy, then=then,
+                              then_interval=then_interval, cutoff=cutoff,
+                              drop_inbound_fks=drop_inbound_fks,
+                              require_parent_key=require_parent_key, old_name=old_name)
+    common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
+
+
+@app.command("add-partition")
+@click.argument("table")
+@click.option("--from", "lower", default=None, metavar="VALUE",
+              help="Lower bound (inclusive), or MINVALUE.")
+@click.option("--to", "upper", default=None, metavar="VALUE",
+              help="Upper bound (exclusive), or MAXVALUE.")
+@click.option("--values", default=None, metavar="V1,V2", help="List partition values.")
+@click.option("--modulus", default=None, type=int, help="Hash partition modulus.")
+@click.option("--remainder", default=None, type=int, help="Hash partition remainder.")
+@click.option("--name", default=None, help="Partition name (default derived from the bound).")
+@dry_run_option
+@yes_option
+@json_option
+def add_partition(table: str, lower: str | None, upper: str | None, values: str | None,
+                  modulus: int | None, remainder: int | None, name: str | None, dry_run: bool,
+                  yes: bool, as_json: bool) -> None:
+    """Create an empty partition of TABLE without scanning its DEFAULT under an exclusive lock
+    (an excluding CHECK is validated on the DEFAULT first, and removed after)."""
+    with common.db() as conn:
+        plan = plan_add_partition(conn, table, lower=lower, upper=upper, values=_values(values),
+                                  modulus=modulus, remainder=remainder, name=name)
+    common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
+
+
+@app.command()
+@click.argument("table")
+@click.option("--from", "lower", default=None, metavar="VALUE",
+              help="Lower bound (inclusive), or MINVALUE.")
+@click.option("--to", "upper", default=None, metavar="VALUE",
+              help="Upper bound (exclusive), or MAXVALUE.")
+@click.option("--values", default=None, metavar="V1,V2", help="List partition values.")
+@click.option("--name", default=None, help="Name of the new partition.")
+@click.option("--method", type=click.Choice(["auto", "direct", "swap"]), default="auto",
+              show_default=True,
+              help="direct: move and attach in one transaction (small sources only); swap: "
+                   "copy with change capture, then a short swap.")
+@click.option("--max-lock-ms", default=DIRECT_MAX_LOCK_MS, show_default=True,
+              type=click.IntRange(min=0),
+              help="Largest estimated exclusive-lock time allowed for the direct method.")
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(min=1),
+              help="Rows per copy batch (swap).")
+@dry_run_option
+@yes_option
+@json_option
+def carve(table: str, lower: str | None, upper: str | None, values: str | None,
+          name: str | None, method: str, max_lock_ms: int, batch_size: int, dry_run: bool,
+          yes: bool, as_json: bool) -> None:
+    """Move the rows of a range or list out of TABLE's DEFAULT (or legacy) partition into a new
+    partition; the rows stay visible through TABLE at every moment.
+
+    \b
+    pgcleave carve exercises --from MINVALUE --to B
+    pgcleave carve exercises --from B --to D
+    """
+    vals = _values(values)
+    piece: tuple[str, str] | list[str]
+    if vals is not None:
+        if lower is not None or upper is not None:
+            raise click.UsageError("give either --from/--to or --values")
+        piece = vals
+    elif lower is None or upper is None:
+        raise click.UsageError("give --from and --to, or --values")
+    else:
+        piece = (lower, upper)
+    with common.db() as conn:
+        plan = plan_carve(conn, table, [piece], names=[name] if name else None, method=method,
+                          max_lock_ms=max_lock_ms, batch_size=batch_size)
+    common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
+
+
+@app.command()
+@click.argument("table")
+@dry_run_option
+@yes_option
+@json_option
+def unpartition(table: str, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """The way back: TABLE becomes the plain old table again, with the (few) rows of its other
+    partitions moved back into it, in one short transaction."""
+    with common.db() as conn:
+        plan = plan_unpartition(conn, table)
+    common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)

@@ -1,0 +1,972 @@
+"""``partition``: turn a live plain table into a partitioned table under the same name, online;
+``add-partition``: a new partition without scanning a DEFAULT under an exclusive lock;
+``unpartition``: the way back while the rows still sit in the old table.
+
+Two in-place shapes (see DESIGN.md, "Converting a live table"):
+
+- ``legacy`` (keys that grow: time, serial ids). ``CHECK (key < cutoff) NOT VALID`` then
+  ``VALIDATE`` while writes flow (SHARE UPDATE EXCLUSIVE); then one short transaction renames the
+  old table, creates the partitioned parent under the old name, attaches the old table as
+  ``[MINVALUE, cutoff)`` (no scan: the validated CHECK proves the bound) and creates the next
+  partitions.
+- ``default`` (keys with no order, e.g. tenants; seed 000): the same short transaction attaches
+  the old table as the DEFAULT partition, which needs no scan at all while it is the only one.
+
+Whatever the shape, the cut-over transaction re-creates on the new parent what the application
+relies on: the name, defaults, NOT NULL and CHECK constraints, indexes and keys (under their
+original names, so ``ON CONFLICT ON CONSTRAINT`` keeps working), serial and identity sequences
+(continuing, not restarting), outbound foreign keys (adopted from the old table without a
+scan), triggers, grants, comments, row-level security and the views that read the table.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from psycopg import sql
+
+from .. import policy as policy_mod
+from ..catalog import Index, Partition, TableInfo, snapshot
+from ..connection import Connection
+from ..errors import Busy, Refused
+from ..journal import schema_exists
+from ..names import QualifiedName, child_name
+from ..plan import Lock, LockTaken, Plan, Statement, Step
+from ..schemes import (
+    Interval,
+    add,
+    check_fits,
+    floor,
+    key_kind,
+    literal,
+    parse_value,
+    ranges,
+    suffix,
+)
+from . import dependents
+
+CUTOFF_CHECK = "pgcleave_cutoff"
+STRATEGIES = ("legacy", "default", "copy")
+# unpartition moves rows of the other partitions back under ACCESS EXCLUSIVE: only a few.
+UNPARTITION_MAX_ROWS = 10_000
+
+_BY_RE = re.compile(r"^\s*(range|list|hash)\s*\(\s*(.+?)\s*\)\s*$", re.I)
+_INDEX_RE = re.compile(
+    r'^CREATE (?:UNIQUE )?INDEX (?:"(?:[^"]|"")+"|\S+) ON (?:ONLY )?'
+    r'(?:"(?:[^"]|"")+"|[^\s".]+)\.(?:"(?:[^"]|"")+"|[^\s".]+) (USING .*)$', re.S)
+
+
+# -- small shared helpers (also used by carve) ----------------------------------------------------
+def parse_by(text: str) -> tuple[str, str]:
+    """``range(created_at)`` -> ("range", "created_at"); a quoted column keeps its case, an
+    unquoted one folds to lower case, as PostgreSQL does."""
+    m = _BY_RE.match(text)
+    if not m:
+        raise Refused(f"cannot read --by {text!r}",
+                      hint="use 'range(column)', 'list(column)' or 'hash(column)'")
+    strategy, col = m.group(1).lower(), m.group(2)
+    if col.startswith('"') and col.endswith('"') and len(col) >= 2:
+        col = col[1:-1].replace('""', '"')
+    else:
+        col = col.lower()
+    return strategy, col
+
+
+def index_tail(ix: Index) -> str:
+    """``USING btree (id) WHERE ...`` of an index definition: what follows the table name."""
+    m = _INDEX_RE.match(ix.definition)
+    if not m:
+        raise Refused(f"cannot read the definition of index {ix.name}: {ix.definition}")
+    return m.group(1)
+
+
+def cast(value: sql.Composable, type_name: str) -> sql.Composable:
+    return sql.SQL("({})::{}").format(value, sql.SQL(type_name))
+
+
+@dataclass
+class Bound:
+    """A partition bound with its values as SQL (``None`` = MINVALUE/MAXVALUE for ranges)."""
+
+    kind: str  # range, list, hash, default
+    lower: sql.Composable | None = None
+    upper: sql.Composable | None = None
+    values: list[sql.Composable] = field(default_factory=list)
+    has_null: bool = False
+    modulus: int = 0
+    remainder: int = 0
+
+    @classmethod
+    def of(cls, p: Partition) -> Bound:
+        """The bound of an existing partition, from its deparsed literals."""
+        if p.is_default:
+            return cls("default")
+        if p.lower is not None and p.upper is not None:
+            if len(p.lower) != 1:
+                raise Refused(f"partition {p.name} has a multi-column bound; not supported")
+            lo, hi = p.lower[0], p.upper[0]
+            return cls("range", None if lo.upper() == "MINVALUE" else sql.SQL(lo),
+                       None if hi.upper() == "MAXVALUE" else sql.SQL(hi))
+        if p.values is not None:
+            vals = [v for v in p.values if v.upper() != "NULL"]
+            return cls("list", values=[sql.SQL(v) for v in vals],
+                       has_null=len(vals) != len(p.values))
+        return cls("hash", modulus=p.modulus or 0, remainder=p.remainder or 0)
+
+    def for_values(self) -> sql.Composable:
+        if self.kind == "default":
+            return sql.SQL("DEFAULT")
+        if self.kind == "range":
+            return sql.SQL("FOR VALUES FROM ({}) TO ({})").format(
+                self.lower if self.lower is not None else sql.SQL("MINVALUE"),
+                self.upper if self.upper is not None else sql.SQL("MAXVALUE"))
+        if self.kind == "list":
+            vals = [*self.values, *([sql.SQL("NULL")] if self.has_null else [])]
+            return sql.SQL("FOR VALUES IN ({})").format(sql.SQL(", ").join(vals))
+        return sql.SQL("FOR VALUES WITH (MODULUS {}, REMAINDER {})").format(
+            sql.Literal(self.modulus), sql.Literal(self.remainder))
+
+    def predicate(self, col: sql.Composable, type_name: str) -> sql.Composable:
+        """True for a row of this partition (NULL keys aside, see ``check``)."""
+        if self.kind == "range":
+            parts: list[sql.Composable] = []
+            if self.lower is not None:
+                parts.append(sql.SQL("{} >= {}").format(col, cast(self.lower, type_name)))
+            if self.upper is not None:
+                parts.append(sql.SQL("{} < {}").format(col, cast(self.upper, type_name)))
+            if not parts:
+                return sql.SQL("({} IS NOT NULL)").format(col)
+            return sql.SQL("({})").format(sql.SQL(" AND ").join(parts))
+        if self.kind == "list":
+            alts: list[sql.Composable] = []
+            if self.values:
+                alts.append(sql.SQL("{} IN ({})").format(col, sql.SQL(", ").join(
+                    cast(v, type_name) for v in self.values)))
+            if self.has_null:
+                alts.append(sql.SQL("{} IS NULL").format(col))
+            return sql.SQL("({})").format(sql.SQL(" OR ").join(alts))
+        raise Refused(f"no predicate for a {self.kind} bound")
+
+    def check(self, col: sql.Composable, type_name: str) -> sql.Composable:
+        """A CHECK that proves this bound to ATTACH (a range excludes NULL keys)."""
+        if self.kind == "range":
+            return sql.SQL("{} IS NOT NULL AND {}").format(col, self.predicate(col, type_name))
+        return self.predicate(col, type_name)
+
+    def describe(self) -> str:
+        return self.for_values().as_string(None)
+
+
+def value_sql(text: str, kind: str) -> sql.Composable | None:
+    """A user-given bound value as SQL (``None`` for MINVALUE/MAXVALUE)."""
+    v = parse_value(text, kind)  # type: ignore[arg-type]
+    if isinstance(v, str) and v in ("MINVALUE", "MAXVALUE"):
+        return None
+    return literal(v)
+
+
+def server_bool(conn: Connection, expr: sql.Composable) -> bool:
+    row = conn.execute(sql.SQL("SELECT ({})::bool").format(expr)).fetchone()
+    return bool(row and row[0])
+
+
+def bounds_overlap(conn: Connection, a: Bound, b: Bound, type_name: str) -> bool:
+    """Whether two bounds share a value, compared by the server in the key's type."""
+    if a.kind == "default" or b.kind == "default":
+        return False
+    if a.kind == "range" and b.kind == "range":
+        # [a.lo, a.hi) and [b.lo, b.hi) are disjoint iff a.hi <= b.lo or b.hi <= a.lo
+        def le(x: sql.Composable | None, y: sql.Composable | None) -> bool:
+            if x is None or y is None:
+                return False  # x is MAXVALUE or y is MINVALUE
+            return server_bool(conn, sql.SQL("{} <= {}").format(cast(x, type_name),
+                                                                 cast(y, type_name)))
+        return not (le(a.upper, b.lower) or le(b.upper, a.lower))
+    if a.kind == "list" and b.kind == "list":
+        if a.has_null and b.has_null:
+            return True
+        if not a.values or not b.values:
+            return False
+        return server_bool(conn, sql.SQL("ARRAY[{}] && ARRAY[{}]").format(
+            sql.SQL(", ").join(cast(v, type_name) for v in a.values),
+            sql.SQL(", ").join(cast(v, type_name) for v in b.values)))
+    return a.kind == b.kind and a.modulus == b.modulus and a.remainder == b.remainder
+
+
+def refuse_empty_range(conn: Connection, b: Bound, type_name: str) -> None:
+    if b.kind == "range" and b.lower is not None and b.upper is not None and server_bool(
+            conn, sql.SQL("{} >= {}").format(cast(b.lower, type_name), cast(b.upper, type_name))):
+        raise Refused(f"empty range {b.describe()}: the lower bound must be below the upper one")
+
+
+def refuse_if_busy(conn: Connection, target: QualifiedName) -> None:
+    """An unfinished job on the table (killed or failed) must be resumed or rolled back first."""
+    if not schema_exists(conn):
+        return
+    row = conn.execute("SELECT id, operation FROM pgcleave.jobs WHERE target = %s"
+                       " AND state IN ('running', 'failed') ORDER BY id LIMIT 1",
+                       [target.quoted]).fetchone()
+    if row:
+        raise Busy(f"job {row[0]} ({row[1]}) on {target} is unfinished: another run is "
+                   "partitioning this table",
+                   hint=f"finish it with `pgcleave resume {row[0]}` or undo it with "
+                        f"`pgcleave rollback {row[0]}`")
+
+
+def regclass_exists(conn: Connection, name: QualifiedName) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name.quoted]).fetchone()
+    return bool(row and row[0])
+
+
+def is_partition_of(part: QualifiedName, parent: QualifiedName) -> sql.Composable:
+    return sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass({})"
+                   " AND inhparent = to_regclass({}))").format(part.literal, parent.literal)
+
+
+def insert_columns(info: TableInfo) -> list[str]:
+    """Columns an INSERT ... SELECT may write (generated columns compute themselves)."""
+    return [c.name for c in info.columns if not c.generated]
+
+
+def overriding(info: TableInfo) -> sql.Composable:
+    return sql.SQL(" OVERRIDING SYSTEM VALUE" if any(c.identity == "a" for c in info.columns)
+                   else "")
+
+
+def collist(cols: list[str]) -> sql.Composable:
+    return sql.SQL(", ").join(map(sql.Identifier, cols))
+
+
+# -- partition ------------------------------------------------------------------------------------
+@dataclass
+class _Keys:
+    """How each index of the old table is carried over."""
+
+    on_parent: list[Index]  # re-created on the parent under the original name
+    per_partition: list[Index]  # unique without the partition key: on every partition instead
+    renames: list[tuple[str, str]]  # old index name -> its name once the old table is a partition
+
+
+def plan_partition(conn: Connection, table: str, *, by: str, interval: str | None = None,
+                   premake: int = 3, modulus: int | None = None, strategy: str | None = None,
+                   then: str | None = None, then_interval: str | None = None,
+                   cutoff: str | None = None, drop_inbound_fks: bool = False,
+                   require_parent_key: bool = False, old_name: str | None = None) -> Plan:
+    """Plan the in-place conversion of ``table`` into a partitioned table of the same name."""
+    method, col = parse_by(by)
+    if strategy is not None and strategy not in STRATEGIES:
+        raise Refused(f"unknown strategy {strategy!r}", hint="use legacy, default or copy")
+    if strategy == "copy" or (strategy is None and method == "hash"):
+        return _dispatch_copy(conn, table, by=by, interval=interval, premake=premake,
+                              auto=strategy is None)
+    info = snapshot(conn, table)
+    name = info.name
+    if info.kind == "p":
+        key_text = info.partitioning.key if info.partitioning else "?"
+        raise Refused(f"{name} is already partitioned ({key_text})",
+                      hint="add partitions with `pgcleave add-partition`, move rows with "
+                           "`pgcleave carve`")
+    if info.kind != "r":
+        raise Refused(f"{name} is not a plain table")
+    if info.parent is not None:
+        raise Refused(f"{name} is already a partition of {info.parent}")
+    if info.primary_key is None:
+        raise Refused(f"{name} has no primary key",
+                      hint="add one first (pgcleave needs it to keep rows unique and to move "
+                           "them safely)")
+    key = info.column(col)
+    kind = key_kind(key.type)
+    if method == "hash":
+        raise Refused("hash partitioning cannot be done in place: a hash-partitioned table has "
+                      "no DEFAULT partition and no open-ended range to hold the old table",
+                      hint="use --strategy copy")
+    iv: Interval | None = None
+    if interval is not None:
+        if method != "range":
+            raise Refused("--interval applies to range partitioning only")
+        iv = Interval.parse(interval)
+        check_fits(kind, iv, col, key.type)
+    refuse_if_busy(conn, name)
+
+    reason: str
+    if strategy is None:
+        if method == "list":
+            strategy, reason = "default", "list keys have no order: the old table becomes the " \
+                                          "DEFAULT partition and each list is carved out later"
+        elif then is not None:
+            strategy, reason = "default", "two levels: the old table becomes the DEFAULT " \
+                                          "partition; maintain creates the sub-partitioned branches"
+        elif iv is not None and not key.not_null:
+            strategy, reason = "default", f"{col} is nullable and a range partition cannot hold " \
+                                          "NULL keys: the old table becomes the DEFAULT partition"
+        elif iv is not None:
+            strategy, reason = "legacy", f"{col} grows ({key.type}): the old table becomes the " \
+                                         "partition [MINVALUE, cutoff) without a scan and new " \
+                                         "rows go to new partitions"
+        else:
+            strategy, reason = "default", f"no --interval for {col} ({key.type}): the old table " \
+                                          "becomes the DEFAULT partition; carve ranges out later"
+    else:
+        reason = "chosen with --strategy"
+    if strategy == "legacy":
+        if method != "range" or iv is None:
+            raise Refused("the legacy strategy needs range partitioning with an --interval",
+                          hint="e.g. --by 'range(created_at)' --interval '1 month'")
+        if then is not None:
+            raise Refused("two-level partitioning (--then) uses the default strategy",
+                          hint="drop --strategy legacy")
+
+    sub: tuple[str, str] | None = None
+    if then is not None:
+        sub = parse_by(then)
+        sub_col = info.column(sub[1])
+        if then_interval is not None:
+            check_fits(key_kind(sub_col.type), Interval.parse(then_interval), sub[1],
+                       sub_col.type)
+    if premake < 0:
+        raise Refused("--premake must be 0 or more")
+
+    # Things that cannot survive, refused before anything changes.
+    for c in info.constraints:
+        if c.type == "x":
+            raise Refused(f"{name} has an exclusion constraint ({c.name}); not supported")
+    for fk in info.foreign_keys_out:
+        if fk.ref_table == name:
+            raise Refused(f"{name} has a self-referencing foreign key ({fk.name}); not supported")
+    if info.foreign_keys_in and not drop_inbound_fks:
+        fks = "; ".join(f"{fk.table}.{fk.name} ({', '.join(fk.columns)}) -> "
+                        f"({', '.join(fk.ref_columns)})" for fk in info.foreign_keys_in)
+        raise Refused(f"foreign keys point at {name}: {fks}. After the cut-over they would "
+                      "still point at the old table (now one partition), so rows in new "
+                      "partitions could not be referenced",
+                      hint="rerun with --drop-inbound-fks to drop them in the cut-over (their "
+                           "definitions are printed so you can re-create them on the "
+                           "partitions), or partition the referencing table too")
+
+    keys = _classify_indexes(info, col, strategy)
+    pk_has_key = col in info.primary_key.columns
+    warnings: list[str] = []
+    notes = [f"strategy {strategy}: {reason}"]
+    if not pk_has_key:
+        if require_parent_key:
+            raise Refused(f"the primary key of {name} ({', '.join(info.primary_key.columns)}) "
+                          f"does not include the partition key {col}, and --require-parent-key "
+                          "was given",
+                          hint=f"add {col} to the primary key first, or drop "
+                               "--require-parent-key")
+        warnings.append(
+            f"the primary key ({', '.join(info.primary_key.columns)}) does not include the "
+            f"partition key {col}: the partitioned table {name} gets no primary key; every "
+            f"partition keeps its own PRIMARY KEY ({', '.join(info.primary_key.columns)}), so "
+            "values are unique within a partition but no longer across partitions, and "
+            f"`INSERT ... ON CONFLICT ({', '.join(info.primary_key.columns)})` on {name} fails "
+            "(no unique index on the parent to infer)")
+    for ix in keys.per_partition:
+        if not ix.primary:
+            warnings.append(f"unique index {ix.name} does not include {col}: it stays unique "
+                            "per partition only")
+    if info.foreign_keys_in:
+        for fk in info.foreign_keys_in:
+            warnings.append(f"foreign key {fk.table}.{fk.name} will be dropped: "
+                            f"ALTER TABLE {fk.table} ADD CONSTRAINT {fk.name} {fk.definition}")
+
+    suffix_word = "legacy" if strategy == "legacy" else "old"
+    old = name.sibling(old_name or child_name(name.name, suffix_word))
+    if regclass_exists(conn, old):
+        raise Refused(f"{old} already exists", hint="choose another name with --old-name")
+    for _, new in keys.renames:
+        if regclass_exists(conn, name.sibling(new)):
+            raise Refused(f"{name.sibling(new)} already exists; the old table's index would be "
+                          "renamed to it")
+
+    attach: Bound
+    premade: list[tuple[QualifiedName, Bound]] = []
+    cut_value: Any = None
+    if strategy == "legacy":
+        assert iv is not None
+        cut_value = _cutoff(conn, info, col, kind, iv, cutoff)
+        attach = Bound("range", None, literal(cut_value))
+        for lo, hi in ranges(cut_value, premake, iv):
+            premade.append((name.sibling(child_name(name.name, suffix(lo, iv))),
+                            Bound("range", literal(lo), literal(hi))))
+        notes.append(f"cutoff {cut_value}: rows with {col} below it stay in {old}; until the "
+                     f"cut-over, rows with {col} >= {cut_value} are refused by the CHECK")
+    else:
+        attach = Bound("default")
+    for pname, _ in premade:
+        if regclass_exists(conn, pname):
+            raise Refused(f"{pname} already exists")
+
+    pol = policy_mod.Policy(
+        table=name, strategy=method, key_column=col, interval=str(iv) if iv else None,
+        premake=premake, sub_strategy=sub[0] if sub else None,
+        sub_key_column=sub[1] if sub else None, sub_interval=then_interval,
+        options={"conversion": strategy, "old_table": old.name,
+                 "partition_keys": [list(k) for k in part_keys(info, keys.per_partition)]})
+
+    colid = sql.Identifier(col)
+    steps: list[Step] = []
+    if strategy == "legacy":
+        check = Bound("range", None, literal(cut_value)).check(colid, key.type)
+        has_check = sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = {} AND conrelid IN "
+            "(to_regclass({}), to_regclass({})))").format(
+            sql.Literal(CUTOFF_CHECK), name.literal, old.literal)
+        steps.append(Step.sql(
+            "add-cutoff-check",
+            f"add CHECK ({col} < {cut_value}) NOT VALID on {name} (no scan)",
+            [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({}) NOT VALID").format(
+                name.ident, sql.Identifier(CUTOFF_CHECK), check)],
+            locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{name} (brief, no scan)")],
+            guard=has_check,
+            undo=[sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                name.ident, sql.Identifier(CUTOFF_CHECK))]))
+        steps.append(Step.sql(
+            "validate-cutoff-check",
+            f"validate the CHECK: scans {name} while writes continue",
+            [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                name.ident, sql.Identifier(CUTOFF_CHECK))],
+            locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, str(name))],
+            guard=sql.SQL(
+                "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = {} AND convalidated"
+                " AND conrelid IN (to_regclass({}), to_regclass({})))").format(
+                sql.Literal(CUTOFF_CHECK), name.literal, old.literal),
+            undo=[sql.SQL("SELECT 'validation needs no undo'")]))
+
+    cut = _cutover(info, col, method, old, attach, premade, keys, pol,
+                   cutoff_check=strategy == "legacy", drop_fks=drop_inbound_fks)
+    undo = revert_statements(_RevertSpec.from_info(info, old, keys, drop_fks=drop_inbound_fks))
+    locks = [LockTaken(Lock.ACCESS_EXCLUSIVE, str(name)),
+             *[LockTaken(Lock.SHARE_ROW_EXCLUSIVE, str(fk.ref_table))
+               for fk in info.foreign_keys_out],
+             *[LockTaken(Lock.ACCESS_EXCLUSIVE, str(fk.table)) for fk in info.foreign_keys_in]]
+    what = (f"[MINVALUE, {cut_value}) partition" if strategy == "legacy"
+            else "DEFAULT partition")
+    steps.append(Step.sql(
+        "cut-over",
+        f"one short transaction: rename {name} to {old}, create the partitioned {name}, attach "
+        f"{old} as its {what} (no scan)"
+        + (f", create {len(premade)} partitions" if premade else ""),
+        cut, locks=locks,
+        guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = "
+                      "to_regclass({}))").format(name.literal),
+        undo=undo))
+    args = {"by": by, "interval": interval, "premake": premake, "strategy": strategy,
+            "then": then, "then_interval": then_interval, "cutoff": str(cut_value)
+            if cut_value is not None else None, "old_table": old.quoted}
+    return Plan("partition", name.quoted, args, steps, notes=notes, warnings=warnings)
+
+
+def _dispatch_copy(conn: Connection, table: str, *, by: str, interval: str | None,
+                   premake: int, auto: bool) -> Plan:
+    try:
+        copy_mod: Any = importlib.import_module("pgcleave.ops.copy")
+    except ImportError:
+        copy_mod = None
+    fn = getattr(copy_mod, "plan_partition_copy", None)
+    if fn is None:
+        why = ("hash partitioning cannot be done in place and needs the copy strategy, "
+               if auto else "")
+        raise Refused(f"{why}the copy strategy is not available in this version of pgcleave",
+                      hint="use --strategy legacy or --strategy default (range or list)")
+    plan: Plan = fn(conn, table, by=by, interval=interval, premake=premake)
+    return plan
+
+
+def _classify_indexes(info: TableInfo, col: str, strategy: str) -> _Keys:
+    suffix_word = "legacy" if strategy == "legacy" else "old"
+    on_parent: list[Index] = []
+    per_part: list[Index] = []
+    renames: list[tuple[str, str]] = []
+    for ix in info.indexes:
+        if not ix.valid:
+            continue  # a failed CREATE INDEX CONCURRENTLY: not carried over
+        if ix.unique and col not in ix.columns:
+            per_part.append(ix)
+            continue
+        on_parent.append(ix)
+        renames.append((ix.name, child_name(ix.name, suffix_word)))
+    return _Keys(on_parent, per_part, renames)
+
+
+def _cutoff(conn: Connection, info: TableInfo, col: str, kind: str, iv: Interval,
+            given: str | None) -> Any:
+    """The first value the old table will not hold: the start of the interval after both the
+    current time (time keys) or sequence (id keys) and the largest key, plus a margin so the
+    CHECK never refuses a row the application writes before the cut-over."""
+    if given is not None:
+        v = parse_value(given, kind)  # type: ignore[arg-type]
+        if floor(v, iv) != v:
+            raise Refused(f"--cutoff {given} is not aligned to the interval {iv}",
+                          hint=f"use {floor(v, iv)} or {add(floor(v, iv), iv)}")
+        return v
+    ident = sql.Identifier(col)
+    base: Any = None
+    if any(ix.columns and ix.columns[0] == col and ix.valid for ix in info.indexes):
+        row = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(ident, info.name.ident)
+                           ).fetchone()
+        base = row[0] if row else None
+    if kind in ("date", "timestamp", "timestamptz"):
+        now_row = conn.execute("SELECT now(), localtimestamp, current_date").fetchone()
+        assert now_row is not None
+        cur: Any = {"timestamptz": now_row[0], "timestamp": now_row[1], "date": now_row[2]}[kind]
+        base = cur if base is None or _lt(base, cur) else base
+    else:
+        for s in info.sequences:
+            if s.column == col and s.last_value is not None:
+                base = s.last_value if base is None else max(base, s.last_value)
+        if base is None:
+            base = 0
+    cut = add(floor(base, iv), iv)
+    if _too_close(base, cut, iv):
+        cut = add(cut, iv)
+    return cut
+
+
+def _lt(a: Any, b: Any) -> bool:
+    try:
+        return bool(a < b)
+    except TypeError:
+        return False
+
+
+def _too_close(base: Any, cut: Any, iv: Interval) -> bool:
+    """Less than a quarter of an interval left before the cutoff."""
+    if iv.number is not None:
+        return bool((cut - base) * 4 < iv.number)
+    span = add(cut, iv) - cut
+    left = cut - base
+    if isinstance(left, timedelta) and isinstance(span, timedelta):
+        return left * 4 < span
+    return False
+
+
+def _cutover(info: TableInfo, col: str, method: str, old: QualifiedName, attach: Bound,
+             premade: list[tuple[QualifiedName, Bound]], keys: _Keys,
+             pol: policy_mod.Policy, *, cutoff_check: bool, drop_fks: bool
+             ) -> list[Statement]:
+    name = info.name
+    st: list[Statement] = [
+        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(name.ident)]
+    if drop_fks:
+        for fk in info.foreign_keys_in:
+            st.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                fk.table.ident, sql.Identifier(fk.name)))
+    # The old table's own triggers would fire twice once the parent's are cloned onto it.
+    st += dependents.drop_triggers(info, name)
+    st.append(sql.SQL("ALTER TABLE {} RENAME TO {}").format(name.ident,
+                                                             sql.Identifier(old.name)))
+    # Free the index and constraint names for the parent (ON CONFLICT ON CONSTRAINT uses them).
+    for cur, new in keys.renames:
+        st.append(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+            sql.Identifier(name.schema, cur), sql.Identifier(new)))
+    st.append(sql.SQL(
+        "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY "
+        "INCLUDING GENERATED INCLUDING STATISTICS INCLUDING STORAGE INCLUDING COMPRESSION "
+        "INCLUDING COMMENTS) PARTITION BY {} ({})").format(
+        name.ident, old.ident, sql.SQL(method.upper()), sql.Identifier(col)))
+    if cutoff_check:
+        st.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+            name.ident, sql.Identifier(CUTOFF_CHECK)))
+    # Identity: LIKE ... INCLUDING IDENTITY made a new sequence starting at 1; continue the old
+    # one. Nothing can draw from the old sequence meanwhile: the old table is locked.
+    for s in info.sequences:
+        if s.kind == "identity":
+            st.append(sql.SQL(
+                "SELECT setval(pg_get_serial_sequence({}, {})::regclass, v) FROM "
+                "(SELECT pg_sequence_last_value({}::regclass) v) x WHERE v IS NOT NULL").format(
+                name.literal, sql.Literal(s.column), s.name.literal))
+    for ix in keys.on_parent:
+        con = next((c for c in info.constraints if c.name == ix.constraint), None)
+        if con is not None:
+            st.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                name.ident, sql.Identifier(ix.name), sql.SQL(con.definition)))
+        else:
+            st.append(sql.SQL("CREATE {}INDEX {} ON {} {}").format(
+                sql.SQL("UNIQUE " if ix.unique else ""), sql.Identifier(ix.name), name.ident,
+                sql.SQL(index_tail(ix))))
+    # Outbound foreign keys on the still empty parent; ATTACH then adopts the old table's
+    # equal constraints instead of validating them again.
+    for fk in info.foreign_keys_out:
+        st.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            name.ident, sql.Identifier(fk.name), sql.SQL(fk.definition)))
+    st.append(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
+        name.ident, old.ident, attach.for_values()))
+    for pname, b in premade:
+        st += create_partition(name, pname, b, part_keys(info, keys.per_partition))
+    st += dependents.triggers(info)
+    st += dependents.sequence_ownership(info, name)
+    st += dependents.grants(info, name)
+    st += dependents.comments(info, name)
+    st += dependents.row_security(info, name)
+    st += dependents.views(info)
+    st.append(pol.upsert())
+    return st
+
+
+PartKey = tuple[str, str]  # ("constraint", "PRIMARY KEY (id)") or ("index", "USING btree ...")
+
+
+def part_keys(info: TableInfo, indexes: list[Index]) -> list[PartKey]:
+    out: list[PartKey] = []
+    for ix in indexes:
+        con = next((c for c in info.constraints if c.name == ix.constraint), None)
+        out.append(("constraint", con.definition) if con is not None
+                   else ("index", index_tail(ix)))
+    return out
+
+
+def create_partition(parent: QualifiedName, part: QualifiedName, b: Bound,
+                     keys: list[PartKey]) -> list[Statement]:
+    """``CREATE TABLE ... PARTITION OF``, plus the unique keys that cannot live on the parent."""
+    out: list[Statement] = [sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
+        part.ident, parent.ident, b.for_values())]
+    out += per_partition_keys(part, keys)
+    return out
+
+
+def per_partition_keys(part: QualifiedName, keys: list[PartKey]) -> list[sql.Composable]:
+    out: list[sql.Composable] = []
+    for kind, text in keys:
+        if kind == "constraint":
+            out.append(sql.SQL("ALTER TABLE {} ADD {}").format(part.ident, sql.SQL(text)))
+        else:
+            out.append(sql.SQL("CREATE UNIQUE INDEX ON {} {}").format(part.ident, sql.SQL(text)))
+    return out
+
+
+def partition_only_keys(conn: Connection, parent: TableInfo) -> list[PartKey]:
+    """Unique keys the partitions of ``parent`` carry but the parent cannot (they lack the
+    partition key, e.g. ``PRIMARY KEY (id)``): those of a local partition whose index is not
+    attached to an index of the parent."""
+    assert parent.partitioning is not None
+    p = next((x for x in parent.partitioning.partitions if x.kind == "r"), None)
+    if p is None:
+        return []
+    rows = conn.execute(
+        "SELECT con.contype::text, pg_get_constraintdef(con.oid), pg_get_indexdef(i.indexrelid)"
+        " FROM pg_index i LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid"
+        " AND con.conrelid = i.indrelid"
+        " WHERE i.indrelid = %s AND i.indisunique AND i.indisvalid"
+        " AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)"
+        " ORDER BY i.indexrelid", [p.oid]).fetchall()
+    out: list[PartKey] = []
+    for contype, condef, idxdef in rows:
+        if contype in ("p", "u"):
+            out.append(("constraint", str(condef)))
+        else:
+            out.append(("index", index_tail(Index("", str(idxdef), True, False, True, [],
+                                                  None))))
+    return out
+
+
+# -- revert (undo of the cut-over, and unpartition) -------------------------------------------
+@dataclass
+class _RevertSpec:
+    name: QualifiedName
+    old: QualifiedName
+    columns: list[str]
+    overriding: bool
+    index_renames: list[tuple[str, str]]  # current name on old -> original name
+    triggers: list[str]
+    disabled_triggers: list[str]
+    views: list[tuple[QualifiedName, str]]
+    serials: list[tuple[QualifiedName, str]]
+    identities: list[str]
+    refk: list[tuple[QualifiedName, str, str]]  # inbound FKs to re-add
+
+    @classmethod
+    def from_info(cls, info: TableInfo, old: QualifiedName, keys: _Keys, *, drop_fks: bool
+                  ) -> _RevertSpec:
+        return cls(
+            name=info.name, old=old, columns=insert_columns(info),
+            overriding=any(c.identity == "a" for c in info.columns),
+            index_renames=[(new, cur) for cur, new in keys.renames],
+            triggers=[t.definition for t in info.triggers],
+            disabled_triggers=[t.name for t in info.triggers if t.enabled == "D"],
+            views=[(v.name, v.definition) for v in info.views if not v.materialized],
+            serials=[(s.name, s.column) for s in info.sequences if s.kind == "serial"],
+            identities=[s.column for s in info.sequences if s.kind == "identity"],
+            refk=[(fk.table, fk.name, fk.definition) for fk in info.foreign_keys_in]
+            if drop_fks else [])
+
+
+def revert_statements(r: _RevertSpec) -> list[Statement]:
+    """One transaction that puts the old table back under its name with every row: detach it,
+    move the (few) rows of the other partitions back into it, hand the dependents back, drop
+    the partitioned table."""
+    name, old = r.name, r.old
+    tmp = name.sibling(child_name(name.name, "pgcleave_undo"))
+    cols = collist(r.columns)
+    st: list[Statement] = [
+        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(name.ident),
+        sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(name.ident, old.ident),
+        sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+            old.ident, sql.Identifier(CUTOFF_CHECK)),
+        sql.SQL("ALTER TABLE {} RENAME TO {}").format(name.ident, sql.Identifier(tmp.name)),
+        sql.SQL("ALTER TABLE {} RENAME TO {}").format(old.ident, sql.Identifier(name.name)),
+        sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM {}").format(
+            name.ident, cols, sql.SQL(" OVERRIDING SYSTEM VALUE" if r.overriding else ""),
+            cols, tmp.ident),
+    ]
+    for col in r.identities:
+        st.append(sql.SQL(
+            "SELECT setval(pg_get_serial_sequence({n}, {c})::regclass, v) FROM (SELECT greatest("
+            "pg_sequence_last_value(pg_get_serial_sequence({n}, {c})::regclass), "
+            "pg_sequence_last_value(pg_get_serial_sequence({t}, {c})::regclass)) v) x "
+            "WHERE v IS NOT NULL").format(n=name.literal, t=tmp.literal, c=sql.Literal(col)))
+    for seq, col in r.serials:
+        st.append(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
+            seq.ident, name.ident, sql.Identifier(col)))
+    for vname, vdef in r.views:
+        st.append(sql.SQL("CREATE OR REPLACE VIEW {} AS {}").format(
+            vname.ident, sql.SQL(vdef.rstrip().rstrip(";"))))
+    st.append(sql.SQL("DROP TABLE {}").format(tmp.ident))
+    for cur, orig in r.index_renames:
+        st.append(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+            sql.Identifier(name.schema, cur), sql.Identifier(orig)))
+    for t in r.triggers:
+        st.append(sql.SQL(t))
+    for t in r.disabled_triggers:
+        st.append(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(name.ident,
+                                                                       sql.Identifier(t)))
+    for child, fkname, fkdef in r.refk:
+        st.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
+            child.ident, sql.Identifier(fkname), sql.SQL(fkdef)))
+        st.append(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+            child.ident, sql.Identifier(fkname)))
+    st.append(policy_mod.Policy.delete(name))
+    return st
+
+
+def plan_unpartition(conn: Connection, table: str) -> Plan:
+    """Back to a plain table: possible while the rows sit in the old table (the DEFAULT or the
+    ``[MINVALUE, cutoff)`` partition) and the other partitions hold only a few rows."""
+    info = snapshot(conn, table)
+    name = info.name
+    if info.partitioning is None:
+        raise Refused(f"{name} is not partitioned")
+    refuse_if_busy(conn, name)
+    parts = info.partitioning.partitions
+    pol = policy_mod.load(conn, name)
+    old_name = pol.options.get("old_table") if pol is not None else None
+    old = next((p for p in parts if p.name.name == old_name), None) if old_name else None
+    if old is None:
+        old = info.partitioning.default or next(
+            (p for p in parts if p.lower and p.lower[0].upper() == "MINVALUE"), None)
+    if old is None:
+        raise Refused(f"cannot tell which partition of {name} is the old table",
+                      hint="unpartition works for tables partitioned in place (the old table "
+                           "is the DEFAULT or the [MINVALUE, cutoff) partition)")
+    for p in parts:
+        if p.kind != "r":
+            what = "foreign" if p.kind == "f" else "itself partitioned"
+            raise Refused(f"partition {p.name} is {what}",
+                          hint="move it back or merge it first")
+    others = [p for p in parts if p is not old]
+    moved = sum(p.rows or 0 for p in others)
+    if moved > UNPARTITION_MAX_ROWS:
+        raise Refused(f"the other partitions of {name} hold about {moved:,} rows; moving them "
+                      "back into the old table would hold an exclusive lock for that long",
+                      hint=f"unpartition is the way back while the rows still sit in {old.name}"
+                           f" (at most {UNPARTITION_MAX_ROWS:,} rows elsewhere); otherwise "
+                           "copy the table out instead")
+    if info.foreign_keys_in:
+        raise Refused(f"foreign keys point at {name}: "
+                      + ", ".join(f"{fk.table}.{fk.name}" for fk in info.foreign_keys_in),
+                      hint="drop them first")
+    # Index names: the old table's indexes attached to the parent's take the parent's names back.
+    renames = [(r[0], r[1]) for r in conn.execute(
+        "SELECT ci.relname, pi.relname FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid"
+        " JOIN pg_inherits h ON h.inhrelid = i.indexrelid"
+        " JOIN pg_class pi ON pi.oid = h.inhparent WHERE i.indrelid = %s AND ci.relname <> "
+        "pi.relname", [old.oid]).fetchall()]
+    spec = _RevertSpec(
+        name=name, old=old.name, columns=insert_columns(info),
+        overriding=any(c.identity == "a" for c in info.columns), index_renames=renames,
+        triggers=[t.definition for t in info.triggers],
+        disabled_triggers=[t.name for t in info.triggers if t.enabled == "D"],
+        views=[(v.name, v.definition) for v in info.views if not v.materialized],
+        serials=[(s.name, s.column) for s in info.sequences if s.kind == "serial"],
+        identities=[s.column for s in info.sequences if s.kind == "identity"], refk=[])
+    stmts = revert_statements(spec)
+    # Privileges and comments given to the partitioned table since the cut-over.
+    stmts += [s for s in dependents.grants(info, name)]
+    stmts += dependents.comments(info, name)
+    step = Step.sql(
+        "unpartition",
+        f"one transaction: detach {old.name}, move {moved:,} rows of {len(others)} other "
+        f"partition(s) into it, give it back the name {name.name}",
+        stmts, locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, str(name))],
+        guard=sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = "
+                      "to_regclass({}))").format(name.literal),
+        undo=[])
+    notes = [f"{old.name} becomes {name.name} again; partitions dropped: "
+             + (", ".join(p.name.name for p in others) or "none")]
+    return Plan("unpartition", name.quoted, {"old_table": old.name.quoted}, [step], notes=notes,
+                warnings=[f"the partitions {', '.join(p.name.name for p in others)} are "
+                          "dropped after their rows are moved"] if others else [])
+
+
+# -- add-partition --------------------------------------------------------------------------------
+def requested_bound(info: TableInfo, *, lower: str | None = None, upper: str | None = None,
+                    values: list[str] | None = None, modulus: int | None = None,
+                    remainder: int | None = None) -> Bound:
+    """The user's --from/--to, --values or --modulus/--remainder as a Bound for ``info``'s key."""
+    part = info.partitioning
+    assert part is not None
+    if len(part.key_columns) != 1 or part.key_columns[0] == "(expression)":
+        raise Refused(f"{info.name} is partitioned by {part.key}: only single-column keys are "
+                      "supported")
+    kind = key_kind(part.key_types[0])
+    if part.strategy == "range":
+        if lower is None or upper is None or values or modulus is not None:
+            raise Refused(f"{info.name} is partitioned by {part.key}: give --from and --to")
+        return Bound("range", value_sql(lower, kind), value_sql(upper, kind))
+    if part.strategy == "list":
+        if not values or lower is not None or upper is not None:
+            raise Refused(f"{info.name} is partitioned by {part.key}: give --values")
+        vals = [v for v in values if v.upper() != "NULL"]
+        return Bound("list", values=[literal(parse_value(v, kind)) for v in vals],
+                     has_null=len(vals) != len(values))
+    if modulus is None or remainder is None:
+        raise Refused(f"{info.name} is partitioned by {part.key}: give --modulus and --remainder")
+    if modulus <= 0 or not 0 <= remainder < modulus:
+        raise Refused("--remainder must be at least 0 and below --modulus")
+    return Bound("hash", modulus=modulus, remainder=remainder)
+
+
+def default_name(conn: Connection, info: TableInfo, b: Bound) -> QualifiedName:
+    """``orders_p2024_09`` for time or number ranges of a pgcleave policy, else ``t_0``,
+    ``t_1``, ... (the first free number)."""
+    name = info.name
+    pol = policy_mod.load(conn, name)
+    if b.kind == "range" and pol is not None and pol.interval and b.lower is not None:
+        iv = Interval.parse(pol.interval)
+        assert info.partitioning is not None
+        kind = key_kind(info.partitioning.key_types[0])
+        try:
+            text = b.lower.as_string(None).strip("'")
+            cand = name.sibling(child_name(name.name, suffix(parse_value(text, kind), iv)))
+            if not regclass_exists(conn, cand):
+                return cand
+        except (Refused, ValueError, TypeError):
+            pass
+    if b.kind == "hash":
+        cand = name.sibling(child_name(name.name, f"h{b.modulus}_{b.remainder}"))
+        if not regclass_exists(conn, cand):
+            return cand
+    k = 0
+    while regclass_exists(conn, name.sibling(child_name(name.name, str(k)))):
+        k += 1
+    return name.sibling(child_name(name.name, str(k)))
+
+
+def check_new_bound(conn: Connection, info: TableInfo, b: Bound,
+                    ignore: Partition | None = None) -> None:
+    """Refuse an empty range or one that overlaps an existing partition."""
+    part = info.partitioning
+    assert part is not None
+    t = part.key_types[0]
+    refuse_empty_range(conn, b, t)
+    for p in part.partitions:
+        if p is ignore or p.is_default:
+            continue
+        if bounds_overlap(conn, b, Bound.of(p), t):
+            raise Refused(f"{b.describe()} overlaps partition {p.name} ({p.bound})",
+                          hint="`pgcleave status` lists the partitions and their bounds")
+
+
+def plan_add_partition(conn: Connection, table: str, *, lower: str | None = None,
+                       upper: str | None = None, values: list[str] | None = None,
+                       modulus: int | None = None, remainder: int | None = None,
+                       name: str | None = None) -> Plan:
+    """A new, empty partition. With a DEFAULT partition, PostgreSQL would scan it under ACCESS
+    EXCLUSIVE to prove it holds no row of the new range; a validated CHECK excluding the range
+    proves that instead, so the CHECK is added NOT VALID, validated while writes continue, and
+    removed once the partition exists."""
+    info = snapshot(conn, table)
+    if info.partitioning is None:
+        raise Refused(f"{info.name} is not partitioned",
+                      hint=f"partition it first: pgcleave partition {info.name} --by ...")
+    refuse_if_busy(conn, info.name)
+    b = requested_bound(info, lower=lower, upper=upper, values=values, modulus=modulus,
+                        remainder=remainder)
+    check_new_bound(conn, info, b)
+    part = info.name.sibling(name) if name else default_name(conn, info, b)
+    if regclass_exists(conn, part):
+        raise Refused(f"{part} already exists", hint="choose another --name")
+    col = info.partitioning.key_columns[0]
+    t = info.partitioning.key_types[0]
+    colid = sql.Identifier(col)
+    parent = info.name
+    per_part = partition_only_keys(conn, info)
+    steps: list[Step] = []
+    dflt = info.partitioning.default
+    notes: list[str] = []
+    if dflt is not None and dflt.kind == "r":
+        cname = child_name("pgcleave_excl", part.name)
+        cid = sql.Identifier(cname)
+        steps.append(Step.sql(
+            "add-exclusion-check",
+            f"add CHECK (NOT {b.describe()}) NOT VALID on the DEFAULT {dflt.name} (no scan)",
+            [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (NOT {}) NOT VALID").format(
+                dflt.name.ident, cid, b.predicate(colid, t))],
+            locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{dflt.name} (brief, no scan)")],
+            guard=sql.SQL(
+                "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass({}) "
+                "AND conname = {}) OR EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = "
+                "to_regclass({}))").format(dflt.name.literal, sql.Literal(cname), part.literal),
+            undo=[sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                dflt.name.ident, cid)]))
+        steps.append(Step.sql(
+            "validate-exclusion-check",
+            f"validate it: scans {dflt.name} while writes continue (fails if it holds rows of "
+            "the new range: carve them instead)",
+            [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(dflt.name.ident, cid)],
+            locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, str(dflt.name))],
+            guard=sql.SQL(
+                "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass({}) "
+                "AND conname = {} AND convalidated) OR EXISTS (SELECT 1 FROM pg_inherits WHERE "
+                "inhrelid = to_regclass({}))").format(dflt.name.literal, sql.Literal(cname),
+                                                      part.literal),
+            undo=[sql.SQL("SELECT 'validation needs no undo'")]))
+        create_locks = [LockTaken(Lock.ACCESS_EXCLUSIVE, str(parent)),
+                        LockTaken(Lock.ACCESS_EXCLUSIVE, f"{dflt.name} (no scan)")]
+        notes.append(f"{dflt.name} is not scanned under the exclusive lock: the validated CHECK "
+                     "proves it holds no row of the new partition")
+    else:
+        create_locks = [LockTaken(Lock.ACCESS_EXCLUSIVE, str(parent))]
+        if dflt is not None:
+            notes.append(f"the DEFAULT {dflt.name} is {dflt.kind!r}: PostgreSQL checks it "
+                         "when the partition is created")
+    steps.append(Step.sql(
+        "create-partition", f"create {part.name} {b.describe()}",
+        create_partition(parent, part, b, per_part), locks=create_locks,
+        guard=is_partition_of(part, parent),
+        undo=[sql.SQL(
+            "DO $pgcleave$ BEGIN IF EXISTS (SELECT 1 FROM {}) THEN RAISE EXCEPTION "
+            "'partition % holds rows; carve them back before undoing', {}; END IF; END "
+            "$pgcleave$").format(part.ident, part.literal),
+            sql.SQL("DROP TABLE {}").format(part.ident)]))
+    if dflt is not None and dflt.kind == "r":
+        cname = child_name("pgcleave_excl", part.name)
+        steps.append(Step.sql(
+            "drop-exclusion-check", f"drop the CHECK from {dflt.name} again",
+            [sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                dflt.name.ident, sql.Identifier(cname))],
+            locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{dflt.name} (brief)")],
+            guard=sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = "
+                          "to_regclass({}) AND conname = {})").format(dflt.name.literal,
+                                                                     sql.Literal(cname)),
+            undo=[sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (NOT {}) NOT VALID").format(
+                dflt.name.ident, sql.Identifier(cname), b.predicate(colid, t))]))
+    return Plan("add-partition", parent.quoted, {"partition": part.quoted,
+                                                  "bound": b.describe()}, steps, notes=notes)
+
+
+__all__ = ["Bound", "parse_by", "plan_add_partition", "plan_partition", "plan_unpartition"]
