@@ -72,7 +72,7 @@ class Demo:
         env = dict(os.environ, PGCLEAVE_DSN=self.dsn(server), COLUMNS="200")
         proc = subprocess.run([sys.executable, "-m", "pgcleave", *args], capture_output=True,
                               text=True, env=env, stdin=subprocess.DEVNULL)
-        for stream in (proc.stdout, proc.stderr):
+        for stream in (proc.stderr, proc.stdout):  # progress happened before the result
             if stream.strip():
                 self.console.print(stream.rstrip(), markup=False)
         if check and proc.returncode != 0:
@@ -95,7 +95,10 @@ def chapters() -> list[Any]:
 
 def run_demo(*, servers: int = 2, directory: str | None = None, keep: bool = False,
              only: Sequence[str] = (), console: Console | None = None) -> None:
-    console = console or Console(highlight=False, soft_wrap=True)
+    if console is None:
+        # Off a terminal (CI logs, `| less`), rich would crop tables at 80 columns.
+        width = None if Console().is_terminal else 160
+        console = Console(highlight=False, soft_wrap=True, width=width)
     sb = Sandbox(directory or tempfile.mkdtemp(prefix="pgcleave-demo-"))
     console.print(f"Starting {servers} throwaway PostgreSQL servers in {sb.dir} ...",
                   markup=False)
