@@ -150,7 +150,8 @@ class Executor:
                         # Its transaction rolled back: nothing of it is there to undo.
                         journal.set_step(conn, job_id, idx, "undone")
                         continue
-                    if not step.undo and states[idx] == "done" and step.ddl:
+                    if (not step.undo and not step.nothing_to_undo and states[idx] == "done"
+                            and step.ddl):
                         raise StepFailed(
                             f"step {step.name!r} of job {job_id} cannot be undone", job_id=job_id,
                             hint=f"finish the job instead: pgcleave resume {job_id}")

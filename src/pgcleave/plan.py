@@ -72,9 +72,13 @@ class Step:
     ``guard`` is a query returning one boolean: true when the step's effect is already in place.
     The executor skips a step whose guard is true, which is what makes a resumed job safe.
 
-    ``undo`` holds the statements that reverse the step (empty when it cannot be reversed, e.g.
-    a DROP). ``action`` names a registered Python action run instead of plain statements;
-    ``params`` are its JSON arguments and ``statements`` then show what it runs, for the dry run.
+    ``undo`` holds the statements that reverse the step. Empty means the step cannot be
+    reversed (a DROP), so ``rollback`` stops there, unless ``nothing_to_undo`` says the step
+    leaves nothing that needs reversing (validating a constraint, attaching an index whose
+    reversal comes with an earlier step's undo).
+
+    ``action`` names a registered Python action run instead of plain statements; ``params``
+    are its JSON arguments and ``statements`` then show what it runs, for the dry run.
 
     ``ddl`` marks steps that take locks the application may wait behind; they run under
     ``lock_timeout`` with retries. Data steps (batched copies) run under their own throttle.
@@ -91,18 +95,21 @@ class Step:
     params: dict[str, Any] = field(default_factory=dict)
     ddl: bool = True
     retry_cleanup: list[str] = field(default_factory=list)
+    nothing_to_undo: bool = False
 
     @classmethod
     def sql(cls, name: str, description: str, statements: list[Statement], *,
             locks: list[LockTaken] | None = None, transactional: bool = True,
             guard: Statement | None = None, undo: list[Statement] | None = None,
-            ddl: bool = True, retry_cleanup: list[Statement] | None = None) -> Step:
+            ddl: bool = True, retry_cleanup: list[Statement] | None = None,
+            nothing_to_undo: bool = False) -> Step:
         return cls(
             name=name, description=description, statements=[render(s) for s in statements],
             locks=list(locks or []), transactional=transactional,
             guard=render(guard) if guard is not None else None,
             undo=[render(s) for s in (undo or [])], ddl=ddl,
             retry_cleanup=[render(s) for s in (retry_cleanup or [])],
+            nothing_to_undo=nothing_to_undo,
         )
 
     @property

@@ -46,7 +46,6 @@ ON_DELETE = ("no action", "restrict", "cascade", "set null", "set default")
 
 # The undo of a step that leaves nothing to reverse once the steps before it are undone (a
 # VALIDATE, an index ATTACH): the executor's rollback refuses steps with no undo at all.
-NOTHING_TO_UNDO = "SELECT 'nothing to undo'"
 
 
 # -- parsing user input --------------------------------------------------------------------------
@@ -375,7 +374,7 @@ def plan_set_primary_key(conn: Connection, table: str, columns: list[str], *,
                 locks=[LockTaken(SUE, str(p.name))],
                 guard=_or(_g_constraint(p.name, check_name, validated=True),
                           _g_not_null(p.name, col)),
-                undo=[NOTHING_TO_UNDO]))
+                nothing_to_undo=True))
         steps.append(Step.sql(
             f"set-not-null:{col}",
             f"SET NOT NULL on {col} of {info.name} and its partitions (proven by the CHECKs, "
@@ -388,7 +387,8 @@ def plan_set_primary_key(conn: Connection, table: str, columns: list[str], *,
                           " WHERE NOT a.attnotnull)").format(t=info.name.literal,
                                                              c=sql.Literal(col)),
             undo=[sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(
-                info.name.ident, sql.Identifier(col))] if not parent_nn else [NOTHING_TO_UNDO]))
+                info.name.ident, sql.Identifier(col))] if not parent_nn else [],
+            nothing_to_undo=parent_nn))
         for p in nullable_leaves:
             steps.append(Step.sql(
                 f"nn-drop:{p.name.name}:{col}",
@@ -396,7 +396,7 @@ def plan_set_primary_key(conn: Connection, table: str, columns: list[str], *,
                 [sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
                     p.name.ident, sql.Identifier(check_name))],
                 locks=[LockTaken(AE, str(p.name))],
-                guard=_g_no_constraint(p.name, check_name), undo=[NOTHING_TO_UNDO]))
+                guard=_g_no_constraint(p.name, check_name), nothing_to_undo=True))
 
     # 2. Unique indexes built concurrently, one per partition.
     taken: set[str] = set()
@@ -604,7 +604,7 @@ def _attach_step(parent_idx: QualifiedName, idx: QualifiedName, table: Qualified
         [sql.SQL("ALTER INDEX {} ATTACH PARTITION {}").format(parent_idx.ident, idx.ident)],
         locks=[LockTaken(SUE, str(parent_idx)), LockTaken(AE, f"{idx} (index of {table})")],
         # No DETACH for indexes; undoing the ON ONLY step drops the attached indexes with it.
-        guard=_g_attached(idx, parent_idx), undo=[NOTHING_TO_UNDO])
+        guard=_g_attached(idx, parent_idx), nothing_to_undo=True)
 
 
 def _attached_or_free(conn: Connection, table: QualifiedName, parent_idx: QualifiedName,
@@ -714,7 +714,7 @@ def plan_add_foreign_key(conn: Connection, table: str, columns: list[str], ref_t
             [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
                 t.ident, sql.Identifier(fk_name))],
             locks=[LockTaken(SUE, str(t)), LockTaken(Lock.ROW_SHARE, str(ref.name))],
-            guard=_g_constraint(t, fk_name, validated=True), undo=[NOTHING_TO_UNDO]))
+            guard=_g_constraint(t, fk_name, validated=True), nothing_to_undo=True))
     if targets:
         steps.append(Step.sql(
             f"fk-adopt:{info.name.name}",
