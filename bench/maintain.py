@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -142,9 +143,17 @@ def main() -> None:
                     if r.returncode != 0:
                         raise SystemExit(r.stderr)
                     print("  " + r.stdout.strip(), flush=True)
+                    holds = []
                     for line in r.stderr.splitlines():
-                        if "held" in line or "drained" in line:
+                        if any(w in line for w in ("held", "copied", "built", "replayed",
+                                                   "verified")):
                             print("   " + line.strip(), flush=True)
+                        m = re.search(r"ACCESS EXCLUSIVE held (\d+) ms", line)
+                        if m:
+                            holds.append(int(m.group(1)))
+                    if holds:
+                        print(f"   ACCESS EXCLUSIVE per swap transaction: {holds} ms "
+                              f"(longest {max(holds)} ms)", flush=True)
 
                 results.append(measure(label, dsn, run))
             else:

@@ -9,17 +9,14 @@ For each range level (the table, or each branch of a two-level table), in this o
    the new ranges is added ``NOT VALID`` and validated (SHARE UPDATE EXCLUSIVE, writers go on),
    then the partitions are created (PostgreSQL logs that the DEFAULT's new constraint "is
    implied by existing constraints": no scan), then the CHECK is dropped;
-3. drain: rows sitting in the DEFAULT for periods within retention get their partitions. The
-   recipe (no scan under an exclusive lock, rows visible throughout): new standalone tables
-   created with a CHECK of their bound, plus a new DEFAULT; a capture trigger on the old DEFAULT
-   mirrors every write; the rows are copied in short batches that lock what they copy (FOR
-   SHARE, so a concurrent DELETE cannot be resurrected); then one short transaction detaches the
-   old DEFAULT, attaches the new tables (the CHECKs prove the bounds), attaches the new DEFAULT
-   (which scans only the rows left in it) and swaps the names; the old DEFAULT is dropped whole.
-   For a list/hash table with a second range level, a new list value in the top DEFAULT gets a
-   new branch (range-partitioned, with its periods) the same way.
-4. retention (``ops/retention.py``);
-5. ``ANALYZE`` of the partitions that received rows.
+3. drain: rows sitting in the DEFAULT for periods within retention get their partitions,
+   by ``carve``'s swap method (``ops/carve.py``, one implementation): the new partitions are
+   the pieces, copied once in bulk with a key log keeping them in sync, then attached in
+   short transactions whose ACCESS EXCLUSIVE hold does not grow with the number of periods;
+   the old DEFAULT is dropped whole. For a list/hash table with a second range level, a new
+   list value in the top DEFAULT gets a new branch (range-partitioned, with its periods) the
+   same way; carve's verify step analyzes what it filled;
+4. retention (``ops/retention.py``).
 
 Each table gets its own plan (and job); a table with nothing to do gets an empty plan and no job.
 """
@@ -27,13 +24,10 @@ Each table gets its own plan (and job); a table with nothing to do gets an empty
 from __future__ import annotations
 
 import re
-import time
-import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from .. import policy as pol
@@ -41,28 +35,23 @@ from .. import schemes
 from ..catalog import TableInfo, snapshot
 from ..connection import Connection
 from ..errors import Refused
-from ..execute import ActionContext, action
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step
-from .retention import _qd, _qn, detach_step, retention_steps
+from .carve import Piece, Sub, plan_carve
+from .partition import Bound
+from .retention import detach_step, retention_steps
 
 PREMAKE_CHECK = "pgcleave_premake_guard"
-BOUND_CHECK = "pgcleave_bound"
-LIKE = ("INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES INCLUDING GENERATED "
-        "INCLUDING STORAGE INCLUDING COMMENTS")
 
 
 @dataclass
 class Target:
-    """A new partition the drain fills: a leaf range, or a whole new branch."""
+    """A new partition the drain fills: a leaf range, or a whole new branch (``sub``)."""
 
     name: QualifiedName
-    bound: sql.Composable  # FOR VALUES ...
-    check: sql.Composable  # CHECK expression proving the bound
-    cond: list[sql.Composable]  # [plain, NEW., OLD.] row routing conditions
-    create: list[Statement]  # statements creating it (and its sub-partitions)
+    bound: Bound
     rows: int
-    label: str
+    sub: Sub | None = None
 
 
 @dataclass
@@ -113,7 +102,6 @@ def plan_maintain(conn: Connection, table: str, *, now: datetime | None = None
     steps: list[Step] = []
     notes: list[str] = [f"policy: {policy.summary()}"]
     taken = pol.relation_names(conn, info.name.schema)
-    analyze: list[QualifiedName] = []
     assert info.partitioning is not None
 
     if policy.strategy != "range":
@@ -124,18 +112,10 @@ def plan_maintain(conn: Connection, table: str, *, now: datetime | None = None
                 summary.finalized.append(part.name.quoted)
 
     for level in pol.levels(conn, policy, info):
-        steps += _level_steps(conn, policy, info, level, now, summary, notes, taken, analyze)
+        steps += _level_steps(conn, policy, info, level, now, summary, notes, taken)
 
     if policy.strategy in ("list", "hash") and policy.sub_strategy == "range":
-        steps += _new_branches(conn, policy, info, now, summary, notes, taken, analyze)
-
-    if analyze:
-        steps.append(Step.sql(
-            "analyze", "ANALYZE the partitions that received rows",
-            [sql.SQL("ANALYZE {}").format(t.ident) for t in analyze],
-            locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, ", ".join(map(str, analyze)))],
-            transactional=False, ddl=False))
-        summary.analyzed = [t.quoted for t in analyze]
+        steps += _new_branches(conn, policy, info, now, summary, notes, taken)
 
     plan = Plan("maintain", info.name.quoted,
                 {"now": now.isoformat() if now else None, "summary": summary.to_json()},
@@ -144,8 +124,8 @@ def plan_maintain(conn: Connection, table: str, *, now: datetime | None = None
 
 
 def _level_steps(conn: Connection, policy: pol.Policy, info: TableInfo, level: pol.Level,
-                 now: datetime | None, summary: Summary, notes: list[str], taken: set[str],
-                 analyze: list[QualifiedName]) -> list[Step]:
+                 now: datetime | None, summary: Summary, notes: list[str], taken: set[str]
+                 ) -> list[Step]:
     steps: list[Step] = []
     max_key = (pol.max_key(conn, level.parent, level.key)
                if level.kind in ("integer", "numeric") else None)
@@ -194,8 +174,8 @@ def _level_steps(conn: Connection, policy: pol.Policy, info: TableInfo, level: p
                      " (late rows): they stay there, visible; `pgcleave check` reports them")
     if targets:
         assert view.default is not None
-        steps += drain_steps(conn, info, view.parent, view.default.name, targets, taken,
-                             summary, notes, analyze)
+        steps += drain_steps(conn, info, view.parent, view.default.name, targets, summary,
+                             notes, also=[_range_bound(lo, hi) for lo, hi in premake])
 
     if retired:
         steps += retention_steps(policy, view, retired, policy.archive_dir)
@@ -211,12 +191,12 @@ def _level_steps(conn: Connection, policy: pol.Policy, info: TableInfo, level: p
 
 def _range_target(level: pol.Level, name: QualifiedName, lo: Any, hi: Any, rows: int
                   ) -> Target:
-    return Target(
-        name=name, bound=level.bound_sql(lo, hi), check=level.range_cond(lo, hi),
-        cond=[level.range_cond(lo, hi, p) for p in ("", "NEW.", "OLD.")],
-        create=[sql.SQL("CREATE TABLE {} (LIKE {} " + LIKE + ")").format(
-            name.ident, level.parent.ident)],
-        rows=rows, label=f"{name} {level.bound_sql(lo, hi).as_string(None)}")
+    return Target(name=name, bound=_range_bound(lo, hi), rows=rows)
+
+
+def _range_bound(lo: Any, hi: Any) -> Bound:
+    return Bound("range", schemes.literal(lo) if lo is not None else None,
+                 schemes.literal(hi) if hi is not None else None)
 
 
 # -- premake -----------------------------------------------------------------------------------
@@ -272,100 +252,29 @@ def premake_steps(level: pol.Level, ranges: list[tuple[Any, Any]], taken: set[st
 
 # -- drain -------------------------------------------------------------------------------------
 def drain_steps(conn: Connection, info: TableInfo, parent: QualifiedName,
-                old_default: QualifiedName, targets: list[Target], taken: set[str],
-                summary: Summary, notes: list[str], analyze: list[QualifiedName]) -> list[Step]:
+                old_default: QualifiedName, targets: list[Target], summary: Summary,
+                notes: list[str], also: list[Bound] | None = None) -> list[Step]:
+    """Move the DEFAULT's rows into their new partitions: ``carve``'s copy-and-swap method
+    (ops/carve.py) with the new partitions as pieces."""
     if info.primary_key is None:
         notes.append(f"{sum(t.rows for t in targets)} rows in {old_default} need partitions, "
                      f"but {info.name} has no primary key: the online drain needs one to mirror "
                      "writes; the rows stay in the DEFAULT (visible) and `check` reports them")
         return []
-    pk = info.primary_key.columns
-    types = {c.name: c.type for c in info.columns}
-    cols = [c.name for c in info.columns if not c.generated]
-    new_default = parent.sibling(_fresh(child_name(old_default.name, "new"), taken))
-    drained = parent.sibling(_fresh(child_name(old_default.name, "drained"), taken))
-    fn = QualifiedName("pgcleave", f"drain_{info.oid}_{zlib.crc32(old_default.quoted.encode())}")
+    plan = plan_carve(conn, parent.quoted,
+                      [Piece(name=t.name.name, bound=t.bound, sub=t.sub) for t in targets],
+                      method="swap", also=also or [])
     n_rows = sum(t.rows for t in targets)
     for t in targets:
         summary.drained.append({"partition": t.name.quoted, "rows": t.rows,
-                                "bound": t.bound.as_string(None)})
+                                "bound": t.bound.describe()})
         summary.created.append(t.name.quoted)
+        summary.analyzed.append(t.name.quoted)
     notes.append(f"drain {n_rows} rows from {old_default} into {len(targets)} new partition(s)"
-                 " by copy + capture trigger + short swap (rows stay visible, no scan under "
-                 "an exclusive lock except the rows left in the new DEFAULT)")
-
-    sql.SQL(", ").join(map(sql.Identifier, cols))
-    create: list[Statement] = []
-    for t in targets:
-        create += t.create
-        create.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK {}").format(
-            t.name.ident, sql.Identifier(BOUND_CHECK), t.check))
-    create.append(sql.SQL("CREATE TABLE {} (LIKE {} " + LIKE + ")").format(
-        new_default.ident, parent.ident))
-    create.append(_trigger_function(fn, targets, new_default, pk, cols))
-    undo: list[Statement] = [
-        sql.SQL("DROP TRIGGER IF EXISTS pgcleave_drain ON {}").format(old_default.ident),
-        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(fn.ident),
-        sql.SQL("DROP TABLE IF EXISTS {}").format(new_default.ident),
-        *[sql.SQL("DROP TABLE IF EXISTS {}").format(t.name.ident) for t in targets]]
-    made = sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(new_default.literal)
-    steps = [Step.sql(
-        "drain:prepare", f"create {len(targets)} new partition table(s) with CHECKs of their "
-        f"bounds, a new DEFAULT {new_default.name} and the capture function",
-        create, guard=made, undo=undo),
-        Step.sql(
-        "drain:capture", f"capture trigger on {old_default}: every write there is mirrored "
-        "into the new tables from now on",
-        [sql.SQL("CREATE TRIGGER pgcleave_drain AFTER INSERT OR UPDATE OR DELETE ON {} "
-                 "FOR EACH ROW EXECUTE FUNCTION {}()").format(old_default.ident, fn.ident)],
-        locks=[LockTaken(Lock.SHARE_ROW_EXCLUSIVE, f"{old_default} (CREATE TRIGGER)")],
-        guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'pgcleave_drain' "
-                      "AND tgrelid = to_regclass({})) OR to_regclass({}) IS NOT NULL").format(
-            old_default.literal, drained.literal),
-        undo=[sql.SQL("DROP TRIGGER IF EXISTS pgcleave_drain ON {}").format(old_default.ident)])]
-
-    conds = [t.cond[0] for t in targets]
-    batch_params = {
-        "old": _qd(old_default), "new_default": _qd(new_default),
-        "targets": [{"name": _qd(t.name), "cond": t.cond[0].as_string(None)} for t in targets],
-        "cols": cols, "pk": pk, "pk_types": [types[c] for c in pk], "rows": n_rows}
-    shown = _copy_sql(old_default, new_default, [(t.name, c) for t, c in
-                                                 zip(targets, conds, strict=True)],
-                      cols, pk, [types[c] for c in pk], first=False, limit=5000)
-    steps.append(Step(
-        name="drain:copy", description=f"copy {n_rows} rows from {old_default} in short "
-        "batches (each locks only the rows it copies, FOR SHARE)",
-        statements=[shown.as_string(None)],
-        locks=[LockTaken(Lock.ROW_SHARE, f"{old_default} (rows of one batch)")],
-        transactional=False, ddl=False, action="maintain:drain-copy", params=batch_params))
-
-    swap: list[Statement] = [
-        sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent.ident, old_default.ident)]
-    swap += [sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
-        parent.ident, t.name.ident, t.bound) for t in targets]
-    swap += [
-        sql.SQL("DROP TRIGGER pgcleave_drain ON {}").format(old_default.ident),
-        sql.SQL("ALTER TABLE {} RENAME TO {}").format(old_default.ident,
-                                                      sql.Identifier(drained.name)),
-        sql.SQL("ALTER TABLE {} RENAME TO {}").format(new_default.ident,
-                                                      sql.Identifier(old_default.name)),
-        sql.SQL("ALTER TABLE {} ATTACH PARTITION {} DEFAULT").format(parent.ident,
-                                                                     old_default.ident)]
-    steps.append(Step.sql(
-        "drain:swap", f"swap in one short transaction: detach {old_default}, attach the new "
-        "partitions (no scan: their CHECKs prove the bounds) and the new DEFAULT (scans only "
-        "the rows left in it)", swap,
-        locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, str(parent)),
-               LockTaken(Lock.ACCESS_EXCLUSIVE, str(old_default))],
-        guard=sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(drained.literal)))
-    steps.append(Step.sql(
-        "drain:cleanup", f"drop the old DEFAULT (now {drained.name}, detached) and the capture "
-        "function", [sql.SQL("DROP TABLE IF EXISTS {}").format(drained.ident),
-                     sql.SQL("DROP FUNCTION IF EXISTS {}()").format(fn.ident)],
-        locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{drained} (detached)")],
-        guard=sql.SQL("SELECT to_regclass({}) IS NULL").format(drained.literal)))
-    analyze += [t.name for t in targets] + [old_default]
-    return steps
+                 " by carve's copy + key log + short swaps (rows stay visible, nothing is "
+                 "scanned under an exclusive lock)")
+    notes += plan.notes
+    return plan.steps
 
 
 def _fresh(name: str, taken: set[str]) -> str:
@@ -377,101 +286,6 @@ def _fresh(name: str, taken: set[str]) -> str:
     return out
 
 
-def _trigger_function(fn: QualifiedName, targets: list[Target], new_default: QualifiedName,
-                      pk: list[str], cols: list[str]) -> sql.Composable:
-    """Mirror each write on the old DEFAULT into the table that will hold the row."""
-    def chain(prefix: str, make: Any) -> sql.Composable:
-        idx = 1 if prefix == "NEW." else 2
-        parts: list[Statement] = []
-        for i, t in enumerate(targets):
-            parts.append(sql.SQL("{} {} THEN {}").format(
-                sql.SQL("IF" if i == 0 else "ELSIF"), t.cond[idx], make(t.name)))
-        parts.append(sql.SQL("ELSE {} END IF;").format(make(new_default)))
-        return sql.SQL(" ").join(parts)
-
-    pk_match = sql.SQL("({}) = ({})").format(
-        sql.SQL(", ").join(map(sql.Identifier, pk)),
-        sql.SQL(", ").join(sql.SQL("OLD.{}").format(sql.Identifier(c)) for c in pk))
-    ins_vals = sql.SQL(", ").join(sql.SQL("NEW.{}").format(sql.Identifier(c)) for c in cols)
-    ins_cols = sql.SQL(", ").join(map(sql.Identifier, cols))
-
-    def delete(t: QualifiedName) -> sql.Composable:
-        return sql.SQL("DELETE FROM {} WHERE {};").format(t.ident, pk_match)
-
-    def insert(t: QualifiedName) -> sql.Composable:
-        return sql.SQL("INSERT INTO {} ({}) VALUES ({});").format(t.ident, ins_cols, ins_vals)
-
-    body = sql.SQL("BEGIN IF TG_OP <> 'INSERT' THEN {} END IF; IF TG_OP <> 'DELETE' THEN {} "
-                   "END IF; RETURN NULL; END").format(chain("OLD.", delete),
-                                                      chain("NEW.", insert))
-    text = body.as_string(None)
-    tag = "$pgcleave$"
-    while tag in text:
-        tag = tag[:-1] + "x$"
-    return sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
-        fn.ident, sql.SQL(tag + text + tag))
-
-
-def _copy_sql(old: QualifiedName, new_default: QualifiedName,
-              targets: list[tuple[QualifiedName, sql.Composable]], cols: list[str],
-              pk: list[str], pk_types: list[str], *, first: bool, limit: int) -> sql.Composed:
-    ic = sql.SQL(", ").join(map(sql.Identifier, cols))
-    pkc = sql.SQL(", ").join(map(sql.Identifier, pk))
-    where = sql.SQL("") if first else sql.SQL(" WHERE ({}) > ({})").format(
-        pkc, sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(t)) for t in pk_types))
-    ctes: list[Statement] = [sql.SQL(
-        "src AS (SELECT {ic} FROM ONLY {old}{where} ORDER BY {pk} LIMIT {n} FOR SHARE)").format(
-        ic=ic, old=old.ident, where=where, pk=pkc, n=sql.Literal(limit))]
-    for i, (t, cond) in enumerate(targets):
-        ctes.append(sql.SQL("t{} AS (INSERT INTO {} ({}) SELECT {} FROM src WHERE {} "
-                            "ON CONFLICT DO NOTHING)").format(sql.SQL(str(i)), t.ident, ic, ic,
-                                                              cond))
-    rest = sql.SQL(" OR ").join(c for _, c in targets)
-    ctes.append(sql.SQL("d AS (INSERT INTO {} ({}) SELECT {} FROM src WHERE NOT coalesce({}, "
-                        "false) ON CONFLICT DO NOTHING)").format(new_default.ident, ic, ic, rest))
-    last = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in pk)
-    return sql.SQL("WITH {} SELECT count(*) OVER (), {} FROM src ORDER BY {} LIMIT 1").format(
-        sql.SQL(", ").join(ctes), last,
-        sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(c)) for c in pk))
-
-
-@action("maintain:drain-copy")
-def _drain_copy(ctx: ActionContext) -> None:
-    """Batched copy; each batch is one transaction sized to take about 50 ms, and saves the
-    last key copied so a resumed job continues after it."""
-    p = ctx.params
-    old, nd = _qn(p["old"]), _qn(p["new_default"])
-    targets: list[tuple[QualifiedName, sql.Composable]] = [
-        (_qn(t["name"]), sql.SQL(t["cond"])) for t in p["targets"]]
-    state = ctx.load()
-    last: list[str] | None = state.get("last")
-    copied = int(state.get("copied", 0))
-    limit = int(state.get("batch", 2000))
-    conn = ctx.conn
-    total = int(p.get("rows", 0))
-    while True:
-        q = _copy_sql(old, nd, targets, p["cols"], p["pk"], p["pk_types"],
-                      first=last is None, limit=limit)
-        t0 = time.monotonic()
-        try:
-            with conn.transaction():
-                row = conn.execute(q, last or None).fetchone()
-                if row is not None:
-                    copied += int(row[0])
-                    last = [str(v) for v in row[1:]]
-                ctx.save({"last": last, "copied": copied, "batch": limit})
-        except psycopg.errors.DeadlockDetected:
-            limit = max(100, limit // 2)
-            continue
-        ms = (time.monotonic() - t0) * 1000
-        if row is None or int(row[0]) < limit:
-            break
-        # aim at ~50 ms per batch: the rows it locks FOR SHARE make their updaters wait
-        limit = int(min(50000, max(200, limit * (50.0 / max(ms, 1.0)) ** 0.5)))
-        ctx.progress(f"drained {copied:,} of ~{total:,} rows", copied=copied)
-    ctx.progress(f"drained {copied:,} rows", copied=copied, final=True)
-
-
 # -- two levels: new list values get their branch ----------------------------------------------
 def _slug(value: Any) -> str:
     s = re.sub(r"[^a-z0-9]+", "_", str(value).lower()).strip("_")
@@ -479,8 +293,7 @@ def _slug(value: Any) -> str:
 
 
 def _new_branches(conn: Connection, policy: pol.Policy, info: TableInfo, now: datetime | None,
-                  summary: Summary, notes: list[str], taken: set[str],
-                  analyze: list[QualifiedName]) -> list[Step]:
+                  summary: Summary, notes: list[str], taken: set[str]) -> list[Step]:
     p = info.partitioning
     assert p is not None and policy.sub_key_column and policy.sub_interval
     top_default = p.default
@@ -511,7 +324,6 @@ def _new_branches(conn: Connection, policy: pol.Policy, info: TableInfo, now: da
         by_value.setdefault(val, {})
         by_value[val][d] = by_value[val].get(d, 0) + int(n)
     targets: list[Target] = []
-    key_type = info.column(key).type
     for value, days in sorted(by_value.items(), key=lambda kv: str(kv[0])):
         bname = info.name.sibling(_fresh(child_name(info.name.name, _slug(value)), taken))
         dummy = pol.Level(parent=bname, partitioning=p, key=sub, key_type=sub_col.type,
@@ -534,35 +346,25 @@ def _new_branches(conn: Connection, policy: pol.Policy, info: TableInfo, now: da
                         if cut is None or schemes.add(lo, iv) > cut)
         late = sum(n for lo, n in periods.items() if lo not in ranges)
         summary.late_rows += late
-        lit = sql.Literal(value)
-        vcond: list[sql.Composable] = [sql.SQL("({} = {})").format(pol._col(pre, key), lit)
-                 for pre in ("", "NEW.", "OLD.")]
-        if not mirror_default:
-            vcond = [sql.SQL("({} AND ({}))").format(
-                c, sql.SQL(" OR ").join(dummy.range_cond(lo, schemes.add(lo, iv), pre)
-                                        for lo in ranges) if ranges else sql.SQL("false"))
-                for c, pre in zip(vcond, ("", "NEW.", "OLD."), strict=True)]
-        create: list[Statement] = [sql.SQL(
-            "CREATE TABLE {} (LIKE {} " + LIKE + ") PARTITION BY RANGE ({})").format(
-            bname.ident, info.name.ident, sql.Identifier(sub))]
+        # Every row of the value routes to its branch: rows of periods the branch gets no
+        # partition for (past retention) need a DEFAULT in the branch, else they fit nowhere.
+        with_default = mirror_default or late > 0
+        if late and not mirror_default:
+            summary.late_rows -= late
+            notes.append(f"{late} rows of {key} {value!r} are past retention: they go to the "
+                         "new branch's DEFAULT")
+        subs: list[tuple[str, Bound]] = []
         for lo in ranges:
             leaf = bname.sibling(dummy.name_for(lo, taken))
-            create.append(sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
-                leaf.ident, bname.ident, dummy.bound_sql(lo, schemes.add(lo, iv))))
+            subs.append((leaf.name, _range_bound(lo, schemes.add(lo, iv))))
             summary.created.append(leaf.quoted)
-        if mirror_default:
-            bdef = bname.sibling(_fresh(child_name(bname.name, "default"), taken))
-            create.append(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
-                bdef.ident, bname.ident))
-            summary.created.append(bdef.quoted)
-        n_rows = sum(n for lo, n in periods.items() if lo in ranges or mirror_default)
-        targets.append(Target(
-            name=bname, bound=sql.SQL("FOR VALUES IN ({})").format(
-                sql.SQL("{}::{}").format(lit, sql.SQL(key_type))),
-            check=sql.SQL("({} IS NOT NULL AND {} = {})").format(
-                sql.Identifier(key), sql.Identifier(key), lit),
-            cond=vcond, create=create, rows=n_rows, label=f"{bname} (new {key} {value!r})"))
+        bdef: str | None = None
+        if with_default:
+            bdef = _fresh(child_name(bname.name, "default"), taken)
+            summary.created.append(bname.sibling(bdef).quoted)
+        n_rows = sum(days.values())
+        targets.append(Target(name=bname, bound=Bound("list", values=[sql.Literal(value)]),
+                              rows=n_rows, sub=Sub(sub, subs, bdef)))
         notes.append(f"new {key} value {value!r}: branch {bname} with {len(ranges)} "
                      f"{iv} partition(s)")
-    return drain_steps(conn, info, info.name, top_default.name, targets, taken, summary,
-                       notes, analyze)
+    return drain_steps(conn, info, info.name, top_default.name, targets, summary, notes)
