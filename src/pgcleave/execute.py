@@ -54,6 +54,23 @@ ActionFn = Callable[["ActionContext"], None]
 ACTIONS: dict[str, ActionFn] = {}
 
 
+RecoveryHook = Callable[[Connection], object]
+RECOVERY_HOOKS: list[RecoveryHook] = []
+
+
+def recovery_hook(fn: RecoveryHook) -> RecoveryHook:
+    """Register a pass that settles what a killed job may have left half-done outside this
+    database (e.g. prepared transactions on shards). ``resume`` and ``rollback`` run every hook
+    first; a hook must be idempotent and must not touch the work of a job still running."""
+    RECOVERY_HOOKS.append(fn)
+    return fn
+
+
+def run_recovery(conn: Connection) -> None:
+    for hook in RECOVERY_HOOKS:
+        hook(conn)
+
+
 def action(name: str) -> Callable[[ActionFn], ActionFn]:
     """Register a Python action that a step can name (batched copies, waits, checks)."""
 
@@ -127,6 +144,7 @@ class Executor:
             plan, states, job_state = journal.load_plan(conn, job_id)
             if job_state in ("done", "rolled back"):
                 raise Refused(f"job {job_id} is already {job_state}; nothing to resume")
+            run_recovery(conn)
             with self._table_lock(conn, plan.target):
                 journal.set_job(conn, job_id, "running")
                 self._run_job(conn, job_id, plan, states)
@@ -141,6 +159,7 @@ class Executor:
             if job_state in ("done", "rolled back"):
                 raise Refused(f"job {job_id} is {job_state}; only unfinished jobs roll back",
                               hint="an operation that finished has its own reverse command")
+            run_recovery(conn)
             with self._table_lock(conn, plan.target):
                 for idx in reversed(range(len(plan.steps))):
                     step = plan.steps[idx]
@@ -319,7 +338,12 @@ class Executor:
         return total
 
     def _with_retry(self, conn: Connection, attempt: Callable[[], float], step: Step | None,
-                    cleanup: list[str]) -> float:
+                    cleanup: list[str], *, cap: float = 5.0) -> float:
+        """Run ``attempt`` until it does not fail on a lock, pausing ``backoff(n, cap=cap)``
+        between attempts, up to the lock retry limit. Cut-overs whose lock request blocks
+        writers while it waits (a swap's ACCESS EXCLUSIVE) pass a low ``cap``: short, frequent
+        attempts find the moment between two writer statements sooner than seconds-long
+        pauses do, and each attempt blocks writers no longer than its lock_timeout."""
         deadline = time.monotonic() + self.settings.lock_retry_limit_s
         n = 0
         while True:
@@ -331,7 +355,7 @@ class Executor:
                     conn.rollback()
                 for c in cleanup:
                     conn.execute(c.encode())
-                pause = backoff(n)
+                pause = backoff(n, cap=cap)
                 if time.monotonic() + pause > deadline:
                     what = step.description if step else "statement"
                     raise LockContention(

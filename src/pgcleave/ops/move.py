@@ -1,0 +1,951 @@
+"""``pgcleave move PARTITION --to SERVER|local``: put a partition on another server, online.
+
+The recipe (DESIGN.md section 3), for a move out (local table -> postgres_fdw foreign partition):
+
+1. create the shard's table from the local definition (columns, NOT NULL, CHECKs, keys,
+   indexes) plus ``CHECK`` equal to the partition constraint, so an UPDATE that would move a row
+   out of the foreign partition fails on the shard instead of silently changing it in place;
+2. publish the partition (and the tiny ``pgcleave.move_markers`` table) and subscribe the shard
+   to it: the initial copy and every later write of the application reach the shard;
+3. wait until the copy is done and the shard has caught up (a marker row written here is seen
+   there: replication applies in commit order, so everything committed before it is there too);
+4. give the DEFAULT partition a validated ``CHECK (NOT <partition constraint>)`` online, so the
+   ATTACH at cut-over does not scan the DEFAULT under an exclusive lock;
+5. cut over in one short transaction: ``LOCK parent IN EXCLUSIVE MODE`` (writes wait, reads go
+   on), marker round trip, count + hash of the rows on both sides, then DETACH the local table,
+   ATTACH the foreign table (its bound proven by the constraints, no scan) and give it the
+   partition's name. The old local table stays, renamed ``<name>_pgc_local``, until
+   ``--drop-source``;
+6. drop the subscription, publication and helper CHECK.
+
+A move back (``--to local``) runs the same recipe the other way: the shard publishes, this
+database subscribes into a new local table, and the cut-over swaps the foreign partition for it.
+
+Every step has a guard and (before the cut-over) an undo: a kill or an unreachable shard at any
+point leaves a job that ``pgcleave resume`` finishes or ``pgcleave rollback`` undoes. Until the
+cut-over commits the application writes to the local rows only; after it, to the shard only.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .. import journal, servers
+from ..catalog import Partition, TableInfo, snapshot
+from ..connection import Connection
+from ..errors import LockContention, NotFound, Refused, StepFailed
+from ..execute import RETRYABLE, ActionContext, Event, action, backoff
+from ..names import QualifiedName, child_name
+from ..plan import Lock, LockTaken, Plan, Statement, Step
+
+journal.register_migration("shards:move_markers", """
+    CREATE TABLE pgcleave.move_markers (
+        token text NOT NULL,
+        at    timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+    ALTER TABLE pgcleave.move_markers REPLICA IDENTITY FULL;
+    """)
+
+journal.register_migration("shards:ddl_guard", """
+    CREATE TABLE pgcleave.sharded_tables (
+        relid      regclass PRIMARY KEY,
+        columns    text NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+    CREATE FUNCTION pgcleave.columns_signature(rel regclass) RETURNS text
+    LANGUAGE sql STABLE AS $$
+        SELECT string_agg(quote_ident(attname) || ' ' || format_type(atttypid, atttypmod), ', '
+                          ORDER BY attnum)
+        FROM pg_attribute WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
+    $$;
+    CREATE FUNCTION pgcleave.guard_ddl() RETURNS event_trigger
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        r record;
+        known text;
+    BEGIN
+        IF coalesce(current_setting('pgcleave.allow_ddl', true), '') = 'on' THEN
+            RETURN;
+        END IF;
+        FOR r IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
+                 WHERE classid = 'pg_class'::regclass LOOP
+            SELECT columns INTO known FROM pgcleave.sharded_tables WHERE relid = r.objid;
+            IF FOUND AND known IS DISTINCT FROM pgcleave.columns_signature(r.objid) THEN
+                RAISE EXCEPTION 'table % has partitions on other servers: ALTER TABLE here would '
+                    'change its columns on this server only and break every query on it',
+                    r.objid::regclass
+                USING HINT = format('run the change with pgcleave, which applies it on every '
+                    'server at once: pgcleave alter %s "<action>"', r.objid::regclass),
+                      ERRCODE = 'feature_not_supported';
+            END IF;
+        END LOOP;
+    END
+    $$;
+    """)
+
+BOUND_CHECK = "pgcleave_partition_bound"
+# synchronous_commit = on: the rows a subscriber applied survive its crash (an asynchronous
+# apply can lose its last commits, and the initial copy's progress with them)
+_SUBSCRIBE = ("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}"
+              " WITH (synchronous_commit = on)")
+EVENT_TRIGGER = "pgcleave_guard_ddl"
+
+#: Session settings that make ``ROW(...)::text`` identical on both servers for the hash.
+_HASH_SETTINGS = ["SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, MDY'",
+                  "SET IntervalStyle = 'postgres'", "SET extra_float_digits = 3",
+                  "SET bytea_output = 'hex'"]
+
+
+@dataclass
+class _Ctx:
+    """What the planner knows about one move."""
+
+    parent: TableInfo
+    part: Partition
+    server: str
+    direction: str  # 'out' (to a server) or 'back' (to local)
+    remote: QualifiedName  # the shard's table
+    constraint_def: str  # pg_get_partition_constraintdef of the partition
+    tag: str  # unique suffix of publication/subscription names
+
+
+def plan_move(conn: Connection, partition: str, *, to: str, drop_source: bool = False,
+              origin_dsn: str | None = None) -> Plan:
+    """Plan moving ``partition`` to server ``to`` (or back with ``to='local'``)."""
+    info = snapshot(conn, partition)
+    if info.parent is None:
+        raise Refused(f"{info.name} is not a partition",
+                      hint="move takes a partition of a partitioned table; `pgcleave status "
+                           "TABLE` lists them")
+    parent = snapshot(conn, info.parent.quoted)
+    if parent.parent is not None:
+        raise Refused(f"{info.name} is a sub-partition ({parent.name} is itself a partition); "
+                      "only partitions of a top-level table can move")
+    assert parent.partitioning is not None
+    part = next(p for p in parent.partitioning.partitions if p.oid == info.oid)
+    if part.is_default:
+        raise Refused(f"{info.name} is the DEFAULT partition of {parent.name}; it cannot move",
+                      hint="a foreign table cannot be a DEFAULT partition, and rows of any value "
+                           "land there: carve the rows you want to move into their own partition "
+                           "first")
+    if part.kind == "p":
+        raise Refused(f"{info.name} is itself partitioned; move its partitions one by one")
+    if part.detach_pending:
+        raise Refused(f"{info.name} is being detached (DETACH PENDING)",
+                      hint=f"finish it: ALTER TABLE {parent.name} DETACH PARTITION {info.name} "
+                           "FINALIZE")
+    row = conn.execute("SELECT pg_get_partition_constraintdef(%s::oid)", [info.oid]).fetchone()
+    assert row is not None and row[0]
+    cdef = str(row[0])
+    tag = f"pgcleave_move_{info.oid}"
+
+    if to == "local":
+        if part.kind != "f":
+            raise Refused(f"{info.name} is already local",
+                          hint=f"`pgcleave move {info.name} --to SERVER` moves it out")
+        srow = conn.execute(
+            "SELECT s.srvname, ft.ftoptions FROM pg_foreign_table ft JOIN pg_foreign_server s"
+            " ON s.oid = ft.ftserver WHERE ft.ftrelid = %s", [info.oid]).fetchone()
+        assert srow is not None
+        opts = dict(o.split("=", 1) for o in (srow[1] or []))
+        remote = QualifiedName(opts.get("schema_name", info.name.schema),
+                               opts.get("table_name", info.name.name))
+        ctx = _Ctx(parent, part, str(srow[0]), "back", remote, cdef, tag)
+        return _plan_back(conn, ctx, info, drop_source)
+
+    server = servers.get_server(conn, to)
+    if part.kind == "f":
+        raise Refused(f"{info.name} is already on server {part.server}",
+                      hint=f"move it back first: pgcleave move {info.name} --to local")
+    ctx = _Ctx(parent, part, server.name, "out", info.name, cdef, tag)
+    return _plan_out(conn, ctx, info, drop_source, origin_dsn)
+
+
+# -- moving out ------------------------------------------------------------------------------
+def _plan_out(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool,
+              origin_dsn: str | None) -> Plan:
+    parent, part, srv = c.parent, c.part, c.server
+    _require_logical(conn, "this database (the publisher of the rows)")
+    _require_replica_identity(conn, info)
+    _refuse_parent_keys(parent)
+    if any(col.generated for col in info.columns):
+        raise Refused(f"{info.name} has generated columns; foreign partitions cannot carry them")
+    local_aside = part.name.sibling(child_name(part.name.name, "pgc_local"))
+    staging = part.name.sibling(child_name(part.name.name, "pgc_remote"))
+    for n in (local_aside, staging):
+        if _exists(conn, n):
+            raise Refused(f"{n} already exists (left by an earlier move)",
+                          hint=f"drop it if it is no longer needed: DROP TABLE {n}")
+    with _plan_connect(conn, srv) as rc:
+        if rc.execute("SELECT to_regclass(%s)", [c.remote.quoted]).fetchone() != (None,):
+            raise Refused(f"table {c.remote} already exists on server {srv}",
+                          hint="drop or rename it there, or move another partition")
+        if rc.execute("SELECT count(*) FROM pg_subscription WHERE subname = %s",
+                      [c.tag]).fetchone() != (0,):
+            raise Refused(f"subscription {c.tag} already exists on server {srv}",
+                          hint=f"an earlier move left it; drop it there: DROP SUBSCRIPTION {c.tag}")
+    dbl = servers.dblink_schema(conn)
+    pname, tname = str(part.name), str(parent.name)
+    steps: list[Step] = []
+
+    steps.append(Step.sql(
+        "shard-table", f"create {c.remote} on {srv} from the local definition, with "
+        f"CHECK ({c.constraint_def})",
+        [servers.remote_sql(dbl, srv, sql.SQL("; ").join(_shard_ddl(conn, info, c)))],
+        guard=servers.remote_exists(dbl, srv, _regclass_query(c.remote)),
+        undo=[servers.remote_sql(dbl, srv, sql.SQL("DROP TABLE IF EXISTS {}").format(
+            c.remote.ident))],
+        transactional=False, ddl=False))
+    steps.append(Step.sql(
+        "publish", f"publish {pname} (and pgcleave.move_markers) for the shard",
+        [sql.SQL("CREATE PUBLICATION {} FOR TABLE {}, pgcleave.move_markers").format(
+            sql.Identifier(c.tag), part.name.ident)],
+        locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, pname)],
+        guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = {})").format(
+            sql.Literal(c.tag)),
+        undo=[sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(c.tag))]))
+    steps.append(Step(
+        name="subscribe", description=f"subscribe {srv} to the publication (initial copy, then "
+        "every write)",
+        statements=[servers.remote_sql(dbl, srv, sql.SQL(_SUBSCRIBE).format(
+            sql.Identifier(c.tag), sql.Literal(_shown_origin(conn, origin_dsn)),
+            sql.Identifier(c.tag)), durable=False).as_string(None)],
+        action="move.subscribe",
+        params={"side": "remote", "server": srv, "name": c.tag, "origin_dsn": bool(origin_dsn)},
+        guard=servers.remote_exists(dbl, srv, sql.SQL(
+            "SELECT 1 FROM pg_subscription WHERE subname = {}").format(sql.Literal(c.tag))
+        ).as_string(None),
+        undo=[servers.remote_sql(dbl, srv, sql.SQL("DROP SUBSCRIPTION IF EXISTS {}").format(
+            sql.Identifier(c.tag)), durable=False).as_string(None)],
+        transactional=False, ddl=False))
+    if origin_dsn:
+        _ORIGIN_DSNS[c.tag] = origin_dsn
+    steps += _common_tail(conn, c, dbl, staging, local_aside, drop_source, info)
+    plan = Plan("move", tname, {"partition": part.name.quoted, "to": srv,
+                                "drop_source": drop_source}, steps)
+    plan.notes.append(f"rows of {pname} stay readable and writable through {tname} during the "
+                      "whole move; writes wait only during the cut-over")
+    if not any(p.kind == "f" for p in parent.partitioning.leaves()):  # type: ignore[union-attr]
+        plan.warnings += first_move_warnings(parent)
+    return plan
+
+
+def first_move_warnings(parent: TableInfo) -> list[str]:
+    """What stops working once a table has a partition on another server."""
+    t = str(parent.name)
+    return [
+        f"{t} will have a partition on another server. From then on PostgreSQL refuses a "
+        f"PRIMARY KEY or UNIQUE constraint on {t} itself (per-partition keys remain), so "
+        f"`INSERT ... ON CONFLICT (col)` on {t} fails, and foreign keys to or from {t} are "
+        "impossible",
+        "an UPDATE that changes the partition key of a row on the remote partition so that the "
+        "row would leave it fails (the shard's CHECK refuses it) instead of moving the row",
+        "a transaction writing to local and remote partitions can commit on one server and not "
+        "the other if a server fails at the wrong moment (no two-phase commit for DML)",
+        f"plain ALTER TABLE {t} that changes columns is refused by an event trigger; use "
+        f"`pgcleave alter {t} \"ACTION\"`, which changes every server at once",
+    ]
+
+
+# -- moving back -----------------------------------------------------------------------------
+def _plan_back(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool) -> Plan:
+    parent, part, srv = c.parent, c.part, c.server
+    aside = part.name.sibling(child_name(part.name.name, "pgc_remote"))
+    target = c.remote  # the local table that receives the rows has the shard table's name
+    if target != part.name and _exists(conn, target):
+        raise Refused(f"{target} exists here, so the shard's table {c.remote} cannot be "
+                      "replicated into a new local table of that name",
+                      hint=f"rename or drop the local {target}")
+    if target.schema != part.name.schema:
+        raise Refused(f"the shard's table {c.remote} is in another schema than {part.name}",
+                      hint="move back supports shard tables in the partition's schema only")
+    if _exists(conn, aside):
+        raise Refused(f"{aside} already exists (left by an earlier move)",
+                      hint=f"drop it if it is no longer needed: DROP FOREIGN TABLE {aside}")
+    with _plan_connect(conn, srv) as rc:
+        _require_logical(rc, f"server {srv} (the publisher of the rows)")
+        rrow = rc.execute("SELECT c.oid, c.relreplident::text, EXISTS (SELECT 1 FROM pg_index i"
+                          " WHERE i.indrelid = c.oid AND i.indisprimary) FROM pg_class c"
+                          " WHERE c.oid = to_regclass(%s)", [c.remote.quoted]).fetchone()
+        if rrow is None:
+            raise NotFound(f"the table {c.remote} behind {part.name} does not exist on {srv}")
+        if rrow[1] == "n" or (rrow[1] == "d" and not rrow[2]):
+            raise Refused(f"{c.remote} on {srv} has no primary key or replica identity, so its "
+                          "UPDATEs and DELETEs cannot be replicated",
+                          hint=f"on {srv}: ALTER TABLE {c.remote} REPLICA IDENTITY FULL (or add "
+                               "a primary key), then retry")
+        remote_defs = _remote_definitions(rc, int(rrow[0]))
+        if rc.execute("SELECT count(*) FROM pg_publication WHERE pubname = %s",
+                      [c.tag]).fetchone() != (0,):
+            raise Refused(f"publication {c.tag} already exists on server {srv}",
+                          hint=f"an earlier move left it; drop it there: DROP PUBLICATION {c.tag}")
+    if conn.execute("SELECT count(*) FROM pg_subscription WHERE subname = %s",
+                    [c.tag]).fetchone() != (0,):
+        raise Refused(f"subscription {c.tag} already exists here",
+                      hint=f"an earlier move left it: DROP SUBSCRIPTION {c.tag}")
+    dbl = servers.dblink_schema(conn)
+    pname = str(part.name)
+    steps: list[Step] = []
+    if target == part.name:
+        steps.append(Step.sql(
+            "rename-foreign", f"rename the foreign partition {pname} to {aside.name} so the "
+            "returning rows can land in a local table of its name",
+            [sql.SQL("ALTER FOREIGN TABLE {} RENAME TO {}").format(
+                part.name.ident, sql.Identifier(aside.name))],
+            locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, pname)],
+            guard=sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(aside.literal),
+            undo=[sql.SQL("ALTER FOREIGN TABLE {} RENAME TO {}").format(
+                aside.ident, sql.Identifier(part.name.name))]))
+    steps.append(Step.sql(
+        "local-table", f"create the local table {target} from the parent's and the shard's "
+        f"definitions, with CHECK ({c.constraint_def})",
+        _local_ddl(c, target, remote_defs),
+        guard=sql.SQL("SELECT to_regclass({}) IS NOT NULL AND (SELECT relkind = 'r' FROM pg_class"
+                      " WHERE oid = to_regclass({}))").format(target.literal, target.literal),
+        undo=[sql.SQL("DROP TABLE IF EXISTS {}").format(target.ident)]))
+    steps.append(Step.sql(
+        "publish", f"publish {c.remote} (and pgcleave.move_markers) on {srv}",
+        [servers.remote_sql(dbl, srv, sql.SQL("; ").join([
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS pgcleave"),
+            sql.SQL("CREATE TABLE IF NOT EXISTS pgcleave.move_markers (token text NOT NULL,"
+                    " at timestamptz NOT NULL DEFAULT clock_timestamp())"),
+            sql.SQL("ALTER TABLE pgcleave.move_markers REPLICA IDENTITY FULL"),
+            sql.SQL("CREATE PUBLICATION {} FOR TABLE {}, pgcleave.move_markers").format(
+                sql.Identifier(c.tag), c.remote.ident)]))],
+        guard=servers.remote_exists(dbl, srv, sql.SQL(
+            "SELECT 1 FROM pg_publication WHERE pubname = {}").format(sql.Literal(c.tag))),
+        undo=[servers.remote_sql(dbl, srv, sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
+            sql.Identifier(c.tag)))],
+        transactional=False, ddl=False))
+    steps.append(Step(
+        name="subscribe", description=f"subscribe this database to {srv}'s publication",
+        statements=[sql.SQL(_SUBSCRIBE).format(
+            sql.Identifier(c.tag), sql.Literal(f"<server {srv}: options and user mapping>"),
+            sql.Identifier(c.tag)).as_string(None)],
+        action="move.subscribe", params={"side": "local", "server": srv, "name": c.tag},
+        guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = {})").format(
+            sql.Literal(c.tag)).as_string(None),
+        undo=[sql.SQL("DROP SUBSCRIPTION IF EXISTS {}").format(sql.Identifier(c.tag)
+                                                               ).as_string(None)],
+        transactional=False, ddl=False))
+    steps += _common_tail(conn, c, dbl, target, aside, drop_source, info)
+    return Plan("move", str(parent.name), {"partition": part.name.quoted, "to": "local",
+                                           "from": srv, "drop_source": drop_source}, steps,
+                notes=[f"rows of {pname} stay readable and writable through {parent.name} "
+                       "during the whole move; writes wait only during the cut-over"])
+
+
+# -- the steps both directions share -------------------------------------------------------
+def _common_tail(conn: Connection, c: _Ctx, dbl: str, incoming: QualifiedName,
+                 aside: QualifiedName, drop_source: bool, info: TableInfo) -> list[Step]:
+    """catch-up, DEFAULT check, foreign table (out), cut-over, clean-up."""
+    parent, part, srv = c.parent, c.part, c.server
+    out = c.direction == "out"
+    steps: list[Step] = []
+    steps.append(Step(
+        name="catch-up", description="wait for the initial copy and for the subscriber to "
+        "catch up with the writes",
+        statements=["-- poll pg_subscription_rel until every table is ready, then write a "
+                    "marker row on the publisher and wait until the subscriber has it"],
+        action="move.catch_up", params=_action_params(c), ddl=False, transactional=False))
+    default = parent.partitioning.default if parent.partitioning else None
+    excl = f"pgcleave_not_{part.oid}"
+    if default is not None and default.kind == "r":
+        dname = str(default.name)
+        check = sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {}::regclass"
+                        " AND conname = {}{})")
+        steps.append(Step.sql(
+            "default-check", f"add CHECK (NOT <bound of {part.name.name}>) to the DEFAULT "
+            f"{dname}, NOT VALID, so the cut-over's ATTACH need not scan it",
+            [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (NOT ({})) NOT VALID").format(
+                default.name.ident, sql.Identifier(excl), sql.SQL(c.constraint_def))],
+            locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, dname)],
+            guard=check.format(default.name.literal, sql.Literal(excl), sql.SQL("")),
+            undo=[sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                default.name.ident, sql.Identifier(excl))]))
+        steps.append(Step.sql(
+            "default-validate", f"validate that CHECK on {dname} (reads it, writes go on)",
+            [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                default.name.ident, sql.Identifier(excl))],
+            locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, dname)],
+            guard=check.format(default.name.literal, sql.Literal(excl),
+                               sql.SQL(" AND convalidated")), transactional=False,
+            undo=[sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                default.name.ident, sql.Identifier(excl))]))
+    if out:
+        steps.append(Step.sql(
+            "foreign-table", f"create the foreign table {incoming} for {c.remote} on {srv} "
+            "(not attached yet)",
+            [_foreign_ddl(parent, incoming, srv, c.remote)],
+            guard=sql.SQL("SELECT to_regclass({}) IS NOT NULL OR EXISTS (SELECT 1 FROM pg_class"
+                          " WHERE oid = to_regclass({}) AND relkind = 'f')").format(
+                incoming.literal, part.name.literal),
+            undo=[sql.SQL("DROP FOREIGN TABLE IF EXISTS {}").format(incoming.ident)]))
+        if _is_superuser(conn):
+            steps.append(Step.sql(
+                "ddl-guard", "install the event trigger that refuses a plain ALTER TABLE "
+                "changing the columns of a table with remote partitions",
+                [sql.SQL("CREATE EVENT TRIGGER {} ON ddl_command_end WHEN TAG IN ('ALTER TABLE')"
+                         " EXECUTE FUNCTION pgcleave.guard_ddl()").format(
+                    sql.Identifier(EVENT_TRIGGER))],
+                guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = {})"
+                              ).format(sql.Literal(EVENT_TRIGGER))))
+    kind = "f" if out else "r"
+    p = dict(_action_params(c), incoming=[incoming.schema, incoming.name],
+             aside=[aside.schema, aside.name], bound=part.bound,
+             columns=[col.name for col in info.columns if not col.generated])
+    swap: list[sql.Composable] = [
+        sql.SQL("LOCK TABLE ONLY {} IN EXCLUSIVE MODE").format(parent.name.ident),
+        sql.SQL("-- marker round trip; count + hash of the rows on both servers must match"),
+    ]
+    swap += _swap_sql_from_params(p, parent.name, part.name, incoming, aside)
+    steps.append(Step(
+        name="cutover", description=f"cut over: swap the {'local' if out else 'foreign'} "
+        f"partition for the {'foreign' if out else 'local'} one after verifying every row",
+        statements=[s.as_string(None) for s in swap], action="move.cutover", params=p,
+        locks=[LockTaken(Lock.EXCLUSIVE, str(parent.name)),
+               LockTaken(Lock.ACCESS_EXCLUSIVE, str(parent.name))],
+        guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_inherits i ON"
+                      " i.inhrelid = c.oid WHERE c.oid = to_regclass({}) AND c.relkind = {}"
+                      " AND i.inhparent = {}::regclass)").format(
+            part.name.literal, sql.Literal(kind), parent.name.literal).as_string(None)))
+    # clean-up: the replication objects, the helper CHECK, and optionally the source
+    if out:
+        steps.append(Step.sql(
+            "unsubscribe", f"drop the subscription on {srv} (and its slot here)",
+            [servers.remote_sql(dbl, srv, sql.SQL("DROP SUBSCRIPTION IF EXISTS {}").format(
+                sql.Identifier(c.tag)), durable=False)], transactional=False, ddl=False))
+        steps.append(Step.sql(
+            "unpublish", "drop the publication",
+            [sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(c.tag))],
+            ddl=False))
+    else:
+        steps.append(Step.sql(
+            "unsubscribe", f"drop the subscription here (and its slot on {srv})",
+            [sql.SQL("DROP SUBSCRIPTION IF EXISTS {}").format(sql.Identifier(c.tag))],
+            transactional=False, ddl=False))
+        steps.append(Step.sql(
+            "unpublish", f"drop the publication on {srv}",
+            [servers.remote_sql(dbl, srv, sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
+                sql.Identifier(c.tag)))], transactional=False, ddl=False))
+    if default is not None and default.kind == "r":
+        steps.append(Step.sql(
+            "default-uncheck", f"drop the helper CHECK from {default.name}",
+            [sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                default.name.ident, sql.Identifier(excl))],
+            locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, str(default.name))]))
+    if drop_source:
+        if out:
+            steps.append(Step.sql(
+                "drop-source", f"drop the old local table {aside}",
+                [sql.SQL("DROP TABLE IF EXISTS {}").format(aside.ident)],
+                locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, str(aside))]))
+        else:
+            steps.append(Step.sql(
+                "drop-source", f"drop the old foreign table {aside} and {c.remote} on {srv}",
+                [servers.remote_sql(dbl, srv, sql.SQL("DROP TABLE IF EXISTS {}").format(
+                    c.remote.ident)),
+                 sql.SQL("DROP FOREIGN TABLE IF EXISTS {}").format(aside.ident)],
+                transactional=False, ddl=False))
+    return steps
+
+
+def _action_params(c: _Ctx) -> dict[str, Any]:
+    return {"direction": c.direction, "server": c.server, "name": c.tag,
+            "parent": [c.parent.name.schema, c.parent.name.name],
+            "partition": [c.part.name.schema, c.part.name.name],
+            "remote": [c.remote.schema, c.remote.name]}
+
+
+# -- DDL generation ----------------------------------------------------------------------------
+def _column_defs(info: TableInfo) -> list[sql.Composable]:
+    out: list[sql.Composable] = []
+    for col in info.columns:
+        parts: list[sql.Composable] = [sql.Identifier(col.name), sql.SQL(col.type)]
+        if col.collation:
+            parts.append(sql.SQL("COLLATE {}").format(sql.Identifier(col.collation)))
+        if col.not_null:
+            parts.append(sql.SQL("NOT NULL"))
+        out.append(sql.SQL(" ").join(parts))
+    return out
+
+
+def _shard_ddl(conn: Connection, info: TableInfo, c: _Ctx) -> list[sql.Composable]:
+    """The shard's copy of the partition: same columns, constraints, keys and indexes."""
+    t = c.remote.ident
+    stmts: list[sql.Composable] = [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(c.remote.schema)),
+        sql.SQL("CREATE TABLE {} ({})").format(t, sql.SQL(", ").join(_column_defs(info))),
+    ]
+    for con in info.constraints:
+        if con.type in ("c", "p", "u", "x"):
+            stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                t, sql.Identifier(con.name), sql.SQL(con.definition)))
+    stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
+        t, sql.Identifier(BOUND_CHECK), sql.SQL(c.constraint_def)))
+    for ix in info.indexes:
+        if ix.constraint is None and ix.valid:
+            stmts.append(sql.SQL(ix.definition))
+    if info.primary_key is None:
+        ri = conn.execute("SELECT relreplident::text FROM pg_class WHERE oid = %s",
+                          [info.oid]).fetchone()
+        if ri and ri[0] == "f":
+            stmts.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(t))
+    stmts += [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS pgcleave"),
+        sql.SQL("CREATE TABLE IF NOT EXISTS pgcleave.move_markers (token text NOT NULL,"
+                " at timestamptz NOT NULL DEFAULT clock_timestamp())"),
+        sql.SQL("ALTER TABLE pgcleave.move_markers REPLICA IDENTITY FULL"),
+    ]
+    return stmts
+
+
+def _foreign_ddl(parent: TableInfo, name: QualifiedName, server: str,
+                 remote: QualifiedName) -> sql.Composable:
+    """A foreign table ATTACH accepts: the parent's columns, NOT NULLs and CHECKs."""
+    items = _column_defs(parent)
+    for con in parent.constraints:
+        if con.type == "c":
+            items.append(sql.SQL("CONSTRAINT {} {}").format(
+                sql.Identifier(con.name), sql.SQL(con.definition.removesuffix(" NOT VALID"))))
+    return sql.SQL("CREATE FOREIGN TABLE {} ({}) SERVER {} OPTIONS (schema_name {}, "
+                   "table_name {})").format(name.ident, sql.SQL(", ").join(items),
+                                            sql.Identifier(server), sql.Literal(remote.schema),
+                                            sql.Literal(remote.name))
+
+
+@dataclass
+class _RemoteDefs:
+    constraints: list[tuple[str, str, str]]  # name, type, definition
+    indexes: list[str]  # index definitions, constraint-backed ones excluded
+
+
+def _remote_definitions(rc: Connection, oid: int) -> _RemoteDefs:
+    cons = [(str(r[0]), str(r[1]), str(r[2])) for r in rc.execute(
+        "SELECT conname, contype::text, pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conrelid = %s AND contype IN ('c', 'p', 'u', 'x') ORDER BY conname", [oid])]
+    idx = [str(r[0]) for r in rc.execute(
+        "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = %s"
+        " AND i.indisvalid AND NOT EXISTS (SELECT 1 FROM pg_constraint c"
+        " WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid)", [oid])]
+    return _RemoteDefs(cons, idx)
+
+
+_INDEX_RE = re.compile(r"^CREATE (UNIQUE )?INDEX \S+ ON (?:ONLY )?(\S+|\"[^\"]+\"\.\"[^\"]+\") "
+                       r"(USING .*)$", re.S)
+
+
+def _local_ddl(c: _Ctx, target: QualifiedName, defs: _RemoteDefs) -> list[Statement]:
+    """The local table that receives a partition's rows back: LIKE the parent (columns, CHECKs,
+    and the parent's indexes, which ATTACH then adopts instead of building them under lock),
+    plus the shard table's own keys, CHECKs and indexes, plus the bound CHECK."""
+    t = target.ident
+    stmts: list[Statement] = [sql.SQL(
+        "CREATE TABLE {} (LIKE {} INCLUDING CONSTRAINTS INCLUDING INDEXES INCLUDING STORAGE)"
+    ).format(t, c.parent.name.ident)]
+    parent_checks = {con.name for con in c.parent.constraints}
+    for name, ctype, definition in defs.constraints:
+        if name == BOUND_CHECK or (ctype == "c" and name in parent_checks):
+            continue
+        if ctype == "c":
+            stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                t, sql.Identifier(name), sql.SQL(definition)))
+        else:  # unnamed: the old local copy may still hold an index of the same name
+            stmts.append(sql.SQL("ALTER TABLE {} ADD {}").format(t, sql.SQL(definition)))
+    stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
+        t, sql.Identifier(BOUND_CHECK), sql.SQL(c.constraint_def)))
+    parent_keys = set()
+    for ix in c.parent.indexes:
+        if m := _INDEX_RE.match(ix.definition):
+            parent_keys.add((m.group(1), m.group(3)))
+    for d in defs.indexes:
+        m = _INDEX_RE.match(d)
+        if m is None or (m.group(1), m.group(3)) in parent_keys:
+            continue
+        stmts.append(sql.SQL("CREATE {}INDEX ON {} {}").format(
+            sql.SQL(m.group(1) or ""), t, sql.SQL(m.group(3))))
+    return stmts
+
+
+# -- checks ------------------------------------------------------------------------------------
+def _require_logical(conn: Connection, what: str) -> None:
+    row = conn.execute("SELECT current_setting('wal_level')").fetchone()
+    if row is None or row[0] != "logical":
+        raise Refused(f"{what} runs with wal_level = {row[0] if row else '?'}; an online move "
+                      "replicates the rows and needs wal_level = logical",
+                      hint="set wal_level = logical and restart that server (the batched-copy "
+                           "fallback is not implemented yet)")
+
+
+def _require_replica_identity(conn: Connection, info: TableInfo) -> None:
+    row = conn.execute("SELECT relreplident::text FROM pg_class WHERE oid = %s",
+                       [info.oid]).fetchone()
+    ri = row[0] if row else "d"
+    if ri == "n" or (ri == "d" and info.primary_key is None):
+        raise Refused(f"{info.name} has no primary key or replica identity: while it is "
+                      "replicated, the application's UPDATEs and DELETEs on it would fail",
+                      hint=f"add a primary key to {info.name}, or ALTER TABLE {info.name} "
+                           "REPLICA IDENTITY FULL (slower to apply), then retry")
+
+
+def _refuse_parent_keys(parent: TableInfo) -> None:
+    uniq = [ix for ix in parent.indexes if ix.unique]
+    if uniq:
+        cons = [ix.constraint for ix in uniq if ix.constraint]
+        fix = "; ".join(f"ALTER TABLE {parent.name} DROP CONSTRAINT {n}" for n in cons) or \
+            "; ".join(f"DROP INDEX {parent.name.sibling(ix.name)}" for ix in uniq)
+        raise Refused(f"{parent.name} has unique keys ({', '.join(ix.name for ix in uniq)}); "
+                      "PostgreSQL refuses a foreign partition under a unique key on the parent",
+                      hint=f"drop them on the parent (keys on each partition can stay): {fix}")
+    if parent.foreign_keys_out or parent.foreign_keys_in:
+        names = [fk.name for fk in parent.foreign_keys_out + parent.foreign_keys_in]
+        raise Refused(f"{parent.name} has foreign keys ({', '.join(names)}); foreign tables "
+                      "cannot take part in foreign keys",
+                      hint="drop them first (or keep this table on one server)")
+
+
+def _plan_connect(conn: Connection, server: str) -> Connection:
+    """Connect to a shard while planning: unreachable means refused, nothing changed."""
+    try:
+        return servers.connect_remote(conn, server, purpose="move-check", timeout=5)
+    except StepFailed as exc:
+        raise Refused(exc.message + "; nothing was changed",
+                      hint="start the remote server or fix the network (or its options: "
+                           f"ALTER SERVER {server} OPTIONS (SET port '...')), then retry"
+                      ) from None
+
+
+def _exists(conn: Connection, name: QualifiedName) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name.quoted]).fetchone()
+    return bool(row and row[0])
+
+
+def _is_superuser(conn: Connection) -> bool:
+    row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    return bool(row and row[0])
+
+
+def _regclass_query(name: QualifiedName) -> sql.Composable:
+    return sql.SQL("SELECT 1 WHERE to_regclass({}) IS NOT NULL").format(name.literal)
+
+
+_ORIGIN_DSNS: dict[str, str] = {}
+
+
+def _shown_origin(conn: Connection, origin_dsn: str | None) -> str:
+    from ..connection import redact
+
+    return redact(origin_dsn or servers.origin_conninfo(conn))
+
+
+# -- actions -----------------------------------------------------------------------------------
+@action("move.subscribe")
+def _subscribe(ctx: ActionContext) -> None:
+    """CREATE SUBSCRIPTION, run here so the connection string (which may hold a password) is
+    built at run time and never journaled."""
+    p = ctx.params
+    if p["side"] == "remote":
+        with servers.connect_remote(ctx.conn, p["server"], purpose="move") as rc:
+            _create_subscription(ctx, rc)
+    else:
+        ctx.conn.execute("SET synchronous_commit = on")
+        try:
+            _create_subscription(ctx, ctx.conn)
+        finally:
+            ctx.conn.execute("RESET synchronous_commit")
+
+
+def _create_subscription(ctx: ActionContext, subscriber: Connection) -> None:
+    p = ctx.params
+    name = sql.Identifier(p["name"])
+    if p["side" if "side" in p else "direction"] in ("remote", "out"):
+        origin = _ORIGIN_DSNS.get(p["name"]) or servers.origin_conninfo(ctx.conn)
+    else:
+        origin = servers.remote_dsn(ctx.conn, p["server"])
+    if subscriber.execute("SELECT count(*) FROM pg_subscription WHERE subname = %s",
+                          [p["name"]]).fetchone() == (0,):
+        subscriber.execute(sql.SQL(_SUBSCRIBE).format(name, sql.Literal(origin), name))
+
+
+class _Sides:
+    """The two connections of a move: where the rows come from and where they go."""
+
+    def __init__(self, ctx: ActionContext) -> None:
+        p = ctx.params
+        self.remote = servers.connect_remote(ctx.conn, p["server"], purpose="move")
+        self.writer = ctx.connect("move-marker")
+        if p["direction"] == "out":
+            self.publisher, self.subscriber = self.writer, self.remote
+        else:
+            self.publisher, self.subscriber = self.remote, self.writer
+        # the walsender only sends WAL that is flushed: a marker committed asynchronously
+        # would wait for the WAL writer (up to wal_writer_delay)
+        self.publisher.execute("SET synchronous_commit = on")
+
+    def close(self) -> None:
+        for c in (self.remote, self.writer):
+            if not c.closed:
+                c.close()
+
+
+def _sync_state(sub: Connection, name: str) -> tuple[bool, str]:
+    rows = sub.execute(
+        "SELECT sr.srrelid::regclass::text, sr.srsubstate::text FROM pg_subscription_rel sr"
+        " JOIN pg_subscription s ON s.oid = sr.srsubid WHERE s.subname = %s"
+        " AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        [name]).fetchall()
+    ready = bool(rows) and all(r[1] == "r" for r in rows)
+    return ready, ", ".join(f"{r[0]}={r[1]}" for r in rows)
+
+
+def _sub_errors(sub: Connection, name: str) -> str:
+    row = sub.execute("SELECT apply_error_count, sync_error_count FROM"
+                      " pg_stat_subscription_stats WHERE subname = %s", [name]).fetchone()
+    if row and (row[0] or row[1]):
+        return f" (subscription errors so far: apply {row[0]}, sync {row[1]}; see the " \
+               "subscriber's server log)"
+    return ""
+
+
+def _marker_round_trip(sides: _Sides, timeout_s: float) -> float:
+    """Write a marker on the publisher, wait until the subscriber has applied it. Returns ms."""
+    token = uuid.uuid4().hex
+    t0 = time.monotonic()
+    sides.publisher.execute("INSERT INTO pgcleave.move_markers (token) VALUES (%s)", [token])
+    delay = 0.001
+    while True:
+        row = sides.subscriber.execute(
+            "SELECT EXISTS (SELECT 1 FROM pgcleave.move_markers WHERE token = %s)",
+            [token]).fetchone()
+        if row and row[0]:
+            return (time.monotonic() - t0) * 1000
+        if time.monotonic() - t0 > timeout_s:
+            raise StepFailed(f"the subscriber did not apply a marker within {timeout_s:.0f}s",
+                             hint="check the subscriber's log; then `pgcleave resume JOB`")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+@action("move.catch_up")
+def _catch_up(ctx: ActionContext) -> None:
+    p = ctx.params
+    timeout = float(p.get("timeout_s", 3600))
+    sides = _Sides(ctx)
+    try:
+        _heal_subscription(ctx, sides)
+        t0 = time.monotonic()
+        while True:
+            ready, state = _sync_state(sides.subscriber, p["name"])
+            if ready:
+                break
+            if time.monotonic() - t0 > timeout:
+                raise StepFailed(f"initial copy not done after {timeout:.0f}s: {state}"
+                                 + _sub_errors(sides.subscriber, p["name"]),
+                                 hint="check the subscriber's log; then `pgcleave resume JOB`")
+            ctx.progress(f"initial copy: {state}{_sub_errors(sides.subscriber, p['name'])}"
+                         f" ({time.monotonic() - t0:.0f}s)")
+            time.sleep(0.1)
+        lag = _marker_round_trip(sides, timeout)
+        ctx.progress(f"subscriber caught up (marker applied in {lag:.0f} ms)", final=True)
+    finally:
+        sides.close()
+
+
+def _heal_subscription(ctx: ActionContext, sides: _Sides) -> None:
+    """A subscriber that crashed right after CREATE SUBSCRIPTION may have lost it (its commit
+    was not yet flushed). Start the copy again from scratch: empty the receiving table, drop
+    the publisher's orphaned slot, subscribe again."""
+    p = ctx.params
+    if sides.subscriber.execute("SELECT count(*) FROM pg_subscription WHERE subname = %s",
+                                [p["name"]]).fetchone() != (0,):
+        return
+    ctx.progress("the subscription is missing on the subscriber (lost in a crash?): "
+                 "copying again from the start", final=True)
+    receiving = QualifiedName(*p["remote"])
+    sides.subscriber.execute(sql.SQL("TRUNCATE {}").format(receiving.ident))
+    sides.publisher.execute("SELECT pg_drop_replication_slot(slot_name) FROM"
+                            " pg_replication_slots WHERE slot_name = %s AND NOT active",
+                            [p["name"]])
+    if p["direction"] == "back":
+        sides.subscriber.execute("SET synchronous_commit = on")
+    _create_subscription(ctx, sides.subscriber)
+
+
+def _hash_query(table: QualifiedName, columns: list[str], binary: bool = False
+                ) -> sql.Composed:
+    """count + order-independent sum of row hashes. ``binary`` hashes the values themselves
+    (hash_record_extended, PG14+, about twice as fast as hashing the row's text); it needs a
+    hash function for every column type, else the text form is hashed."""
+    row = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    fn = "hash_record_extended(ROW({}), 0)" if binary else "hashtextextended(ROW({})::text, 0)"
+    return sql.SQL("SELECT count(*), coalesce(sum(" + fn + "), 0)::text FROM ONLY {}").format(
+        row, table.ident)
+
+
+def _binary_hash_works(conns: list[Connection], tables: list[QualifiedName],
+                       columns: list[str]) -> bool:
+    for c, t in zip(conns, tables, strict=True):
+        if c.info.server_version < 140000:
+            return False
+        try:
+            with c.transaction():
+                c.execute(sql.SQL("SELECT hash_record_extended(ROW({}), 0) FROM ONLY {} LIMIT 1"
+                                  ).format(sql.SQL(", ").join(map(sql.Identifier, columns)),
+                                           t.ident))
+        except psycopg.Error:
+            return False
+    return True
+
+
+@action("move.cutover")
+def _cutover(ctx: ActionContext) -> None:
+    p = ctx.params
+    conn = ctx.conn
+    parent = QualifiedName(*p["parent"])
+    part = QualifiedName(*p["partition"])
+    remote = QualifiedName(*p["remote"])
+    incoming = QualifiedName(*p["incoming"])
+    aside = QualifiedName(*p["aside"])
+    out = p["direction"] == "out"
+    local_rows = part if out else incoming  # the local table holding the rows
+    swap = [s.as_string(None) for s in _swap_sql_from_params(p, parent, part, incoming, aside)]
+    lock_timeout = ctx.settings.lock_timeout_ms
+    deadline = time.monotonic() + ctx.settings.lock_retry_limit_s
+    sides = _Sides(ctx)
+    try:
+        for s in _HASH_SETTINGS:
+            conn.execute(s)
+            sides.remote.execute(s)
+        # catch up once more before locking, so the locked part only waits for the last writes
+        _marker_round_trip(sides, 600)
+        p = dict(p, binary_hash=_binary_hash_works([conn, sides.remote], [local_rows, remote],
+                                                   p["columns"]))
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                held, lag, n = _cutover_once(conn, sides, parent, local_rows, remote, p,
+                                             swap, lock_timeout)
+                ctx.save({"held_ms": held, "rows": n, "lag_ms": lag})
+                ctx.progress(f"cut-over done: {n} rows verified, writes waited {held:.0f} ms "
+                             f"(replication lag {lag:.0f} ms)", final=True, held_ms=held)
+                return
+            except RETRYABLE as exc:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
+                pause = backoff(attempt)
+                if time.monotonic() + pause > deadline:
+                    raise LockContention(
+                        f"gave up the cut-over after {attempt} attempts: {str(exc).strip()}",
+                        hint="a long transaction holds the table; find it in pg_stat_activity"
+                    ) from None
+                ctx.executor.emit(Event("retry", message=f"{type(exc).__name__}: retry "
+                                        f"{attempt} in {pause * 1000:.0f} ms", step=ctx.step))
+                time.sleep(pause)
+    finally:
+        for s in ("RESET TimeZone", "RESET DateStyle", "RESET IntervalStyle",
+                  "RESET extra_float_digits", "RESET bytea_output"):
+            if not conn.closed:
+                conn.execute(s)
+        sides.close()
+
+
+def _swap_sql_from_params(p: dict[str, Any], parent: QualifiedName, part: QualifiedName,
+                          incoming: QualifiedName, aside: QualifiedName) -> list[sql.Composable]:
+    bound = sql.SQL(p["bound"])
+    if p["direction"] == "out":
+        return [
+            sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent.ident, part.ident),
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(part.ident, sql.Identifier(aside.name)),
+            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(parent.ident, incoming.ident,
+                                                                    bound),
+            sql.SQL("ALTER FOREIGN TABLE {} RENAME TO {}").format(
+                incoming.ident, sql.Identifier(part.name)),
+        ]
+    same = incoming == part
+    stmts: list[sql.Composable] = [
+        sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent.ident,
+                                                             (aside if same else part).ident)]
+    if not same:
+        stmts.append(sql.SQL("ALTER FOREIGN TABLE {} RENAME TO {}").format(
+            part.ident, sql.Identifier(aside.name)))
+    stmts.append(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
+        parent.ident, incoming.ident, bound))
+    if not same:
+        stmts.append(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+            incoming.ident, sql.Identifier(part.name)))
+    return stmts
+
+
+def _cutover_once(conn: Connection, sides: _Sides, parent: QualifiedName,
+                  local_rows: QualifiedName, remote: QualifiedName, p: dict[str, Any],
+                  swap: list[str], lock_timeout: int) -> tuple[float, float, int]:
+    columns: list[str] = p["columns"]
+    with conn.transaction():
+        conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout)}")
+        conn.execute("SET LOCAL pgcleave.allow_ddl = 'on'")
+        # Writes through the parent take ROW EXCLUSIVE on it: EXCLUSIVE makes them wait while
+        # reads go on. Every write committed before we got the lock is in the WAL before the
+        # marker, and replication applies in commit order.
+        conn.execute(sql.SQL("LOCK TABLE ONLY {} IN EXCLUSIVE MODE").format(parent.ident))
+        if p["direction"] == "out":
+            conn.execute(sql.SQL("LOCK TABLE ONLY {} IN EXCLUSIVE MODE").format(
+                local_rows.ident))
+        t0 = time.monotonic()
+        lag = _marker_round_trip(sides, 60)
+        # count + hash on both servers at once
+        remote_result: list[Any] = []
+
+        def remote_hash() -> None:
+            try:
+                remote_result.append(sides.remote.execute(
+                    _hash_query(remote, columns, p["binary_hash"])).fetchone())
+            except psycopg.Error as exc:
+                remote_result.append(exc)
+
+        th = threading.Thread(target=remote_hash)
+        th.start()
+        here = conn.execute(_hash_query(local_rows, columns, p["binary_hash"])).fetchone()
+        th.join()
+        there = remote_result[0]
+        if isinstance(there, Exception):
+            raise there
+        assert here is not None and there is not None
+        if tuple(here) != tuple(there):
+            raise StepFailed(
+                f"verification failed: here {here[0]} rows (hash {here[1]}), on {p['server']} "
+                f"{there[0]} rows (hash {there[1]}); nothing was swapped",
+                hint="replication lost or changed rows (see the subscriber's log); "
+                     "`pgcleave rollback JOB` undoes the move")
+        # The subscriber applied the rows with asynchronous commits: make them durable before
+        # the local copy stops being the live one (a commit with synchronous_commit = on
+        # flushes all WAL before it).
+        if p["direction"] == "out":
+            with sides.remote.transaction():
+                sides.remote.execute("SET LOCAL synchronous_commit = on")
+                sides.remote.execute("INSERT INTO pgcleave.move_markers (token) VALUES ('flush')")
+        else:
+            conn.execute("SET LOCAL synchronous_commit = on")
+        for s in swap:
+            conn.execute(s.encode())
+        if p["direction"] == "out":
+            conn.execute(
+                "INSERT INTO pgcleave.sharded_tables (relid, columns) VALUES (%s::regclass,"
+                " pgcleave.columns_signature(%s::regclass)) ON CONFLICT (relid) DO UPDATE SET"
+                " columns = excluded.columns, updated_at = clock_timestamp()",
+                [parent.quoted, parent.quoted])
+        else:
+            conn.execute(
+                "DELETE FROM pgcleave.sharded_tables WHERE relid = %s::regclass AND NOT EXISTS"
+                " (SELECT 1 FROM pg_partition_tree(%s::regclass) t JOIN pg_class c ON"
+                " c.oid = t.relid WHERE c.relkind = 'f')", [parent.quoted, parent.quoted])
+    held = (time.monotonic() - t0) * 1000  # from the lock to the commit: what writers waited
+    return held, lag, int(here[0])
