@@ -436,3 +436,33 @@ def test_foreign_key_from_two_level_table(db: Any, conn: Any, cli: Any) -> None:
                         " ORDER BY 1").fetchall()
     assert [r[0] for r in rows] == ["m", "m_0", "m_0_eu", "m_0_us", "m_1", "m_1_eu", "m_1_us"]
     assert all(v for _, v, _ in rows) and [r[0] for r in rows if not r[2]] == ["m"]
+
+
+def test_create_index_reaches_shard_tables(db, db2, cli):
+    """An index on a table with a foreign partition is built on the shard's table too, and a
+    second run finds nothing to do."""
+    from tests.test_move import add_server, make_table
+
+    with db.connect() as c:
+        make_table(c, rows=200)
+    add_server(db, "db2", db2)
+    r = cli("--dsn", db.dsn, "move", '"Ex d"', "--to", "db2", "--yes")
+    assert r.returncode == 0, r.stderr
+    r = cli("--dsn", db.dsn, "create-index", '"Ex"', "payload", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "CREATE INDEX CONCURRENTLY" in r.stdout and "dblink_exec" in r.stdout
+    r = cli("--dsn", db.dsn, "create-index", '"Ex"', "payload", "--yes")
+    assert r.returncode == 0, r.stderr
+    with db2.connect() as remote:
+        rows = remote.execute(
+            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c"
+            " ON c.oid = i.indexrelid WHERE i.indrelid = to_regclass('public.\"Ex d\"')"
+            " AND pg_get_indexdef(i.indexrelid) LIKE '%(payload)'").fetchall()
+        assert [v for _, v in rows] == [True], rows
+    with db.connect() as c:
+        local = c.execute(
+            "SELECT count(*) FROM pg_index i WHERE pg_get_indexdef(i.indexrelid) LIKE"
+            " '%(payload)' AND i.indisvalid").fetchone()[0]
+        assert local >= 3  # the parent's index and each local partition's
+    again = cli("--dsn", db.dsn, "create-index", '"Ex"', "payload", "--yes")
+    assert again.returncode == 0 and "nothing to do" in again.stdout + again.stderr

@@ -590,12 +590,53 @@ def plan_create_index(conn: Connection, table: str, columns: list[str], *, uniqu
             locks=[LockTaken(SHARE, str(info.name)), LockTaken(SHARE, "its local partitions")],
             guard=_g_index_valid(parent_idx),
             undo=[sql.SQL("DROP INDEX IF EXISTS {}").format(parent_idx.ident)]))
+        # postgres_fdw keeps no index here for a foreign partition: the index the queries use
+        # must live on the shard's table, so build it there too, concurrently.
+        for p in foreign:
+            steps.append(_remote_index_step(conn, p, cols, unique=False, where=where,
+                                            method=method))
         plan.notes.append(
-            "foreign partitions are skipped (" + ", ".join(str(p.name) for p in foreign)
-            + "): PostgreSQL keeps no index for them here; create the index on each shard's "
-            "table (pgcleave does not do that yet)")
+            "foreign partitions (" + ", ".join(f"{p.name} on {p.server}" for p in foreign)
+            + ") get the index on their shard's table, built concurrently there")
     plan.steps = steps
     return plan
+
+
+def _remote_index_step(conn: Connection, part: Partition, cols: list[str], *, unique: bool,
+                       where: str | None, method: str | None) -> Step:
+    """Build an index on the shard table behind a foreign partition, through dblink."""
+    from ..servers import dblink_schema, remote_exists, remote_sql
+
+    row = conn.execute(
+        "SELECT coalesce((SELECT split_part(o, '=', 2) FROM unnest(ft.ftoptions) o"
+        "                 WHERE o LIKE 'schema\\_name=%%'), n.nspname),"
+        "       coalesce((SELECT split_part(o, '=', 2) FROM unnest(ft.ftoptions) o"
+        "                 WHERE o LIKE 'table\\_name=%%'), c.relname)"
+        " FROM pg_foreign_table ft JOIN pg_class c ON c.oid = ft.ftrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE ft.ftrelid = %s",
+        [part.oid]).fetchone()
+    assert row is not None and part.server is not None
+    remote = QualifiedName(row[0], row[1])
+    idx = remote.sibling(child_name(remote.name, "_".join(cols) + ("_key" if unique else "_idx")))
+    dbl = dblink_schema(conn)
+    using = sql.SQL(" USING {}").format(sql.Identifier(method)) if method else sql.SQL("")
+    pred = sql.SQL(" WHERE {}").format(sql.SQL(where)) if where else sql.SQL("")
+    build = sql.SQL("CREATE {}INDEX CONCURRENTLY {} ON {}{} ({}){}").format(
+        sql.SQL("UNIQUE ") if unique else sql.SQL(""), sql.Identifier(idx.name), remote.ident,
+        using, _cols(cols), pred)
+    # An earlier build that stopped leaves an invalid index; the guard skips a valid one, so
+    # what the first statement drops can only be such a leftover.
+    drop = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(idx.ident)
+    valid = sql.SQL("SELECT 1 FROM pg_index WHERE indexrelid = to_regclass({}) AND indisvalid"
+                    ).format(sql.Literal(idx.quoted))
+    return Step.sql(
+        f"build-remote:{part.name.name}",
+        f"build index {idx.name} on {remote} on server {part.server} concurrently",
+        [remote_sql(dbl, part.server, drop, durable=False),
+         remote_sql(dbl, part.server, build, durable=False)],
+        locks=[LockTaken(SUE, f"{remote} on {part.server}")], transactional=False,
+        guard=remote_exists(dbl, part.server, valid), ddl=False,
+        undo=[remote_sql(dbl, part.server, drop, durable=False)])
 
 
 def _attach_step(parent_idx: QualifiedName, idx: QualifiedName, table: QualifiedName) -> Step:
