@@ -256,3 +256,18 @@ def parse_value(text: str, kind: KeyKind, tz: str = "UTC") -> Any:
     except ValueError:
         raise Refused(f"{text!r} is not a valid {kind} value") from None
     return t
+
+
+def as_key_value(instant: datetime, kind: KeyKind, tz: str = "UTC") -> Any:
+    """An aware instant (``now()`` on the server) as a value of a time key, taken in the explicit
+    zone ``tz`` and never the session's, so "the current partition" does not depend on where or
+    in which TimeZone pgcleave runs: the date for ``date``, the wall time for ``timestamp``, the
+    instant itself for ``timestamptz``."""
+    if instant.tzinfo is None:
+        raise ValueError("as_key_value needs an aware datetime")
+    local = instant.astimezone(_zone(tz))
+    if kind == "date":
+        return local.date()
+    if kind == "timestamp":
+        return local.replace(tzinfo=None)
+    return instant

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from ..connection import Connection, Settings, connect
 from ..errors import ConfirmationRequired
@@ -83,11 +84,40 @@ class Reporter:
         self.tty = err.is_terminal
         self.started: dict[int, float] = {}
         self.last_progress = 0.0
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+
+    def _bar_update(self, ev: Event) -> None:
+        """On a terminal, progress that counts (``done``/``total``) shows as a bar with the
+        rate and the time left."""
+        if self._bar is None:
+            self._bar = Progress(TextColumn("    {task.description}"), BarColumn(),
+                                 TextColumn("{task.fields[count]}"),
+                                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                                 console=err, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(ev.step.name if ev.step else "progress",
+                                            total=None, rate="", count="")
+        assert self._task is not None
+        rate, done, total = ev.data.get("rate"), ev.data["done"], ev.data.get("total")
+        self._bar.update(self._task, completed=done, total=max(total, done) if total else None,
+                         rate=f"{rate:,.0f}/s" if rate else "",
+                         count=f"{done:,}" + (f"/{total:,}" if total else ""))
+
+    def _bar_stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = self._task = None
 
     def __call__(self, ev: Event) -> None:
         if STATE.quiet:
             return
         stamp = "" if self.tty else time.strftime("%Y-%m-%dT%H:%M:%S ")
+        if ev.kind == "progress" and self.tty and ev.data.get("done") is not None \
+                and not ev.data.get("final"):
+            self._bar_update(ev)
+            return
+        self._bar_stop()
         if ev.kind == "job-start":
             err.print(f"{stamp}job {ev.job_id}: {ev.message} ({ev.total} steps)")
         elif ev.kind == "step-start":

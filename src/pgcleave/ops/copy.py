@@ -1,0 +1,1135 @@
+"""Partition by copy with change capture: pgslice's workflow (prep, add-partitions, fill,
+analyze, swap, unswap, unprep) without its losses.
+
+The old table ``T`` stays in service while a new partitioned table ``T_intermediate`` is filled
+from it; then the two swap names in one short transaction and the old one is kept as
+``T_retired``.
+
+Why nothing is lost:
+- *Capture is synchronous.* From ``prep`` on, an AFTER ROW trigger on ``T`` applies each INSERT,
+  UPDATE and DELETE to ``T_intermediate`` in the application's own transaction: upserts by the
+  new table's key (the old primary key plus the partition key), deletes by the same key, and a
+  key-moving UPDATE as a delete of the old key and an upsert of the new row. Both tables commit or
+  roll back together, so every snapshot sees them equal once the fill is done; ``verify`` relies
+  on that to compare them exactly under live writes.
+- *The fill cannot resurrect a row.* A batch reads rows with its snapshot, and the application
+  could delete or move one of them before the batch's insert commits: the trigger's DELETE then
+  finds nothing in the new table (the copy is not there yet, or not visible yet), and the batch
+  would bring back a stale row (even one it deleted from the new table a moment before: the
+  batch's plain INSERT waits for that delete to commit and then inserts the old version).
+  Rather than lock every row it copies (``FOR SHARE`` writes every tuple and costs ~20%), each
+  batch takes an exclusive transaction-level advisory lock of the copy, and the trigger takes
+  the same lock in shared mode *before* it deletes from the new table (DELETE, and the delete
+  half of a key-moving UPDATE): it waits for a running batch to commit, then deletes the row
+  that batch copied; and it holds the lock until its own transaction ends, so the next batch
+  starts after it and its snapshot no longer sees the row. Deletes wait at most one batch
+  (tens of milliseconds); other writes wait only for a batch that holds the same row. (This
+  relies on READ COMMITTED writers, PostgreSQL's default: a REPEATABLE READ writer's DELETE
+  would not see the batch's rows; ``verify`` would catch it and refuse the swap.) Batches
+  insert with plain INSERT (fastest) and redo with ``ON CONFLICT DO NOTHING`` when a row the
+  trigger wrote first (always newer) is in the way.
+- *The trigger never fails a write* for lack of a partition: a DEFAULT partition takes rows that
+  fit no range, and ``fill`` reports how many landed there.
+- *After the swap capture runs the other way* (new -> retired), so ``unswap`` loses nothing
+  written in between.
+
+Rows never pass through Python: each batch is one ``INSERT ... SELECT`` on the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from ..catalog import TableInfo, Trigger, snapshot
+from ..connection import Connection
+from ..errors import NotFound, Refused
+from ..journal import register_migration, schema_exists
+from ..names import QualifiedName, child_name
+from ..plan import Lock, LockTaken, Plan, Statement, Step
+from ..schemes import (
+    Interval,
+    KeyKind,
+    add,
+    as_key_value,
+    check_fits,
+    floor,
+    key_kind,
+    literal,
+    suffix,
+)
+from . import dependents
+
+AE = Lock.ACCESS_EXCLUSIVE
+SRE = Lock.SHARE_ROW_EXCLUSIVE
+SUE = Lock.SHARE_UPDATE_EXCLUSIVE
+
+TRIGGER = "pgcleave_capture"
+TRIGGER_BACK = "pgcleave_capture_back"
+TRIGGER_TRUNCATE = "pgcleave_capture_truncate"
+MAX_PARTITIONS = 5000
+FILL_LOCK_BASE = 0x7067_636C_0000_0000  # 'pgcl' << 32, plus the table's OID
+
+register_migration("copy:copies", """
+    CREATE TABLE pgcleave.copies (
+        table_schema  text NOT NULL,
+        table_name    text NOT NULL,
+        table_oid     bigint NOT NULL,
+        intermediate  text NOT NULL,
+        retired       text NOT NULL,
+        by_column     text NOT NULL,
+        "interval"    text NOT NULL,
+        time_zone     text NOT NULL DEFAULT 'UTC',
+        state         text NOT NULL DEFAULT 'prepped'
+                      CHECK (state IN ('prepped', 'swapped')),
+        deferred      jsonb NOT NULL DEFAULT '[]',
+        fill_where    text,
+        filled_at     timestamptz,
+        default_rows  bigint,
+        verified_at   timestamptz,
+        swapped_at    timestamptz,
+        created_at    timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (table_schema, table_name)
+    );
+""")
+
+
+# -- the shape of one copy ------------------------------------------------------------------------
+@dataclass
+class CopyState:
+    """The row of ``pgcleave.copies`` for one table (None when the table was never prepped)."""
+
+    table: QualifiedName
+    table_oid: int
+    intermediate: QualifiedName
+    retired: QualifiedName
+    by: str
+    interval: str
+    time_zone: str
+    state: str
+    deferred: list[dict[str, Any]]
+    fill_where: str | None
+    filled_at: datetime | None
+    default_rows: int | None
+    verified_at: datetime | None
+
+
+def load_state(conn: Connection, table: QualifiedName) -> CopyState | None:
+    if not schema_exists(conn):
+        return None
+    row = conn.execute("SELECT to_regclass('pgcleave.copies') IS NOT NULL").fetchone()
+    if not (row and row[0]):
+        return None
+    r = conn.execute(
+        'SELECT table_oid, intermediate, retired, by_column, "interval", time_zone, state,'
+        " deferred, fill_where, filled_at, default_rows, verified_at FROM pgcleave.copies"
+        " WHERE table_schema = %s AND table_name = %s", [table.schema, table.name]).fetchone()
+    if r is None:
+        return None
+    return CopyState(table, int(r[0]), table.sibling(r[1]), table.sibling(r[2]), r[3], r[4], r[5],
+                     r[6], list(r[7] or []), r[8], r[9], r[10], r[11])
+
+
+def _state_where(table: QualifiedName) -> sql.Composable:
+    return sql.SQL("table_schema = {} AND table_name = {}").format(
+        sql.Literal(table.schema), sql.Literal(table.name))
+
+
+def _set_state(table: QualifiedName, assignments: str) -> sql.Composable:
+    return sql.SQL("UPDATE pgcleave.copies SET {} WHERE {}").format(
+        sql.SQL(assignments), _state_where(table))
+
+
+@dataclass
+class Spec:
+    """Everything the statements of a copy need, derived from the old table's snapshot."""
+
+    table: QualifiedName  # the name the application uses
+    oid: int  # the old table's OID (stable across renames): names the capture functions
+    intermediate: QualifiedName
+    retired: QualifiedName
+    by: str
+    key_type: str
+    kind: KeyKind
+    interval: Interval
+    time_zone: str
+    pk: list[str]  # the old table's primary key
+    match: list[str]  # the new table's key: pk + partition key
+    columns: list[str]  # insertable columns (generated columns are recomputed)
+    column_types: dict[str, str]
+    identity_always: list[str]
+    default: QualifiedName = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.default = self.table.sibling(child_name(self.table.name, "default"))
+
+    def partition_name(self, lower: Any) -> QualifiedName:
+        return self.table.sibling(child_name(self.table.name, suffix(lower, self.interval)))
+
+    @property
+    def fill_lock(self) -> int:
+        """The advisory lock key that fill batches (exclusive) and the capture trigger's
+        not-found path (shared) use; derived from the old table's OID."""
+        return FILL_LOCK_BASE + self.oid
+
+    @property
+    def fn_forward(self) -> QualifiedName:
+        return QualifiedName("pgcleave", f"copy_capture_{self.oid}")
+
+    @property
+    def fn_back(self) -> QualifiedName:
+        return QualifiedName("pgcleave", f"copy_capture_back_{self.oid}")
+
+    @property
+    def fn_truncate(self) -> QualifiedName:
+        return QualifiedName("pgcleave", f"copy_truncate_{self.oid}")
+
+
+def make_spec(info: TableInfo, by: str, interval: str, time_zone: str = "UTC") -> Spec:
+    """Validate the old table for a copy by ``by`` and ``interval``; refuse what cannot work."""
+    if info.kind == "p":
+        raise Refused(f"{info.name} is already partitioned",
+                      hint="`pgcleave status` shows its partitions; `pgcleave maintain` adds more")
+    if info.kind != "r":
+        raise Refused(f"{info.name} is not a plain table")
+    if info.primary_key is None:
+        raise Refused(f"{info.name} has no primary key: the fill batches and the change capture "
+                      "match rows by it",
+                      hint="add one first (e.g. ALTER TABLE ... ADD PRIMARY KEY USING INDEX "
+                           "after CREATE UNIQUE INDEX CONCURRENTLY)")
+    col = info.column(by)
+    if col.generated:
+        raise Refused(f"column {by} is generated; partition by a stored column")
+    kind = key_kind(col.type)
+    iv = Interval.parse(interval)
+    check_fits(kind, iv, by, col.type)
+    pk = list(info.primary_key.columns)
+    if not col.not_null and by not in pk:
+        raise Refused(f"column {by} allows NULL: range partitions cannot hold NULL keys and the "
+                      "new primary key must include it",
+                      hint=f"make it NOT NULL first (ADD CHECK ({by} IS NOT NULL) NOT VALID, "
+                           "VALIDATE, then SET NOT NULL)")
+    match = pk + ([by] if by not in pk else [])
+    columns = [c.name for c in info.columns if not c.generated]
+    types = {c.name: c.type for c in info.columns}
+    return Spec(
+        table=info.name, oid=info.oid,
+        intermediate=info.name.sibling(child_name(info.name.name, "intermediate")),
+        retired=info.name.sibling(child_name(info.name.name, "retired")),
+        by=by, key_type=col.type, kind=kind, interval=iv, time_zone=time_zone, pk=pk,
+        match=match, columns=columns, column_types=types,
+        identity_always=[c.name for c in info.columns if c.identity == "a"])
+
+
+def spec_from_state(info: TableInfo, st: CopyState) -> Spec:
+    s = make_spec(info, st.by, st.interval, st.time_zone)
+    s.oid = st.table_oid
+    s.table = st.table
+    s.intermediate = st.intermediate
+    s.retired = st.retired
+    s.__post_init__()
+    return s
+
+
+# -- small SQL helpers -----------------------------------------------------------------------------
+def _idents(cols: list[str], prefix: str | None = None) -> sql.Composable:
+    if prefix is None:
+        return sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+    return sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.SQL(prefix), sql.Identifier(c))
+                              for c in cols)
+
+
+def _exists(conn: Connection, q: sql.Composable) -> bool:
+    row = conn.execute(sql.Composed([q])).fetchone()
+    return bool(row and row[0])
+
+
+def _relation_exists(name: QualifiedName) -> sql.Composable:
+    return sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(name.literal)
+
+
+def _trigger_exists(table: QualifiedName, trigger: str) -> sql.Composable:
+    return sql.SQL("SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = to_regclass({}) AND "
+                   "tgname = {})").format(table.literal, sql.Literal(trigger))
+
+
+def _st(stmts: list[sql.Composable]) -> list[Statement]:
+    return list(stmts)
+
+
+def _taken(conn: Connection, name: QualifiedName) -> bool:
+    return _exists(conn, _relation_exists(name))
+
+
+# -- the capture trigger ---------------------------------------------------------------------------
+def capture_function(fn: QualifiedName, target: QualifiedName, spec: Spec,
+                     conflict: list[str]) -> sql.Composable:
+    """An AFTER ROW trigger function applying each change to ``target``.
+
+    ``conflict`` is the target's unique key the upsert uses; deletes match the old primary key
+    *and* the partition key, so the DELETE and INSERT events of a cross-partition UPDATE on a
+    partitioned source remove the right row in either order. SECURITY DEFINER: the application's
+    role has no privileges on the target, and must not need any. A fixed search_path, and every
+    name qualified.
+    """
+    cols = spec.columns
+    new_vals = _idents(cols, "NEW")
+    set_cols = [c for c in cols if c not in conflict and c not in spec.identity_always]
+    if set_cols:
+        on_conflict = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
+            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+            for c in set_cols))
+    else:
+        on_conflict = sql.Composed([sql.SQL("DO NOTHING")])
+    upsert = sql.SQL("INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE VALUES ({vals}) "
+                     "ON CONFLICT ({conflict}) {action};").format(
+        t=target.ident, cols=_idents(cols), vals=new_vals, conflict=_idents(conflict),
+        action=on_conflict)
+    match_old = sql.SQL(" AND ").join(
+        sql.SQL("{} = OLD.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in spec.match)
+    # A fill batch may hold (or be about to copy) the row being deleted: wait for the running
+    # batch to commit before deleting, and keep the next one from starting until this
+    # transaction ends, so its snapshot no longer sees the row. See the module docstring.
+    delete = sql.SQL(
+        "PERFORM pg_catalog.pg_advisory_xact_lock_shared({k});\n"
+        "    DELETE FROM {t} WHERE {m};").format(t=target.ident, m=match_old,
+                                              k=sql.Literal(spec.fill_lock))
+    moved = sql.SQL("ROW({}) IS DISTINCT FROM ROW({})").format(
+        _idents(spec.match, "OLD"), _idents(spec.match, "NEW"))
+    body = sql.SQL(
+        "\nBEGIN\n"
+        "  IF TG_OP = 'INSERT' THEN\n    {upsert}\n"
+        "  ELSIF TG_OP = 'UPDATE' THEN\n"
+        "    IF {moved} THEN\n    {delete}\n    END IF;\n"
+        "    {upsert}\n"
+        "  ELSE\n    {delete}\n  END IF;\n"
+        "  RETURN NULL;\nEND\n").format(upsert=upsert, moved=moved, delete=delete)
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+        "SET search_path = pg_catalog, pg_temp AS {body}").format(
+        fn=fn.ident, body=sql.Literal(body.as_string(None)))
+
+
+def truncate_function(fn: QualifiedName, target: QualifiedName) -> sql.Composable:
+    body = sql.SQL("\nBEGIN\n  TRUNCATE {};\n  RETURN NULL;\nEND\n").format(target.ident)
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+        "SET search_path = pg_catalog, pg_temp AS {body}").format(
+        fn=fn.ident, body=sql.Literal(body.as_string(None)))
+
+
+def capture_statements(spec: Spec, source: QualifiedName, target: QualifiedName, *,
+                       back: bool) -> list[sql.Composable]:
+    fn = spec.fn_back if back else spec.fn_forward
+    trg = TRIGGER_BACK if back else TRIGGER
+    conflict = spec.pk if back else spec.match
+    return [
+        capture_function(fn, target, spec, conflict),
+        sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW "
+                "EXECUTE FUNCTION {}()").format(sql.Identifier(trg), source.ident, fn.ident),
+        truncate_function(spec.fn_truncate, target),
+        sql.SQL("CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT "
+                "EXECUTE FUNCTION {}()").format(sql.Identifier(TRIGGER_TRUNCATE), source.ident,
+                                                spec.fn_truncate.ident),
+    ]
+
+
+def drop_capture_statements(spec: Spec, source: QualifiedName, *, back: bool
+                            ) -> list[sql.Composable]:
+    trg = TRIGGER_BACK if back else TRIGGER
+    return [
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trg), source.ident),
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER_TRUNCATE),
+                                                          source.ident),
+    ]
+
+
+def drop_functions(spec: Spec) -> list[sql.Composable]:
+    return [sql.SQL("DROP FUNCTION IF EXISTS {}()").format(f.ident)
+            for f in (spec.fn_forward, spec.fn_back, spec.fn_truncate)]
+
+
+# -- indexes of the new table ----------------------------------------------------------------------
+_IDENT = r'(?:"(?:[^"]|"")*"|[^\s."]+)'
+_INDEXDEF = re.compile(rf"^CREATE (UNIQUE )?INDEX {_IDENT} ON (?:ONLY )?{_IDENT}(?:\.{_IDENT})? "
+                       r"(USING .*)$", re.S)
+
+
+def index_tail(definition: str) -> tuple[bool, str]:
+    """``CREATE UNIQUE INDEX x ON s.t USING btree (a)`` -> (True, 'USING btree (a)')."""
+    m = _INDEXDEF.match(definition)
+    if not m:
+        raise Refused(f"cannot read index definition {definition!r}")
+    return bool(m.group(1)), m.group(2)
+
+
+def _append_columns(tail: str, cols: list[str]) -> str:
+    """Add ``cols`` to the key column list of an index tail (the first parenthesised group)."""
+    start = tail.index("(")
+    depth = 0
+    in_quote: str | None = None
+    for i in range(start, len(tail)):
+        ch = tail[i]
+        if in_quote:
+            if ch == in_quote:
+                in_quote = None
+            continue
+        if ch in ("'", '"'):
+            in_quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                extra = "".join(", " + sql.Identifier(c).as_string(None) for c in cols)
+                return tail[:i] + extra + tail[i:]
+    raise Refused(f"cannot read index definition {tail!r}")
+
+
+@dataclass
+class NewIndex:
+    """An index of the old table as it will exist on the new one."""
+
+    name: str  # the old index's name (for messages)
+    tail: str  # "USING btree (a, b) WHERE ..."
+    unique: bool
+    constraint: bool  # a UNIQUE constraint (not only an index)
+
+
+def new_indexes(info: TableInfo, spec: Spec, notes: list[str]) -> list[NewIndex]:
+    out: list[NewIndex] = []
+    cons_types = {c.name: c.type for c in info.constraints}
+    for ix in info.indexes:
+        if ix.primary:
+            continue
+        if not ix.valid:
+            notes.append(f"index {ix.name} is invalid on {info.name} and is not copied")
+            continue
+        if ix.constraint and cons_types.get(ix.constraint) == "x":
+            notes.append(f"exclusion constraint {ix.constraint} is not copied: on a partitioned "
+                         "table it must include the partition key; add it by hand")
+            continue
+        unique, tail = index_tail(ix.definition)
+        if unique:
+            missing = [spec.by] if spec.by not in ix.columns else []
+            if missing:
+                tail = _append_columns(tail, missing)
+                notes.append(f"unique index {ix.name} becomes unique on its columns plus {spec.by}"
+                             " (a unique key of a partitioned table must include the partition "
+                             "key)")
+        is_constraint = ix.constraint is not None and cons_types.get(ix.constraint) == "u"
+        out.append(NewIndex(ix.name, tail, unique, is_constraint))
+    return out
+
+
+def _index_stmt(name: str | None, table: QualifiedName, ix: NewIndex, *, only: bool,
+                concurrently: bool = False) -> sql.Composable:
+    return sql.SQL("CREATE {u}INDEX {c}{n} ON {o}{t} {tail}").format(
+        u=sql.SQL("UNIQUE " if ix.unique else ""),
+        c=sql.SQL("CONCURRENTLY IF NOT EXISTS " if concurrently else ""),
+        n=sql.Identifier(name) if name else sql.SQL(""), o=sql.SQL("ONLY " if only else ""),
+        t=table.ident, tail=sql.SQL(ix.tail))
+
+
+def deferred_params(spec: Spec, deferred: list[NewIndex]) -> list[dict[str, Any]]:
+    """Indexes built after the fill: the parent's index name, the suffix of each partition's,
+    and the definition tail."""
+    return [{"name": child_name(spec.table.name, f"copyidx{i}"), "suffix": f"copyidx{i}",
+             "tail": ix.tail, "unique": ix.unique} for i, ix in enumerate(deferred)]
+
+
+# -- partitions ------------------------------------------------------------------------------------
+def _now_value(conn: Connection, spec: Spec) -> Any:
+    """The server's current time as a value of the key's kind, in the copy's time zone."""
+    row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    return as_key_value(row[0], spec.kind, spec.time_zone)
+
+
+def _minmax(conn: Connection, table: QualifiedName, col: str) -> tuple[Any, Any]:
+    row = conn.execute(sql.SQL("SELECT min({c}), max({c}) FROM {t}").format(
+        c=sql.Identifier(col), t=table.ident)).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def _to_value(v: Any, spec: Spec) -> Any:
+    """A value read from the key column, as ``floor`` takes it."""
+    if spec.kind == "timestamp" and isinstance(v, datetime):
+        return v.replace(tzinfo=None)
+    if spec.kind == "date" and isinstance(v, datetime):
+        return v.date()
+    return v
+
+
+def candidate_ranges(conn: Connection, spec: Spec, *, source: QualifiedName,
+                     past: int | None, future: int) -> list[tuple[Any, Any]]:
+    """Ranges to create. ``past=None``: from the oldest row of ``source`` (all history), else
+    ``past`` intervals before the current one; always up to ``future`` intervals after the current
+    one (time keys: now on the server; numbers: the largest key), and past the newest row."""
+    lo_v, hi_v = _minmax(conn, source, spec.by)
+    if spec.interval.is_time:
+        current = floor(_now_value(conn, spec), spec.interval, spec.time_zone)
+    else:
+        current = floor(hi_v if hi_v is not None else 0, spec.interval)
+    start = add(current, spec.interval, -(past or 0))
+    if past is None and lo_v is not None:
+        start = min(start, floor(_to_value(lo_v, spec), spec.interval, spec.time_zone))
+    end = add(current, spec.interval, future + 1)
+    if hi_v is not None:
+        top = add(floor(_to_value(hi_v, spec), spec.interval, spec.time_zone), spec.interval)
+        end = max(end, top)
+    out: list[tuple[Any, Any]] = []
+    lo = start
+    while lo < end:
+        hi = add(lo, spec.interval)
+        out.append((lo, hi))
+        lo = hi
+        if len(out) > MAX_PARTITIONS:
+            raise Refused(f"more than {MAX_PARTITIONS} partitions of {spec.interval} would be "
+                          f"needed between {start} and {end}",
+                          hint="use a wider --interval, or --past to leave old rows in the "
+                               "DEFAULT partition")
+    return out
+
+
+def _fix_date(v: Any, spec: Spec) -> Any:
+    if spec.kind == "date" and isinstance(v, datetime):
+        return v.date()
+    return v
+
+
+def _cast(v: Any, spec: Spec) -> sql.Composable:
+    return sql.SQL("{}::{}").format(literal(_fix_date(v, spec)), sql.SQL(spec.key_type))
+
+
+def missing_ranges(conn: Connection, spec: Spec, parent: QualifiedName,
+                   wanted: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """The wanted ranges that overlap no existing partition of ``parent`` (compared on the server
+    in the key's type) and whose name is free."""
+    if not wanted:
+        return []
+    existing = conn.execute(
+        "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c"
+        " ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass(%s)", [parent.quoted]).fetchall()
+    bounds: list[tuple[str, str]] = []
+    for (b,) in existing:
+        m = re.match(r"^FOR VALUES FROM \((.*)\) TO \((.*)\)$", b or "", re.S)
+        if m:
+            bounds.append((m.group(1), m.group(2)))
+    keep = list(range(len(wanted)))
+    if bounds:
+        cands = sql.SQL(", ").join(sql.SQL("({}, {}, {})").format(
+            sql.Literal(i), _cast(lo, spec), _cast(hi, spec)) for i, (lo, hi) in enumerate(wanted))
+
+        def side(text: str, inf: str) -> sql.Composable:
+            t = text.strip()
+            if t.upper() in ("MINVALUE", "MAXVALUE"):
+                return sql.SQL("NULL::{}").format(sql.SQL(spec.key_type))
+            return sql.SQL("({})::{}").format(sql.SQL(t), sql.SQL(spec.key_type))
+
+        ex = sql.SQL(", ").join(sql.SQL("({}, {}, {}, {})").format(
+            side(lo, "min"), side(hi, "max"), sql.Literal(lo.strip().upper() == "MINVALUE"),
+            sql.Literal(hi.strip().upper() == "MAXVALUE")) for lo, hi in bounds)
+        q = sql.SQL(
+            "SELECT c.i FROM (VALUES {}) c(i, lo, hi) WHERE NOT EXISTS (SELECT FROM (VALUES {}) "
+            "e(lo, hi, lmin, hmax) WHERE (e.lmin OR e.lo < c.hi) AND (e.hmax OR c.lo < e.hi)) "
+            "ORDER BY c.i").format(cands, ex)
+        keep = [r[0] for r in conn.execute(q).fetchall()]
+    return [wanted[i] for i in keep if not _taken(conn, spec.partition_name(wanted[i][0]))]
+
+
+def partition_statements(spec: Spec, parent: QualifiedName, lo: Any, hi: Any, *,
+                         has_default: bool) -> list[sql.Composable]:
+    """Create one range partition. Rows of its range already in the DEFAULT partition (captured
+    before the partition existed) are moved into it in the same transaction: PostgreSQL would
+    otherwise refuse to create it."""
+    name = spec.partition_name(lo)
+    rng = sql.SQL("{k} >= {lo} AND {k} < {hi}").format(
+        k=sql.Identifier(spec.by), lo=_cast(lo, spec), hi=_cast(hi, spec))
+    create = sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+        name.ident, parent.ident, literal(_fix_date(lo, spec)), literal(_fix_date(hi, spec)))
+    if not has_default:
+        return [create]
+    tmp = sql.Identifier("pgcleave_moving")
+    cols = _idents(spec.columns)
+    return [
+        # the parent first, then the DEFAULT: the order in which writes lock them
+        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(parent.ident),
+        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(spec.default.ident),
+        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WHERE {}").format(
+            tmp, cols, spec.default.ident, rng),
+        sql.SQL("DELETE FROM {} WHERE {}").format(spec.default.ident, rng),
+        create,
+        sql.SQL("INSERT INTO {} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM {}").format(
+            parent.ident, tmp, c=cols),
+        sql.SQL("DROP TABLE {}").format(tmp),
+    ]
+
+
+def add_partition_steps(conn: Connection, spec: Spec, parent: QualifiedName,
+                        wanted: list[tuple[Any, Any]], *, has_default: bool,
+                        exists: bool = True) -> list[Step]:
+    todo = missing_ranges(conn, spec, parent, wanted) if exists else [
+        r for r in wanted if not _taken(conn, spec.partition_name(r[0]))]
+    steps = []
+    for lo, hi in todo:
+        name = spec.partition_name(lo)
+        locks = [LockTaken(AE, str(parent))]
+        if has_default:
+            locks.append(LockTaken(AE, str(spec.default)))
+        steps.append(Step.sql(
+            f"partition {name.name}", f"create partition {name} for [{lo}, {hi})",
+            _st(partition_statements(spec, parent, lo, hi, has_default=has_default)),
+            locks=locks,
+            guard=_relation_exists(name), undo=[sql.SQL("DROP TABLE {}").format(name.ident)]))
+    return steps
+
+
+# -- prep ------------------------------------------------------------------------------------------
+def _check_fresh(conn: Connection, info: TableInfo, spec: Spec) -> None:
+    st = load_state(conn, info.name)
+    if st is not None:
+        raise Refused(f"{info.name} is already prepped (state {st.state})",
+                      hint="continue with `pgcleave fill`, or undo with `pgcleave unprep`")
+    for n in (spec.intermediate, spec.retired, spec.default):
+        if _taken(conn, n):
+            raise Refused(f"{n} already exists",
+                          hint="drop or rename it first (a leftover of an earlier copy?)")
+    for t in info.triggers:
+        if t.name in (TRIGGER, TRIGGER_BACK, TRIGGER_TRUNCATE):
+            raise Refused(f"{info.name} already has a pgcleave capture trigger {t.name}",
+                          hint="a copy is in progress; `pgcleave unprep` removes it")
+
+
+def _check_inbound_fks(info: TableInfo, spec: Spec, notes: list[str]) -> None:
+    """Refuse inbound foreign keys the new table cannot take (the referenced columns must be a
+    unique key of it, so they must contain the partition key)."""
+    for fk in info.foreign_keys_in:
+        if fk.table == info.name:
+            raise Refused(f"{info.name} references itself ({fk.name}); not supported by the copy")
+        if spec.by not in fk.ref_columns:
+            raise Refused(
+                f"foreign key {fk.name} on {fk.table} references {info.name}"
+                f"({', '.join(fk.ref_columns)}), which will not be unique on the partitioned "
+                f"table: its unique keys must include {spec.by}",
+                hint=f"make {fk.table} reference ({', '.join(fk.ref_columns)}, {spec.by}) "
+                     "(add the column there), or drop the foreign key before the copy")
+        notes.append(f"foreign key {fk.name} on {fk.table} is moved to the new table at the swap "
+                     "(NOT VALID, then validated without blocking writes)")
+
+
+def prep_steps(conn: Connection, info: TableInfo, spec: Spec, *, defer_indexes: bool,
+               notes: list[str]) -> tuple[list[Step], list[NewIndex]]:
+    """Create the intermediate table (with its key, indexes and outbound foreign keys) and its
+    DEFAULT partition, and record the copy. Capture is installed separately (after partitions)."""
+    t, new = spec.table, spec.intermediate
+    indexes = new_indexes(info, spec, notes)
+    _check_inbound_fks(info, spec, notes)
+    if len(spec.match) > len(spec.pk):
+        notes.append(f"the primary key ({', '.join(spec.pk)}) becomes ({', '.join(spec.match)}) "
+                     "on the partitioned table")
+    stmts: list[sql.Composable] = [
+        sql.SQL("CREATE TABLE {new} (LIKE {old} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+                "INCLUDING IDENTITY INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS "
+                "INCLUDING STATISTICS INCLUDING COMPRESSION) PARTITION BY RANGE ({by})").format(
+            new=new.ident, old=t.ident, by=sql.Identifier(spec.by)),
+        sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(new.ident, _idents(spec.match)),
+    ]
+    deferred: list[NewIndex] = []
+    for ix in indexes:
+        if ix.constraint:
+            stmts.append(sql.SQL("ALTER TABLE {} ADD UNIQUE ({})").format(
+                new.ident, sql.SQL(ix.tail[ix.tail.index("(") + 1:ix.tail.rindex(")")])))
+        elif defer_indexes and not ix.unique:
+            deferred.append(ix)
+        else:
+            stmts.append(_index_stmt(None, new, ix, only=False))
+    for fk in info.foreign_keys_out:
+        if not fk.validated:
+            notes.append(f"foreign key {fk.name} is NOT VALID on {t} and is not copied")
+            continue
+        stmts.append(sql.SQL("ALTER TABLE {} ADD FOREIGN KEY ({}) {}").format(
+            new.ident, _idents(fk.columns), sql.SQL(fk.definition[fk.definition.index(
+                "REFERENCES"):])))
+    stmts.append(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
+        spec.default.ident, new.ident))
+    deferred_json = deferred_params(spec, deferred)
+
+    stmts.append(sql.SQL(
+        'INSERT INTO pgcleave.copies (table_schema, table_name, table_oid, intermediate, retired,'
+        ' by_column, "interval", time_zone, deferred) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {})'
+    ).format(sql.Literal(t.schema), sql.Literal(t.name), sql.Literal(spec.oid),
+             sql.Literal(new.name), sql.Literal(spec.retired.name), sql.Literal(spec.by),
+             sql.Literal(str(spec.interval)), sql.Literal(spec.time_zone),
+             sql.Literal(Jsonb(deferred_json))))
+    step = Step.sql(
+        "create-intermediate", f"create {new} partitioned by range ({spec.by}), its key, indexes "
+        "and DEFAULT partition", _st(stmts), locks=[LockTaken(Lock.ACCESS_SHARE, str(t))],
+        guard=_relation_exists(new),
+        undo=[sql.SQL("DROP TABLE IF EXISTS {}").format(new.ident),
+              sql.SQL("DELETE FROM pgcleave.copies WHERE {}").format(_state_where(t))])
+    return [step], deferred
+
+
+def capture_step(spec: Spec) -> Step:
+    return Step.sql(
+        "capture", f"start capturing every change of {spec.table} into {spec.intermediate}",
+        _st(capture_statements(spec, spec.table, spec.intermediate, back=False)),
+        locks=[LockTaken(SRE, str(spec.table))],
+        guard=_trigger_exists(spec.table, TRIGGER),
+        undo=[*drop_capture_statements(spec, spec.table, back=False),
+              sql.SQL("DROP FUNCTION IF EXISTS {}()").format(spec.fn_forward.ident)])
+
+
+def plan_prep(conn: Connection, table: str, *, by: str, interval: str, time_zone: str = "UTC",
+              defer_indexes: bool = False, past: int | None = None,
+              future: int | None = None) -> Plan:
+    """``pgcleave prep``: create ``T_intermediate`` and start change capture into it. With
+    ``past``/``future``, also create partitions (as ``add-partitions`` would)."""
+    info = snapshot(conn, table)
+    spec = make_spec(info, by, interval, time_zone)
+    _check_fresh(conn, info, spec)
+    notes: list[str] = []
+    steps, deferred = prep_steps(conn, info, spec, defer_indexes=defer_indexes, notes=notes)
+    if past is not None or future is not None:
+        wanted = candidate_ranges(conn, spec, source=spec.table, past=past or 0,
+                                  future=future or 0)
+        steps += add_partition_steps(conn, spec, spec.intermediate, wanted, has_default=True,
+                                     exists=False)
+    steps.append(capture_step(spec))
+    if deferred:
+        notes.append(f"{len(deferred)} secondary index(es) are built after the fill")
+    notes.append(f"from now on every write to {spec.table} also writes {spec.intermediate} "
+                 "(in the same transaction)")
+    return Plan("prep", spec.table.quoted, {"by": by, "interval": interval,
+                                            "defer_indexes": defer_indexes}, steps, notes=notes)
+
+
+# -- add-partitions --------------------------------------------------------------------------------
+def _resolve_copy(conn: Connection, table: str) -> tuple[TableInfo, CopyState, Spec]:
+    """The copy state of ``table`` (the name the application uses), and the spec built from the
+    old table (``table`` before the swap, ``T_retired`` after)."""
+    info = snapshot(conn, table)
+    st = load_state(conn, info.name)
+    if st is None:
+        raise NotFound(f"{info.name} is not being copied (no prep)",
+                       hint=f"start with `pgcleave prep {table} --by COLUMN --interval ...`")
+    old = info if st.state == "prepped" else snapshot(conn, st.retired.quoted)
+    return info, st, spec_from_state(old, st)
+
+
+def plan_add_partitions(conn: Connection, table: str, *, past: int = 0, future: int = 0) -> Plan:
+    """``pgcleave add-partitions``: partitions for ``past`` intervals before the current one and
+    ``future`` after, on ``T_intermediate`` before the swap and on ``T`` after it."""
+    info, st, spec = _resolve_copy(conn, table)
+    parent = spec.intermediate if st.state == "prepped" else spec.table
+    pinfo = snapshot(conn, parent.quoted)
+    assert pinfo.partitioning is not None
+    wanted = candidate_ranges(conn, spec, source=spec.table if st.state == "prepped" else parent,
+                              past=past, future=future)
+    if spec.interval.is_time:
+        # candidate_ranges reaches back to the oldest row only when past is None
+        first = add(floor(_now_value(conn, spec), spec.interval, spec.time_zone), spec.interval,
+                    -past)
+        wanted = [r for r in wanted if r[0] >= first]
+    steps = add_partition_steps(conn, spec, parent, wanted,
+                                has_default=pinfo.partitioning.default is not None)
+    notes = [] if steps else ["every wanted partition exists already"]
+    return Plan("add-partitions", info.name.quoted, {"past": past, "future": future}, steps,
+                notes=notes)
+
+
+# -- fill ------------------------------------------------------------------------------------------
+def _check_where(conn: Connection, table: QualifiedName, where: str) -> None:
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("EXPLAIN SELECT FROM {} WHERE {}").format(table.ident,
+                                                                          sql.SQL(where)))
+    except psycopg.Error as exc:
+        raise Refused(f"--where {where!r} is not valid on {table}: {str(exc).strip()}") from None
+
+
+def fill_params(spec: Spec, *, batch_size: int, sleep: float, where: str | None,
+                max_rate: float | None, order: str) -> dict[str, Any]:
+    return {
+        "source": [spec.table.schema, spec.table.name],
+        "target": [spec.intermediate.schema, spec.intermediate.name],
+        "default": [spec.default.schema, spec.default.name],
+        "state": [spec.table.schema, spec.table.name],
+        "columns": spec.columns, "pk": spec.pk,
+        "pk_types": [spec.column_types[c] for c in spec.pk],
+        "advisory": spec.fill_lock, "order": order, "batch_size": batch_size, "sleep": sleep,
+        "where": where, "max_rate": max_rate,
+    }
+
+
+def resolve_order(conn: Connection, order: str) -> str:
+    """``physical`` (block ranges, a TID range scan: as fast as one INSERT ... SELECT) needs
+    PostgreSQL 14; ``key`` (keyset on the primary key) works everywhere."""
+    if order not in ("auto", "physical", "key"):
+        raise Refused(f"unknown fill order {order!r}", hint="use auto, physical or key")
+    v = int(conn.info.server_version)
+    if order == "physical" and v < 140000:
+        raise Refused("--order physical needs PostgreSQL 14 or later (TID range scans)",
+                      hint="use --order key")
+    if order == "auto":
+        return "physical" if v >= 140000 else "key"
+    return order
+
+
+def fill_steps(spec: Spec, deferred: list[dict[str, Any]], *, batch_size: int, sleep: float,
+               where: str | None, max_rate: float | None, order: str) -> list[Step]:
+    p = fill_params(spec, batch_size=batch_size, sleep=sleep, where=where, max_rate=max_rate,
+                    order=order)
+    cond: sql.Composable
+    if order == "key":
+        cond = sql.SQL("({}) > ($last) AND ({}) <= ($upper)").format(_idents(spec.pk),
+                                                                    _idents(spec.pk))
+        how = f"by ({', '.join(spec.pk)})"
+    else:
+        cond = sql.SQL("ctid >= '($block,0)' AND ctid < '($block + n,0)'")
+        how = "by block ranges"
+    shown = sql.SQL(
+        "BEGIN; SELECT pg_advisory_xact_lock({lock}); INSERT INTO {t} ({c}) OVERRIDING SYSTEM "
+        "VALUE SELECT {c} FROM ONLY {s} WHERE {cond}{w} [ON CONFLICT DO NOTHING]; COMMIT"
+    ).format(lock=sql.Literal(spec.fill_lock), t=spec.intermediate.ident,
+             c=_idents(spec.columns), s=spec.table.ident, cond=cond,
+             w=sql.SQL(f" AND ({where})" if where else ""))
+    steps = [Step(name="fill", description=f"copy the rows of {spec.table} into "
+                  f"{spec.intermediate} in batches of ~{batch_size} rows {how}",
+                  statements=[shown.as_string(None)],
+                  locks=[LockTaken(Lock.ACCESS_SHARE, str(spec.table)),
+                         LockTaken(Lock.ROW_EXCLUSIVE, str(spec.intermediate))],
+                  action="copy-fill", params=p, ddl=False)]
+    if deferred:
+        steps.append(Step(
+            name="build-indexes", description=f"build {len(deferred)} secondary index(es) of "
+            f"{spec.intermediate} concurrently, partition by partition",
+            statements=[f"CREATE INDEX {d['name']} ON ONLY "
+                        f"{spec.intermediate.ident.as_string(None)} {d['tail']}"
+                        for d in deferred] + ["-- then CREATE INDEX CONCURRENTLY on each "
+                                              "partition and ALTER INDEX ... ATTACH PARTITION"],
+            locks=[LockTaken(SUE, f"each partition of {spec.intermediate}")],
+            transactional=False, action="copy-build-indexes",
+            params={"parent": [spec.intermediate.schema, spec.intermediate.name],
+                    "indexes": deferred}, ddl=False))
+    return steps
+
+
+def plan_fill(conn: Connection, table: str, *, batch_size: int = 10000, sleep: float = 0.0,
+              where: str | None = None, max_rate: float | None = None,
+              order: str = "auto") -> Plan:
+    """``pgcleave fill``: copy the old table's rows into the intermediate table, batch by batch,
+    resumable after a kill. ``order``: ``physical`` (block ranges; PG14+, the default there) or
+    ``key`` (keyset on the primary key, any key type)."""
+    info, st, spec = _resolve_copy(conn, table)
+    if st.state != "prepped":
+        raise Refused(f"{info.name} was swapped already; nothing to fill",
+                      hint=f"`pgcleave unswap {table}` goes back to the old table")
+    if not _exists(conn, _trigger_exists(spec.table, TRIGGER)):
+        raise Refused(f"change capture is not installed on {spec.table}",
+                      hint="the prep job did not finish: `pgcleave jobs`, then resume it")
+    if batch_size < 1:
+        raise Refused("--batch-size must be at least 1")
+    if where:
+        _check_where(conn, spec.table, where)
+    notes = []
+    if st.filled_at is not None:
+        notes.append(f"{spec.table} was filled already at {st.filled_at:%Y-%m-%d %H:%M:%S}; "
+                     "filling again copies only what is missing")
+    order = resolve_order(conn, order)
+    steps = fill_steps(spec, st.deferred, batch_size=batch_size, sleep=sleep, where=where,
+                       max_rate=max_rate, order=order)
+    return Plan("fill", info.name.quoted, {"batch_size": batch_size, "sleep": sleep,
+                                           "where": where, "max_rate": max_rate,
+                                           "order": order}, steps, notes=notes)
+
+
+# -- analyze ---------------------------------------------------------------------------------------
+def analyze_step(target: QualifiedName) -> Step:
+    return Step.sql("analyze", f"ANALYZE {target} and its partitions",
+                    [sql.SQL("ANALYZE {}").format(target.ident)],
+                    locks=[LockTaken(SUE, f"{target} and each partition")], ddl=False,
+                    transactional=False)
+
+
+def plan_analyze(conn: Connection, table: str) -> Plan:
+    info, st, spec = _resolve_copy(conn, table)
+    target = spec.intermediate if st.state == "prepped" else spec.table
+    return Plan("analyze", info.name.quoted, {}, [analyze_step(target)])
+
+
+# -- verify ----------------------------------------------------------------------------------------
+def verify_step(spec: Spec) -> Step:
+    return Step(
+        name="verify", description=f"compare {spec.table} and {spec.intermediate}: row count and "
+        "hash per partition range, in one snapshot",
+        statements=["-- in one REPEATABLE READ snapshot, for each table:",
+                    f"SELECT width_bucket({spec.by}, ARRAY[<partition bounds>]), count(*), "
+                    "sum(hashtextextended(ROW(...)::text, 0)) ... GROUP BY 1"],
+        locks=[LockTaken(Lock.ACCESS_SHARE, f"{spec.table}, {spec.intermediate}")],
+        guard=sql.SQL("SELECT EXISTS (SELECT FROM pgcleave.copies WHERE {} AND verified_at IS "
+                      "NOT NULL)").format(_state_where(spec.table)).as_string(None),
+        action="copy-verify", params={"table": [spec.table.schema, spec.table.name]}, ddl=False)
+
+
+# -- swap ------------------------------------------------------------------------------------------
+def _identity_sync(to: QualifiedName, frm: QualifiedName, column: str) -> sql.Composable:
+    """Set ``to``'s identity sequence to where ``frm``'s stands, both found by name at run time
+    (the intermediate table's identity sequence did not exist when the job was planned)."""
+    return sql.SQL(
+        "SELECT setval(pg_get_serial_sequence({to}, {c}), "
+        "(pg_sequence_last_value(pg_get_serial_sequence({frm}, {c})::regclass)), "
+        "(pg_sequence_last_value(pg_get_serial_sequence({frm}, {c})::regclass)) IS NOT NULL) "
+        "WHERE pg_sequence_last_value(pg_get_serial_sequence({frm}, {c})::regclass) IS NOT NULL"
+    ).format(to=to.literal, frm=frm.literal, c=sql.Literal(column))
+
+
+def _sequences(info: TableInfo, *, to: QualifiedName, frm: QualifiedName
+               ) -> list[sql.Composable]:
+    out: list[sql.Composable] = []
+    for s in info.sequences:
+        if s.kind == "serial":
+            out.append(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
+                s.name.ident, to.ident, sql.Identifier(s.column)))
+        else:
+            out.append(_identity_sync(to, frm, s.column))
+    return out
+
+
+def _fk_moves(info: TableInfo, to: QualifiedName) -> tuple[list[sql.Composable], list[Step]]:
+    """Inbound foreign keys dropped from the old table and added NOT VALID to ``to`` inside the
+    swap; validated afterwards (SHARE UPDATE EXCLUSIVE on the referencing table: writes go on)."""
+    stmts: list[sql.Composable] = []
+    steps: list[Step] = []
+    for fk in info.foreign_keys_in:
+        refs = fk.definition[fk.definition.index("REFERENCES"):]
+        tail = refs[refs.index(")") + 1:]
+        tail = tail.replace(" NOT VALID", "")
+        stmts.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+            fk.table.ident, sql.Identifier(fk.name)))
+        stmts.append(sql.SQL(
+            "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}){} NOT VALID"
+        ).format(fk.table.ident, sql.Identifier(fk.name), _idents(fk.columns), to.ident,
+                 _idents(fk.ref_columns), sql.SQL(tail)))
+        if fk.validated:
+            steps.append(Step.sql(
+                f"validate {fk.name}", f"validate foreign key {fk.name} of {fk.table}",
+                [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                    fk.table.ident, sql.Identifier(fk.name))],
+                locks=[LockTaken(SUE, str(fk.table)), LockTaken(Lock.ROW_SHARE, str(to))],
+                guard=sql.SQL("SELECT EXISTS (SELECT FROM pg_constraint WHERE conrelid = "
+                              "to_regclass({}) AND conname = {} AND convalidated)").format(
+                    fk.table.literal, sql.Literal(fk.name))))
+    return stmts, steps
+
+
+def swap_steps(conn: Connection, old: TableInfo, spec: Spec) -> list[Step]:
+    """One short transaction: lock, renames, sequences, grants, comments, RLS, triggers, views,
+    inbound foreign keys, capture turned around. Then validate the moved foreign keys."""
+    t, new, retired = spec.table, spec.intermediate, spec.retired
+    fk_stmts, fk_steps = _fk_moves(old, t)
+    stmts: list[sql.Composable] = [
+        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(t.ident),
+        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(new.ident),
+        *drop_capture_statements(spec, t, back=False),
+        sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident, sql.Identifier(retired.name)),
+        sql.SQL("ALTER TABLE {} RENAME TO {}").format(new.ident, sql.Identifier(t.name)),
+        *_sequences(old, to=t, frm=retired),
+        *dependents.grants(old, t),
+        *dependents.comments(old, t),
+        *dependents.row_security(old, t),
+        *dependents.triggers(dataclasses.replace(old, triggers=_user_triggers(old))),
+        *[sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(retired.ident,
+                                                              sql.Identifier(tr.name))
+          for tr in old.triggers if tr.name not in (TRIGGER, TRIGGER_TRUNCATE)
+          and tr.enabled != "D"],
+        *dependents.views(old),
+        *fk_stmts,
+        *capture_statements(spec, t, retired, back=True),
+        _set_state(t, "state = 'swapped', swapped_at = now()"),
+    ]
+    locks = [LockTaken(AE, str(t)), LockTaken(AE, str(new))]
+    locks += [LockTaken(SRE, str(fk.table)) for fk in old.foreign_keys_in]
+    swap = Step.sql(
+        "swap", f"swap {t} and {new} (the old table stays as {retired}, kept in sync)", _st(stmts),
+        locks=locks,
+        guard=sql.SQL("SELECT EXISTS (SELECT FROM pgcleave.copies WHERE {} AND state = "
+                      "'swapped')").format(_state_where(t)))
+    return [swap, *fk_steps]
+
+
+def _user_triggers(info: TableInfo) -> list[Trigger]:
+    return [tr for tr in info.triggers
+            if tr.name not in (TRIGGER, TRIGGER_BACK, TRIGGER_TRUNCATE)]
+
+
+def plan_swap(conn: Connection, table: str) -> Plan:
+    """``pgcleave swap``: verify, then make the partitioned table the one the application uses."""
+    info, st, spec = _resolve_copy(conn, table)
+    if st.state == "swapped":
+        raise Refused(f"{info.name} is swapped already", hint=f"`pgcleave unswap {table}` reverts")
+    if st.filled_at is None:
+        raise Refused(f"{spec.intermediate} is not filled yet: swapping now would hide the rows "
+                      "not copied", hint=f"run `pgcleave fill {table}` first")
+    if not _exists(conn, _trigger_exists(spec.table, TRIGGER)):
+        raise Refused(f"change capture is not installed on {spec.table}")
+    notes = [f"{spec.table} becomes {spec.retired}; changes keep flowing into it until "
+             f"`pgcleave unprep {table}`, so `pgcleave unswap {table}` loses nothing"]
+    if st.fill_where:
+        notes.append(f"the fill copied only rows matching {st.fill_where!r}: the others stay in "
+                     f"{spec.retired} only")
+    steps = [verify_step(spec), *swap_steps(conn, info, spec)]
+    return Plan("swap", info.name.quoted, {}, steps, notes=notes)
+
+
+def unswap_steps(new: TableInfo, old: TableInfo, spec: Spec) -> list[Step]:
+    t, inter, retired = spec.table, spec.intermediate, spec.retired
+    fk_stmts, fk_steps = _fk_moves(new, t)
+    stmts: list[sql.Composable] = [
+        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(t.ident),
+        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(retired.ident),
+        *drop_capture_statements(spec, t, back=True),
+        *[sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(tr.name), t.ident)
+          for tr in _user_triggers(new)],
+        sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident, sql.Identifier(inter.name)),
+        sql.SQL("ALTER TABLE {} RENAME TO {}").format(retired.ident, sql.Identifier(t.name)),
+        *_sequences(old, to=t, frm=inter),
+        *dependents.grants(new, t),
+        # the new table's copies of the user triggers carry their original enabled state
+        *[sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(t.ident, sql.Identifier(tr.name))
+          for tr in _user_triggers(new) if tr.enabled != "D"
+          and tr.name in {o.name for o in _user_triggers(old)}],
+        *dependents.views(new),
+        *fk_stmts,
+        *capture_statements(spec, t, inter, back=False),
+        _set_state(t, "state = 'prepped', swapped_at = NULL"),
+    ]
+    locks = [LockTaken(AE, str(t)), LockTaken(AE, str(retired))]
+    locks += [LockTaken(SRE, str(fk.table)) for fk in new.foreign_keys_in]
+    step = Step.sql(
+        "unswap", f"swap back: {retired} becomes {t} again, the partitioned table {inter}",
+        _st(stmts), locks=locks,
+        guard=sql.SQL("SELECT EXISTS (SELECT FROM pgcleave.copies WHERE {} AND state = "
+                      "'prepped')").format(_state_where(t)))
+    return [step, *fk_steps]
+
+
+def plan_unswap(conn: Connection, table: str) -> Plan:
+    """``pgcleave unswap``: the old table takes its name back, with every change made since the
+    swap (capture ran the other way); capture into the partitioned table resumes."""
+    info, st, spec = _resolve_copy(conn, table)
+    if st.state != "swapped":
+        raise Refused(f"{info.name} is not swapped", hint="nothing to undo")
+    if not _taken(conn, spec.retired):
+        raise NotFound(f"{spec.retired} does not exist any more; cannot swap back")
+    if not _exists(conn, _trigger_exists(spec.table, TRIGGER_BACK)):
+        raise Refused(f"{spec.table} no longer captures changes into {spec.retired}: swapping "
+                      "back would lose them", hint="it was unprepped; unswap is not possible")
+    old = snapshot(conn, spec.retired.quoted)
+    return Plan("unswap", info.name.quoted, {}, unswap_steps(info, old, spec),
+                notes=[f"{spec.table} is the old table again; capture into {spec.intermediate} "
+                       "resumes, `pgcleave swap` can run again"])
+
+
+# -- unprep ----------------------------------------------------------------------------------------
+def plan_unprep(conn: Connection, table: str) -> Plan:
+    """``pgcleave unprep``: before the swap, stop capture and drop the intermediate table. After
+    the swap, stop the capture into ``T_retired`` (which is kept, and from then on goes stale)."""
+    info, st, spec = _resolve_copy(conn, table)
+    forget = sql.SQL("DELETE FROM pgcleave.copies WHERE {}").format(_state_where(spec.table))
+    if st.state == "swapped":
+        steps = [Step.sql(
+            "stop-capture", f"stop capturing changes of {spec.table} into {spec.retired}",
+            [*drop_capture_statements(spec, spec.table, back=True), *drop_functions(spec),
+             forget], locks=[LockTaken(SRE, str(spec.table))])]
+        return Plan("unprep", info.name.quoted, {}, steps, warnings=[
+            f"{spec.retired} is kept but no longer receives changes: `pgcleave unswap` will not "
+            f"be possible; drop {spec.retired} when you no longer need it"])
+    steps = [Step.sql(
+        "stop-capture", f"stop capturing changes of {spec.table}",
+        [*drop_capture_statements(spec, spec.table, back=False)],
+        locks=[LockTaken(SRE, str(spec.table))]),
+        Step.sql("drop-intermediate", f"drop {spec.intermediate} and its partitions",
+                 [sql.SQL("DROP TABLE IF EXISTS {}").format(spec.intermediate.ident),
+                  *drop_functions(spec), forget],
+                 locks=[LockTaken(AE, str(spec.intermediate))])]
+    return Plan("unprep", info.name.quoted, {}, steps,
+                warnings=[f"{spec.intermediate} and every row copied into it are dropped"])
+
+
+# -- the whole chain -------------------------------------------------------------------------------
+_BY = re.compile(r"^\s*(range|list|hash)\s*\(\s*(.+?)\s*\)\s*$", re.I | re.S)
+
+
+def _key_column(by: str) -> str:
+    """``created_at``, ``range(created_at)`` or ``range("Ordered On")`` -> the column name (a
+    bare name is taken as written; inside ``range(...)`` SQL's folding and quoting apply)."""
+    m = _BY.match(by)
+    if not m:
+        return by
+    if m.group(1).lower() != "range":
+        raise Refused(f"the copy strategy partitions by range; {m.group(1).lower()} "
+                      "partitioning is not supported by it yet",
+                      hint="use --by 'range(column)' with --interval")
+    col = m.group(2)
+    if len(col) >= 2 and col[0] == col[-1] == '"':
+        return col[1:-1].replace('""', '"')
+    return col.lower()
+
+
+def plan_partition_copy(conn: Connection, table: str, *, by: str, interval: str | None,
+                        premake: int, past: int | None = None, batch_size: int = 10000,
+                        sleep: float = 0.0, where: str | None = None,
+                        max_rate: float | None = None, defer_indexes: bool = False,
+                        time_zone: str = "UTC", swap: bool = True, order: str = "auto") -> Plan:
+    """``pgcleave partition TABLE --strategy copy``: prep, partitions, capture, fill, (deferred
+    indexes), analyze, verify and swap as one resumable job.
+
+    Partitions cover every row of the table (``past=None``) or ``past`` intervals before the
+    current one (older rows go to the DEFAULT partition and are reported), and ``premake``
+    intervals ahead.
+    """
+    by = _key_column(by)
+    if interval is None:
+        raise Refused("--strategy copy needs --interval (e.g. '1 month', or a number for integer "
+                      "keys)")
+    info = snapshot(conn, table)
+    spec = make_spec(info, by, interval, time_zone)
+    _check_fresh(conn, info, spec)
+    if where:
+        _check_where(conn, spec.table, where)
+    notes: list[str] = []
+    steps, deferred = prep_steps(conn, info, spec, defer_indexes=defer_indexes, notes=notes)
+    wanted = candidate_ranges(conn, spec, source=spec.table, past=past, future=premake)
+    steps += add_partition_steps(conn, spec, spec.intermediate, wanted, has_default=False,
+                                 exists=False)
+    steps.append(capture_step(spec))
+    deferred_json = deferred_params(spec, deferred)
+    steps += fill_steps(spec, deferred_json, batch_size=batch_size, sleep=sleep, where=where,
+                        max_rate=max_rate, order=resolve_order(conn, order))
+    steps.append(analyze_step(spec.intermediate))
+    steps.append(verify_step(spec))
+    if swap:
+        steps += swap_steps(conn, info, spec)
+    notes.append(f"{len(wanted)} partitions of {spec.interval} plus a DEFAULT partition; "
+                 f"{spec.table} is kept as {spec.retired}, in sync, until `pgcleave unprep`")
+    return Plan("partition", spec.table.quoted,
+                {"strategy": "copy", "by": by, "interval": interval, "premake": premake,
+                 "past": past, "batch_size": batch_size}, steps, notes=notes)
+
+
+# Register the actions (fill, verify, build-indexes) with the executor.
+from .copy_run import fill as _copy_run  # noqa: E402
+
+__all__ = ["plan_add_partitions", "plan_analyze", "plan_fill", "plan_partition_copy",
+           "plan_prep", "plan_swap", "plan_unprep", "plan_unswap"]
+_ = _copy_run
