@@ -86,7 +86,7 @@ def schema_fingerprint(conn: Any) -> list[tuple[Any, ...]]:
         " SELECT indrelid::regclass::text, indexrelid::regclass::text, 'i', indisvalid"
         " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n"
         " ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema',"
-        " 'pg_toast', 'pgcleave') ORDER BY 1, 2").fetchall()
+        " 'pg_toast', 'pgcleave') ORDER BY 1, 2, 3").fetchall()
 
 
 def job_id(res: subprocess.CompletedProcess[str]) -> int:

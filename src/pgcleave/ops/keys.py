@@ -591,13 +591,22 @@ def plan_create_index(conn: Connection, table: str, columns: list[str], *, uniqu
             guard=_g_index_valid(parent_idx),
             undo=[sql.SQL("DROP INDEX IF EXISTS {}").format(parent_idx.ident)]))
         # postgres_fdw keeps no index here for a foreign partition: the index the queries use
-        # must live on the shard's table, so build it there too, concurrently.
-        for p in foreign:
-            steps.append(_remote_index_step(conn, p, cols, unique=False, where=where,
-                                            method=method))
-        plan.notes.append(
-            "foreign partitions (" + ", ".join(f"{p.name} on {p.server}" for p in foreign)
-            + ") get the index on their shard's table, built concurrently there")
+        # must live on the shard's table, so build it there too, concurrently, through dblink
+        # (which `pgcleave server add` installs; a server made by hand may lack it).
+        names = ", ".join(f"{p.name} on {p.server}" for p in foreign)
+        has_dblink = conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'dblink')").fetchone()
+        if has_dblink and has_dblink[0]:
+            for p in foreign:
+                steps.append(_remote_index_step(conn, p, cols, unique=False, where=where,
+                                                method=method))
+            plan.notes.append(f"foreign partitions ({names}) get the index on their shard's "
+                              "table, built concurrently there")
+        else:
+            plan.notes.append(
+                f"foreign partitions are skipped ({names}): dblink is not installed here, so "
+                "pgcleave cannot build the index on the shards' tables; `pgcleave server add` "
+                "installs it (or create the index on each shard yourself)")
     plan.steps = steps
     return plan
 
