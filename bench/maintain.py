@@ -1,11 +1,23 @@
 """Bench: ``maintain`` on a table with ~1,000 monthly partitions whose DEFAULT holds 1 million
 misplaced rows spread over 12 months, against plain SQL moving the same rows month by month
 (``DELETE ... RETURNING`` into a new table, then ``ATTACH``), in the same run, each with 4
-application-like writers running. Reports wall time, drain rows/s and the longest writer stall.
+application-like writers running. Reports the writers' baseline latency (same writers, no
+maintenance), wall time, drain rows/s, the longest writer stall and the ACCESS EXCLUSIVE hold
+of each swap transaction.
 
-    .venv/bin/python bench/maintain.py [--rows 1000000] [--partitions 1000]
+The writers name the partition key in their UPDATE/DELETE/SELECT (``Spec.prune_by_key``), as
+an application on a table with 1,000 partitions does: without it every such statement locks
+and scans all 1,000 partitions (~30 ms each) and the writers stall on their own, maintenance
+or not. ``--unpruned`` runs that variant instead, for comparison.
 
-Uses a throwaway sandbox server (or $PGCLEAVE_DSN's server when set).
+    .venv/bin/python bench/maintain.py [--rows 1000000] [--partitions 1000] [--diagnose]
+
+``--diagnose`` also lowers ``deadlock_timeout`` to 20 ms with ``log_lock_waits`` (it logs
+every lock wait longer than that, with who holds the lock) and prints a timeline of the
+server's slow statements, lock waits and pgcleave's progress lines. Without it the server still
+logs statements over 50 ms, used for the timeline of the slowest writer waits.
+
+Uses a throwaway sandbox server (or $PGCLEAVE_DSN's server when set; no timeline then).
 """
 
 from __future__ import annotations
@@ -14,9 +26,11 @@ import argparse
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +42,8 @@ from pgcleave.sandbox import Sandbox
 from pgcleave.testing.workload import Spec, Workload
 
 YEAR = 2023  # the 12 months whose partitions are missing; their rows sit in the DEFAULT
+WRITERS = 4
+BASELINE_S = 8.0
 
 
 def build(dsn: str, partitions: int, rows: int) -> None:
@@ -37,12 +53,7 @@ def build(dsn: str, partitions: int, rows: int) -> None:
         c.execute("CREATE INDEX ON b (at)")
         start = (YEAR * 12) - (partitions - 15)  # + 12 drained + 3 ahead = partitions
         with c.transaction():
-            for k in range(start, YEAR * 12):
-                y, m = divmod(k, 12)
-                ny, nm = divmod(k + 1, 12)
-                c.execute(f"CREATE TABLE b_{y}_{m + 1:02d} PARTITION OF b FOR VALUES FROM "
-                          f"('{y}-{m + 1:02d}-01 00:00+00') TO ('{ny}-{nm + 1:02d}-01 00:00+00')")
-            for k in range(YEAR * 12 + 12, YEAR * 12 + 15):  # Jan-Mar of the next year
+            for k in [*range(start, YEAR * 12), *range(YEAR * 12 + 12, YEAR * 12 + 15)]:
                 y, m = divmod(k, 12)
                 ny, nm = divmod(k + 1, 12)
                 c.execute(f"CREATE TABLE b_{y}_{m + 1:02d} PARTITION OF b FOR VALUES FROM "
@@ -58,14 +69,15 @@ def build(dsn: str, partitions: int, rows: int) -> None:
               flush=True)
 
 
-def writers(dsn: str) -> Workload:
+def writers(dsn: str, pruned: bool) -> Workload:
     base = datetime(YEAR, 1, 1, tzinfo=UTC)
 
     def key(rng: random.Random) -> datetime:
         return base + timedelta(seconds=rng.randrange(0, 455 * 86400))
 
-    return Workload(dsn, Spec(table=sql.Identifier("b"), key_col="at", make_key=key),
-                    writers=4, max_seconds=3600, pause_s=0.002)
+    return Workload(dsn, Spec(table=sql.Identifier("b"), key_col="at", make_key=key,
+                              prune_by_key=pruned),
+                    writers=WRITERS, max_seconds=3600, pause_s=0.002)
 
 
 def plain_sql(dsn: str) -> None:
@@ -87,12 +99,91 @@ def plain_sql(dsn: str) -> None:
                                   "({})").format(name, sql.Literal(lo), sql.Literal(hi)))
 
 
-def measure(label: str, dsn: str, fn: Any) -> dict[str, Any]:
-    wl = writers(dsn).start()
+def latency(wl: Workload, window: list[tuple[int, int]] | None = None) -> dict[str, float]:
+    """Writer latency figures; with ``window`` (per writer, the index of its first and last
+    operation in the window), only the operations that ran in it."""
+    lat = sorted(x for i, r in enumerate(wl.results)
+                 for x in (r.latencies_ms[window[i][0]:window[i][1]] if window
+                           else r.latencies_ms))
+    if not lat:
+        return {"n": 0, "p50": 0.0, "p99": 0.0, "max": 0.0, "over100": 0}
+    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [lat[0]] * 99
+    return {"n": len(lat), "p50": q[49], "p99": q[98], "max": lat[-1],
+            "over100": sum(1 for x in lat if x > 100)}
+
+
+def fmt(s: dict[str, float]) -> str:
+    return (f"{int(s['n'])} ops, p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms, "
+            f"max {s['max']:.0f} ms, {int(s['over100'])} over 100 ms")
+
+
+def baseline(dsn: str, pruned: bool) -> dict[str, float]:
+    wl = writers(dsn, pruned).start()
+    time.sleep(1.0)  # warm-up, as in measure()
+    start = [len(r.latencies_ms) for r in wl.results]
+    time.sleep(BASELINE_S)
+    wl.stop()
+    s = latency(wl, [(a, len(r.latencies_ms)) for a, r in zip(start, wl.results, strict=True)])
+    print(f"  writer baseline, no maintenance ({BASELINE_S:.0f} s after 1 s of warm-up): "
+          f"{fmt(s)}; incl. warm-up max {wl.max_stall_ms:.0f} ms", flush=True)
+    return s
+
+
+class Lines:
+    """Lines of a child's stderr, each stamped with the wall clock when it arrived."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[tuple[float, str]] = []
+        assert proc.stderr is not None
+        self._t = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
+        self._t.start()
+
+    def _read(self, f: Any) -> None:
+        for line in f:
+            self.lines.append((time.time(), line.rstrip()))
+
+    def join(self) -> None:
+        self._t.join(timeout=10)
+
+
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \w+ \[(\d+)\] (\S*) (.*)$")
+
+
+def server_log(path: str | None, since: float, until: float) -> list[tuple[float, str]]:
+    """Slow statements, lock waits and autovacuum lines the server logged in [since, until]."""
+    if not path or not os.path.exists(path):
+        return []
+    out: list[tuple[float, str]] = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = LOG_LINE.match(line.rstrip())
+            if not m:
+                continue
+            ts = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(
+                tzinfo=datetime.now().astimezone().tzinfo).timestamp()
+            if not since <= ts <= until:
+                continue
+            msg = m.group(4)
+            if not any(w in msg for w in ("duration:", "still waiting", "acquired",
+                                          "automatic", "canceling", "timeout")):
+                continue
+            out.append((ts, f"{m.group(3) or '-'}[{m.group(2)}] {msg[:200]}"))
+    return out
+
+
+def measure(label: str, dsn: str, fn: Any, pruned: bool, log: str | None,
+            diagnose: bool) -> dict[str, Any]:
+    wl = writers(dsn, pruned).start()
     time.sleep(1.0)
+    # The writers' own warm-up (each connection's first statements build generic plans over
+    # 1,000 partitions: ~200 ms) happens in that first second; stalls are counted from here.
+    start = [len(r.latencies_ms) for r in wl.results]
+    t_wall0 = time.time()
     t0 = time.monotonic()
-    fn()
+    extra = fn() or {}
     wall = time.monotonic() - t0
+    t_wall1 = time.time()
+    window = [(a, len(r.latencies_ms) + 1) for a, r in zip(start, wl.results, strict=True)]
     time.sleep(0.5)
     wl.stop()
     with psycopg.connect(dsn, autocommit=True) as c:
@@ -102,29 +193,90 @@ def measure(label: str, dsn: str, fn: Any) -> dict[str, Any]:
             wl.verify(c)
             ok = "verified"
         except AssertionError as exc:
-            ok = f"NOT verified: {str(exc)[:200]}"
-    res = {"label": label, "wall_s": wall, "max_stall_ms": wl.max_stall_ms,
-           "writer_errors": len(wl.errors), "ops": sum(wl.ops.values()),
-           "left_in_default": left[0] if left else None, "verify": ok}
-    print(f"  {label}: wall {wall:.1f} s, longest writer stall {wl.max_stall_ms:.0f} ms, "
-          f"writer ops {res['ops']}, writer errors {res['writer_errors']}, rows of {YEAR} "
+            ok = f"NOT verified: {str(exc)[:300]}"
+    s = latency(wl, window)
+    res = {"label": label, "wall_s": wall, "max_stall_ms": s["max"],
+           "writer_errors": len(wl.errors), "ops": sum(wl.ops.values()), "lat": s,
+           "left_in_default": left[0] if left else None, "verify": ok, **extra}
+    print(f"  {label}: wall {wall:.1f} s, longest writer stall during it {s['max']:.0f} ms "
+          f"(whole writer run incl. warm-up {wl.max_stall_ms:.0f} ms), "
+          f"writers during it {fmt(s)}, writer errors {res['writer_errors']}, rows of {YEAR} "
           f"left in DEFAULT {res['left_in_default']}, {ok}", flush=True)
+    if wl.errors:
+        print("   writer errors, first: " + "; ".join(e[:150] for e in wl.errors[:3]))
+    events = [(t, "pgcleave: " + x) for t, x in extra.get("lines", [])]
+    events += server_log(log, t_wall0 - 1.0, t_wall1 + 0.5)
+    if events:
+        print("   timeline (s from start; server log: statements over 50 ms"
+              + (", lock waits over 20 ms" if diagnose else "") + "):")
+        shown = 0
+        for t, x in sorted(events):
+            if not diagnose and not x.startswith("pgcleave: ") and shown > 60:
+                continue
+            if not x.startswith("pgcleave: "):
+                shown += 1
+            print(f"   {t - t_wall0:8.3f}  {x}")
     return res
+
+
+def run_maintain(cli: list[str]) -> dict[str, Any]:
+    proc = subprocess.Popen([*cli, "maintain", "--now", f"{YEAR}-12-15"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "400"})  # no wrapped lines
+    lines = Lines(proc)  # the only reader of stderr (communicate() would compete for it)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    proc.wait()
+    lines.join()
+    if proc.returncode != 0:
+        raise SystemExit("\n".join(x for _, x in lines.lines))
+    print("  " + out.strip(), flush=True)
+    holds = [int(m.group(1)) for _, x in lines.lines
+             if (m := re.search(r"swap \d+/\d+: .*ACCESS EXCLUSIVE held (\d+) ms", x))]
+    retries = sum(1 for _, x in lines.lines if "lock not available" in x)
+    if holds:
+        print(f"   ACCESS EXCLUSIVE per swap transaction: {holds} ms (longest {max(holds)} ms)"
+              f"; lock retries {retries}", flush=True)
+    keep = [(t, x.strip()) for t, x in lines.lines
+            if any(w in x for w in ("held", "copied", "built", "replayed", "verified",
+                                    "lock not available", "[", "job"))]
+    return {"lines": keep, "holds": holds, "retries": retries}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--partitions", type=int, default=1000)
+    ap.add_argument("--unpruned", action="store_true",
+                    help="writers' UPDATE/DELETE/SELECT name only the id (touch every "
+                         "partition); default: they name the partition key too")
+    ap.add_argument("--diagnose", action="store_true")
+    ap.add_argument("--only", choices=["pgcleave", "plain"])
     args = ap.parse_args()
+    pruned = not args.unpruned
     sb = None
+    log: str | None = None
     base = os.environ.get("PGCLEAVE_DSN")
     if not base:
         sb = Sandbox(tempfile.mkdtemp(prefix="pgcleave-bench-"))
-        base = sb.up(1)[0].dsn
+        srv = sb.up(1)[0]
+        base, log = srv.dsn, srv.logfile
+    print(f"writers: {WRITERS}, queries "
+          + ("name the partition key (pruned to one partition: the goal is judged on these)"
+             if pruned else "name only the id (NOT pruned: every statement touches every "
+                            "partition)"), flush=True)
     try:
+        with psycopg.connect(base, autocommit=True) as c:
+            c.execute("ALTER SYSTEM SET log_min_duration_statement = '50ms'")
+            c.execute("ALTER SYSTEM SET log_autovacuum_min_duration = 0")
+            if args.diagnose:
+                c.execute("ALTER SYSTEM SET log_lock_waits = on")
+                c.execute("ALTER SYSTEM SET deadlock_timeout = '20ms'")
+            c.execute("SELECT pg_reload_conf()")
         results = []
-        for label in ("pgcleave maintain", "plain SQL per month"):
+        labels = [x for x in ("pgcleave maintain", "plain SQL per month")
+                  if args.only is None or x.startswith(args.only)]
+        for label in labels:
             dbname = "bench_" + ("m" if label.startswith("pgcleave") else "p")
             with psycopg.connect(base, autocommit=True) as c:
                 c.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
@@ -132,36 +284,27 @@ def main() -> None:
             dsn = psycopg.conninfo.make_conninfo(base, dbname=dbname)
             print(f"{label}: building", flush=True)
             build(dsn, args.partitions, args.rows)
+            base_lat = baseline(dsn, pruned)
             if label.startswith("pgcleave"):
                 cli = [sys.executable, "-m", "pgcleave", "--dsn", dsn]
                 subprocess.run([*cli, "config", "b", "--interval", "1 month", "--premake",
                                 "3"], check=True, capture_output=True)
-
-                def run(cli: list[str] = cli) -> None:
-                    r = subprocess.run([*cli, "maintain", "--now", f"{YEAR}-12-15"],
-                                       capture_output=True, text=True)
-                    if r.returncode != 0:
-                        raise SystemExit(r.stderr)
-                    print("  " + r.stdout.strip(), flush=True)
-                    holds = []
-                    for line in r.stderr.splitlines():
-                        if any(w in line for w in ("held", "copied", "built", "replayed",
-                                                   "verified")):
-                            print("   " + line.strip(), flush=True)
-                        m = re.search(r"ACCESS EXCLUSIVE held (\d+) ms", line)
-                        if m:
-                            holds.append(int(m.group(1)))
-                    if holds:
-                        print(f"   ACCESS EXCLUSIVE per swap transaction: {holds} ms "
-                              f"(longest {max(holds)} ms)", flush=True)
-
-                results.append(measure(label, dsn, run))
+                r = measure(label, dsn, lambda cli=cli: run_maintain(cli), pruned, log,
+                            args.diagnose)
             else:
-                results.append(measure(label, dsn, lambda dsn=dsn: plain_sql(dsn)))
-        a, b = results
-        print(f"\nrows/s: pgcleave {args.rows / a['wall_s']:,.0f}, plain SQL "
-              f"{args.rows / b['wall_s']:,.0f}; longest writer stall: pgcleave "
-              f"{a['max_stall_ms']:.0f} ms, plain SQL {b['max_stall_ms']:.0f} ms")
+                r = measure(label, dsn, lambda dsn=dsn: plain_sql(dsn), pruned, log,
+                            args.diagnose)
+            r["baseline"] = base_lat
+            results.append(r)
+        print("\nsummary (writers " + ("pruned by key" if pruned else "NOT pruned") + "):")
+        for r in results:
+            print(f"  {r['label']:22s} wall {r['wall_s']:6.1f} s, "
+                  f"{args.rows / r['wall_s']:>9,.0f} rows/s, longest writer stall "
+                  f"{r['max_stall_ms']:5.0f} ms during the drain (baseline max "
+                  f"{r['baseline']['max']:.0f} ms, "
+                  f"p99 {r['baseline']['p99']:.1f} ms), writer errors {r['writer_errors']}, "
+                  f"{r['verify']}"
+                  + (f", AE per swap {r['holds']} ms" if r.get("holds") else ""))
     finally:
         if sb is not None:
             sb.down()
