@@ -151,3 +151,28 @@ def test_usage_error_exit_code(cli: Any) -> None:
     assert r.returncode == 2
     r = cli("no-such-command")
     assert r.returncode == 2
+
+
+def test_status_counts_rows_on_shards(db: Any, db2: Any, sandbox: Any, cli: Any) -> None:
+    """A remote partition's rows and size come from its server; with the server away, status
+    still answers (rows unknown) instead of failing."""
+    from tests.test_move import add_server, make_table
+
+    with db.connect() as c:
+        make_table(c, rows=200)
+        expected = c.execute("""SELECT count(*) FROM "Ex d" """).fetchone()[0]
+    add_server(db, "db2", db2)
+    assert cli("--dsn", db.dsn, "move", '"Ex d"', "--to", "db2", "--yes").returncode == 0
+    st = json.loads(cli("--dsn", db.dsn, "status", '"Ex"', "--json").stdout)
+    remote = next(p for p in st["partitioning"]["partitions"] if p["server"] == "db2")
+    assert remote["rows"] == expected and remote["bytes"] > 0
+    assert st["rows"] == 200
+    sandbox.stop("db2", mode="immediate")
+    try:
+        r = cli("--dsn", db.dsn, "status", '"Ex"', "--json")
+        assert r.returncode == 0, r.stderr
+        remote = next(p for p in json.loads(r.stdout)["partitioning"]["partitions"]
+                      if p["server"] == "db2")
+        assert remote["rows"] is None
+    finally:
+        sandbox.start("db2")

@@ -395,6 +395,10 @@ def _partitioning(q: _Query, oid: int) -> Partitioning:
             p.rows = _rows(q, poid, float(reltuples), int(size or 0))
         elif relkind == "f":
             p.rows = int(reltuples) if reltuples >= 0 else None
+            if server is not None:
+                remote = _remote_stats(q, poid, server)
+                if remote is not None:
+                    p.rows, p.bytes = remote
         _parse_bound(p)
         if relkind == "p":
             p.partitioning = _partitioning(q, poid)
@@ -404,6 +408,53 @@ def _partitioning(q: _Query, oid: int) -> Partitioning:
     types = [c[1] for c in cols]
     return Partitioning(strategy, key, [c[0] for c in cols], types,
                         _order_by_bounds(q, strategy, types, parts))
+
+
+def foreign_target(conn: Connection, oid: int) -> QualifiedName:
+    """The table behind a foreign table on its server (``schema_name``/``table_name`` options,
+    defaulting to the foreign table's own names, as postgres_fdw does)."""
+    row = conn.execute(
+        "SELECT coalesce((SELECT substr(o, 13) FROM unnest(ft.ftoptions) o"
+        "                 WHERE o LIKE 'schema\\_name=%%'), n.nspname),"
+        "       coalesce((SELECT substr(o, 12) FROM unnest(ft.ftoptions) o"
+        "                 WHERE o LIKE 'table\\_name=%%'), c.relname)"
+        " FROM pg_foreign_table ft JOIN pg_class c ON c.oid = ft.ftrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE ft.ftrelid = %s", [oid]).fetchone()
+    if row is None:
+        raise NotFound(f"relation {oid} is not a foreign table")
+    return QualifiedName(row[0], row[1])
+
+
+def _remote_stats(q: _Query, oid: int, server: str) -> tuple[int | None, int] | None:
+    """Rows and bytes of a foreign partition's table, asked of its server through dblink (as
+    installed by ``pgcleave server add``). None when dblink is missing or the server does not
+    answer: status must never fail because a shard is away."""
+    dbl = q.conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n"
+                         " ON n.oid = e.extnamespace WHERE e.extname = 'dblink'").fetchone()
+    if dbl is None:
+        return None
+    target = foreign_target(q.conn, oid)
+    remote_query = sql.SQL(
+        "SELECT c.reltuples::bigint, pg_total_relation_size(c.oid),"
+        " CASE WHEN c.reltuples < 0 AND pg_total_relation_size(c.oid) <= {limit}"
+        " THEN (SELECT count(*) FROM {t}) END"
+        " FROM pg_class c WHERE c.oid = to_regclass({name})").format(
+        limit=sql.Literal(EXACT_COUNT_BYTES), t=target.ident, name=sql.Literal(target.quoted))
+    try:
+        with q.conn.transaction():
+            q.conn.execute("SET LOCAL statement_timeout = 5000")
+            row = q.conn.execute(sql.SQL(
+                "SELECT * FROM {}.dblink({}, {}) AS r(est bigint, bytes bigint, exact bigint)"
+            ).format(sql.Identifier(dbl[0]), sql.Literal(server),
+                     sql.Literal(remote_query.as_string(None)))).fetchone()
+    except psycopg.Error:
+        return None
+    if row is None:
+        return None
+    est, size, exact = row
+    rows = int(exact) if exact is not None else (int(est) if est is not None and est >= 0
+                                                 else None)
+    return rows, int(size)
 
 
 _RANGE_RE = re.compile(r"^FOR VALUES FROM \((.*)\) TO \((.*)\)$", re.S)

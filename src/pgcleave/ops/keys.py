@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 
 from ..catalog import Partition, Partitioning, TableInfo, snapshot
+from ..catalog.table import foreign_target
 from ..connection import Connection
 from ..errors import NotFound, Refused
 from ..names import QualifiedName, child_name
@@ -616,16 +617,8 @@ def _remote_index_step(conn: Connection, part: Partition, cols: list[str], *, un
     """Build an index on the shard table behind a foreign partition, through dblink."""
     from ..servers import dblink_schema, remote_exists, remote_sql
 
-    row = conn.execute(
-        "SELECT coalesce((SELECT split_part(o, '=', 2) FROM unnest(ft.ftoptions) o"
-        "                 WHERE o LIKE 'schema\\_name=%%'), n.nspname),"
-        "       coalesce((SELECT split_part(o, '=', 2) FROM unnest(ft.ftoptions) o"
-        "                 WHERE o LIKE 'table\\_name=%%'), c.relname)"
-        " FROM pg_foreign_table ft JOIN pg_class c ON c.oid = ft.ftrelid"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE ft.ftrelid = %s",
-        [part.oid]).fetchone()
-    assert row is not None and part.server is not None
-    remote = QualifiedName(row[0], row[1])
+    assert part.server is not None
+    remote = foreign_target(conn, part.oid)
     idx = remote.sibling(child_name(remote.name, "_".join(cols) + ("_key" if unique else "_idx")))
     dbl = dblink_schema(conn)
     using = sql.SQL(" USING {}").format(sql.Identifier(method)) if method else sql.SQL("")
