@@ -7,9 +7,8 @@ import click
 
 from ..errors import UsageError
 from ..ops import keys
-from ..plan import Plan
 from . import common
-from .common import db, dry_run_option, json_option, out, print_json, yes_option
+from .common import db, dry_run_option, json_option, yes_option
 from .main import app
 
 
@@ -35,7 +34,7 @@ def set_primary_key(table: str, columns: str, keep_old_key: bool, dry_run: bool,
     with db() as conn:
         plan = keys.plan_set_primary_key(conn, table, keys.parse_columns(columns),
                                          keep_old_key=keep_old_key)
-    _execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
+    common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
 
 
 @app.command("create-index")
@@ -61,7 +60,7 @@ def create_index(table: str, columns: tuple[str, ...], unique: bool, name: str |
     with db() as conn:
         plan = keys.plan_create_index(conn, table, keys.parse_columns(columns), unique=unique,
                                       name=name, where=where, method=method)
-    _execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
+    common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
 
 
 @app.command("add-foreign-key")
@@ -85,7 +84,7 @@ def add_foreign_key(table: str, spec: tuple[str, ...], name: str | None,
     with db() as conn:
         plan = keys.plan_add_foreign_key(conn, table, cols, other, ref_cols, name=name,
                                          on_delete=on_delete)
-    _execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
+    common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
 
 
 def _parse_fk(spec: tuple[str, ...]) -> tuple[list[str], str, list[str] | None]:
@@ -114,7 +113,7 @@ def drop_index(index: str, dry_run: bool, yes: bool, as_json: bool) -> None:
     transaction, tried under lock_timeout and retried."""
     with db() as conn:
         plan = keys.plan_drop_index(conn, index)
-    _execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
+    common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
 
 
 @app.command("drop-constraint")
@@ -128,17 +127,4 @@ def drop_constraint(table: str, name: str, dry_run: bool, yes: bool, as_json: bo
     foreign keys depend on it)."""
     with db() as conn:
         plan = keys.plan_drop_constraint(conn, table, name)
-    _execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
-
-
-def _execute(plan: Plan, *, dry_run: bool, yes: bool, as_json: bool) -> None:
-    """Run through ``common.execute``; a plan with nothing to do (a second run) creates no job."""
-    if plan.steps or dry_run:
-        common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
-        return
-    if as_json:
-        print_json({"job": None, "operation": plan.operation, "target": plan.target,
-                    "state": "nothing to do", "notes": plan.notes})
-    else:
-        for note in plan.notes:
-            out.print(f"{plan.operation} {plan.target}: {note}", markup=False)
+    common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)

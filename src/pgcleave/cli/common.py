@@ -150,6 +150,15 @@ def execute(plan: Plan, *, dry_run: bool, yes: bool, as_json: bool = False) -> i
         else:
             out.print(plan.render_sql(), markup=False, end="")
         return None
+    if not plan.steps:
+        # Nothing to do (typically a second run): say so, and create no job.
+        if as_json:
+            print_json({"job": None, "operation": plan.operation, "target": plan.target,
+                        "state": "nothing to do", "notes": plan.notes})
+        else:
+            for note in plan.notes or ["nothing to do"]:
+                out.print(f"{plan.operation} {plan.target}: {note}", markup=False)
+        return None
     for note in plan.notes:
         err.print(f"note: {note}", markup=False)
     if plan.warnings:
