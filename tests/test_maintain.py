@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from psycopg import sql
 
 from pgcleave.testing.workload import Spec, Workload
@@ -172,3 +173,37 @@ def test_writers_during_maintain(db: Any, conn: Any, cli: Any, tmp_path: Path) -
     assert wl.ops.get("insert", 0) > 50
     assert "w_old" not in [p[0] for p in parts(conn, "w")]  # January archived
     assert (tmp_path / "public.w_old.copy.gz").exists()
+
+
+@pytest.mark.parametrize("fault,settled", [("kill-before:commit-prepared", "committed"),
+                                           ("kill-in:alter-prepared", "rolled back")])
+def test_maintain_runs_the_recovery_pass(db: Any, db2: Any, conn: Any, cli: Any, fault: str,
+                                         settled: str) -> None:
+    """A kill between PREPARE TRANSACTION on a shard and COMMIT PREPARED leaves the shard's
+    table locked by a prepared transaction; the next ``maintain`` settles it, as resume does:
+    committed when the decision row says commit, rolled back when no decision was made."""
+    from tests.test_alter import prepared, remote_columns
+    from tests.test_move import PART, add_server, make_table
+
+    make_table(conn, rows=40)
+    add_server(db, "db2", db2)
+    r = cli("--dsn", db.dsn, "move", PART, "--to", "db2", "--yes", "--drop-source")
+    assert r.returncode == 0, r.stderr
+    r = cli("--dsn", db.dsn, "alter", '"Ex"', "ADD difficulty SMALLINT", "--yes",
+            env={"PGCLEAVE_FAULT": fault})
+    assert r.returncode == -9, r.stderr
+    assert len(prepared(db2)) == 1
+    # a dry run changes nothing, not even on the shards
+    r = cli("--dsn", db.dsn, "maintain", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert len(prepared(db2)) == 1
+    r = cli("--dsn", db.dsn, "maintain", "--json")
+    assert r.returncode == 0, r.stderr
+    recovered = json.loads(r.stdout)["recovered"]
+    assert [x["action"] for x in recovered] == [settled], recovered
+    assert prepared(db2) == []
+    assert ("difficulty" in remote_columns(db2)) == (settled == "committed")
+    state = conn.execute("SELECT state FROM pgcleave.twophase").fetchone()[0]
+    assert state == ("done" if settled == "committed" else "aborted")
+    r = cli("--dsn", db.dsn, "maintain")
+    assert r.returncode == 0 and "recovered" not in r.stdout, r.stdout

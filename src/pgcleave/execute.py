@@ -66,9 +66,15 @@ def recovery_hook(fn: RecoveryHook) -> RecoveryHook:
     return fn
 
 
-def run_recovery(conn: Connection) -> None:
+def run_recovery(conn: Connection) -> list[Any]:
+    """Run every recovery hook; returns what they settled (the items of the lists the hooks
+    return, e.g. ``(gid, 'committed')`` pairs)."""
+    settled: list[Any] = []
     for hook in RECOVERY_HOOKS:
-        hook(conn)
+        res = hook(conn)
+        if isinstance(res, list):
+            settled += res
+    return settled
 
 
 def action(name: str) -> Callable[[ActionFn], ActionFn]:

@@ -108,6 +108,8 @@ class Policy:
             parts.append(f"retention {self.retention} then {what}")
         else:
             parts.append("no retention")
+        for rule in self.placement:
+            parts.append(f"place {rule_text(rule)}")
         return ", ".join(parts)
 
     # -- which level is the range level -----------------------------------------------------
@@ -554,7 +556,8 @@ def plan_config(conn: Connection, table: str, *, interval: str | None = None,
                 premake: int | None = None, retention: str | None = None,
                 no_retention: bool = False, retention_action: str | None = None,
                 archive_dir: str | None = None, archive_format: str | None = None,
-                time_zone: str | None = None, then: str | None = None) -> tuple[Any, Policy]:
+                time_zone: str | None = None, then: str | None = None,
+                place: list[str] | None = None, no_place: bool = False) -> tuple[Any, Policy]:
     """The plan that stores the changed (or adopted) policy, and that policy."""
     from .catalog import snapshot
     from .plan import Plan, Step
@@ -611,7 +614,183 @@ def plan_config(conn: Connection, table: str, *, interval: str | None = None,
     if time_zone is not None:
         pol_.time_zone = time_zone
     validate(pol_, info)
+    warnings: list[str] = []
+    if no_place:
+        pol_.placement = []
+    if place:
+        # added to the rules already there (--no-place --place ... replaces them)
+        pol_.placement = parse_placement(
+            conn, pol_, info, [rule_text(r) for r in pol_.placement] + list(place))
+        if not any(leaf.kind == "f" for leaf in p.leaves()):
+            from .ops.move import first_move_warnings
+            warnings += first_move_warnings(info)
+        notes.append("existing partitions stay where they are (`pgcleave move PARTITION --to "
+                     "SERVER` moves one); maintain creates new partitions inside a rule's "
+                     "range on its server")
     step = Step.sql("policy", f"store the policy of {info.name}: {pol_.summary()}",
                     [pol_.upsert()], ddl=False)
-    plan = Plan("config", info.name.quoted, {"policy": pol_.to_json()}, [step], notes=notes)
+    plan = Plan("config", info.name.quoted, {"policy": pol_.to_json()}, [step], notes=notes,
+                warnings=warnings)
     return plan, pol_
+
+
+# -- placement: which server new partitions go to ----------------------------------------------
+_PLACE_RE = re.compile(r"^\s*(range|list)\s*\((.*)\)\s*=\s*(\S+?)\s*$", re.I | re.S)
+
+
+def _split_values(text: str) -> list[str]:
+    """``a, 'b,c', "d"`` -> ['a', 'b,c', 'd'] (single quotes: a value; '' inside is one ')."""
+    out: list[str] = []
+    cur, quoted, i = "", False, 0
+    while i < len(text):
+        ch = text[i]
+        if quoted:
+            if ch == "'" and text[i + 1:i + 2] == "'":
+                cur += "'"
+                i += 1
+            elif ch == "'":
+                quoted = False
+            else:
+                cur += ch
+        elif ch == "'":
+            quoted = True
+        elif ch == ",":
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+        i += 1
+    if quoted:
+        raise Refused(f"unbalanced quote in {text!r}")
+    out.append(cur.strip())
+    return out
+
+
+def rule_text(rule: dict[str, Any]) -> str:
+    if rule["kind"] == "range":
+        lo = rule["from"] if rule["from"] is not None else "MINVALUE"
+        hi = rule["to"] if rule["to"] is not None else "MAXVALUE"
+        return f"range({lo}, {hi})={rule['server']}"
+    vals = ", ".join("'" + v.replace("'", "''") + "'" for v in rule["values"])
+    return f"list({vals})={rule['server']}"
+
+
+def _canonical(conn: Connection, values: list[str], typ: str, tz: str) -> list[str]:
+    """Each value cast to the key's type by the server (in the policy's time zone), as text."""
+    import psycopg
+
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL TimeZone = {}").format(sql.Literal(tz)))
+            row = conn.execute(sql.SQL("SELECT ARRAY[{}]::text[]").format(sql.SQL(", ").join(
+                sql.SQL("({})::{}").format(sql.Literal(v), sql.SQL(typ)) for v in values))
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise Refused(f"placement value(s) {', '.join(values)} do not fit the key's type {typ}: "
+                      f"{str(exc).strip().splitlines()[0]}",
+                      hint="e.g. --place 'range(2025-04-01, 2026-01-01)=db2'") from None
+    assert row is not None
+    return [str(v) for v in row[0]]
+
+
+def parse_placement(conn: Connection, policy: Policy, info: TableInfo,
+                    texts: list[str]) -> list[dict[str, Any]]:
+    """Read and check ``--place`` rules: ``range(FROM, TO)=SERVER`` (FROM/TO may be MINVALUE/
+    MAXVALUE) for a range-partitioned table, ``list(V1, V2)=SERVER`` for a list-partitioned
+    one. Values are cast to the key's type; the server must exist; rules must not overlap; the
+    table must be able to take foreign partitions."""
+    from . import servers
+    from .errors import NotFound
+    from .ops.move import _refuse_parent_keys
+
+    p = info.partitioning
+    assert p is not None
+    key = info.column(policy.key_column)
+    rules: list[dict[str, Any]] = []
+    for text in texts:
+        m = _PLACE_RE.match(text)
+        if not m:
+            raise Refused(f"cannot read placement rule {text!r}",
+                          hint="write it as 'range(FROM, TO)=SERVER' or 'list(V1, V2)=SERVER'")
+        kind, args, server = m.group(1).lower(), _split_values(m.group(2)), m.group(3)
+        if server == "local":
+            raise Refused("a placement rule names a server; partitions without a rule stay "
+                          "local", hint="drop the rule (config --no-place, then --place the "
+                          "others)")
+        try:
+            servers.get_server(conn, server)
+        except NotFound as exc:
+            raise Refused(exc.message, hint=exc.hint) from None
+        if policy.sub_strategy is not None:
+            raise Refused(f"{info.name} has two levels: its branches are partitioned and "
+                          "cannot be foreign tables, and sub-partitions cannot be placed")
+        if kind != policy.strategy:
+            raise Refused(f"a {kind} rule does not fit {info.name}, partitioned by {p.key}",
+                          hint=f"write '{policy.strategy}(...)={server}'")
+        if kind == "range":
+            if len(args) != 2 or not all(args):
+                raise Refused(f"{text!r}: a range rule takes two bounds, FROM and TO",
+                              hint="e.g. 'range(2025-04-01, 2026-01-01)=db2'")
+            inf = [a.upper() in ("MINVALUE", "MAXVALUE") for a in args]
+            fin = [a for a, i in zip(args, inf, strict=True) if not i]
+            canon = iter(_canonical(conn, fin, key.type, policy.time_zone))
+            lo = None if inf[0] else next(canon)
+            hi = None if inf[1] else next(canon)
+            if args[0].upper() == "MAXVALUE" or args[1].upper() == "MINVALUE":
+                raise Refused(f"{text!r}: FROM may be MINVALUE and TO MAXVALUE, not the reverse")
+            rules.append({"kind": "range", "from": lo, "to": hi, "server": server})
+        else:
+            if not all(args):
+                raise Refused(f"{text!r}: empty value in a list rule")
+            vals = _canonical(conn, args, key.type, policy.time_zone)
+            rules.append({"kind": "list", "values": sorted(set(vals)), "server": server})
+    # bounds in order, no overlap (compared by the server, in the key's type)
+    ranges = [r for r in rules if r["kind"] == "range"]
+    if ranges:
+        bounds = range_rule_values(conn, ranges, key.type)
+        for r, (lo, hi) in zip(ranges, bounds, strict=True):
+            if lo is not None and hi is not None and not lo < hi:
+                raise Refused(f"placement rule {rule_text(r)}: FROM must be below TO")
+        for i, (lo1, hi1) in enumerate(bounds):
+            for j, (lo2, hi2) in enumerate(bounds[:i]):
+                if (lo1 is None or hi2 is None or lo1 < hi2) and \
+                        (lo2 is None or hi1 is None or lo2 < hi1):
+                    raise Refused(f"placement rules {rule_text(ranges[j])} and "
+                                  f"{rule_text(ranges[i])} overlap",
+                                  hint="give each range one server")
+    seen: dict[str, dict[str, Any]] = {}
+    for r in rules:
+        for v in r.get("values", []):
+            if v in seen:
+                raise Refused(f"placement rules {rule_text(seen[v])} and {rule_text(r)} "
+                              f"overlap on {v!r}", hint="give each value one server")
+            seen[v] = r
+    _refuse_parent_keys(info)
+    if any(col.generated for col in info.columns):
+        raise Refused(f"{info.name} has generated columns; foreign partitions cannot carry them")
+    return rules
+
+
+def range_rule_values(conn: Connection, rules: list[dict[str, Any]], typ: str
+                      ) -> list[tuple[Any, Any]]:
+    """The bounds of range rules as Python values of the key's type (None: unbounded)."""
+    if not rules:
+        return []
+    items: list[sql.Composable] = []
+    for r in rules:
+        for v in (r["from"], r["to"]):
+            items.append(sql.SQL("NULL::{}").format(sql.SQL(typ)) if v is None else
+                         sql.SQL("({})::{}").format(sql.Literal(v), sql.SQL(typ)))
+    row = conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(items))).fetchone()
+    assert row is not None
+    return [(row[2 * i], row[2 * i + 1]) for i in range(len(rules))]
+
+
+def placed_server(rules: list[dict[str, Any]], values: list[tuple[Any, Any]], lo: Any,
+                  hi: Any) -> str | None:
+    """The server of the range rule holding all of ``[lo, hi)``, if any."""
+    for r, (rlo, rhi) in zip(rules, values, strict=True):
+        if (rlo is None or (lo is not None and rlo <= lo)) and \
+                (rhi is None or (hi is not None and hi <= rhi)):
+            return str(r["server"])
+    return None

@@ -14,7 +14,7 @@ from .. import policy as pol
 from ..catalog import resolve
 from ..connection import Connection
 from ..errors import Busy, PgcleaveError, UsageError
-from ..execute import Executor
+from ..execute import Executor, run_recovery
 from ..journal import schema_exists
 from ..ops.check import MAX_PARTITIONS, check_tables, prometheus
 from ..ops.maintain import plan_maintain
@@ -82,7 +82,10 @@ def maintain(tables: tuple[str, ...], now_text: str | None, print_schedule: bool
     now = _parse_now(now_text)
     results: list[dict[str, Any]] = []
     worst = 0
+    recovered: list[dict[str, str]] = []
     with db() as conn:
+        if not dry_run:
+            recovered = _recover(conn, quiet=as_json)
         names = _names(conn, tables)
         if not names:
             err.print("no table has a pgcleave policy; nothing to maintain", markup=False)
@@ -102,9 +105,22 @@ def maintain(tables: tuple[str, ...], now_text: str | None, print_schedule: bool
             results.append(res)
     if as_json:
         print_json({"dry_run": dry_run, "now": now.isoformat() if now else None,
-                    "tables": results})
+                    "recovered": recovered, "tables": results})
     if worst:
         sys.exit(worst)  # click's Exit would be swallowed (standalone_mode=False)
+
+
+def _recover(conn: Connection, *, quiet: bool) -> list[dict[str, str]]:
+    """The recovery pass ``resume`` runs too: settle what killed jobs left outside this
+    database (prepared transactions of ``pgcleave alter`` on shards: committed when the
+    decision row says commit, rolled back when no decision was made)."""
+    from ..ops import alter  # noqa: F401  (registers recover_prepared as a recovery hook)
+
+    settled = [{"gid": str(gid), "action": str(what)} for gid, what in run_recovery(conn)]
+    if not quiet:
+        for s in settled:
+            out.print(f"recovered: prepared transaction {s['gid']} {s['action']}", markup=False)
+    return settled
 
 
 def _maintain_one(conn: Connection, name: str, now: datetime | None, *, dry_run: bool,
@@ -158,6 +174,13 @@ def _actual(conn: Connection, job: int, planned: dict[str, Any]) -> dict[str, An
             done["moved_rows"] = int(progress.get("copied", done["moved_rows"]))
         if name.startswith("archive:") and progress:
             archives.append({"partition": name.split(":", 1)[1], **progress})
+        if name == "premake:validate" and progress and progress.get("skip"):
+            # rows reached the DEFAULT for these ranges after planning: the next run drains
+            skipped = list(progress["skip"])
+            done["premake_deferred"] = done.get("premake_deferred", []) + skipped
+            done["created"] = [c for c in done["created"] if c not in skipped]
+            done["placed"] = {k: v for k, v in done.get("placed", {}).items()
+                              if k not in skipped}
     done["archives"] = archives
     return done
 
@@ -271,19 +294,27 @@ def check(tables: tuple[str, ...], now_text: str | None, max_partitions: int, fm
               "keys (default UTC).")
 @click.option("--then", "then", default=None, metavar="'range(COLUMN)'",
               help="Second level under a list/hash table.")
+@click.option("--place", "place", multiple=True, metavar="'range(FROM,TO)=SERVER'",
+              help="Placement rule (repeatable, added to the existing ones): maintain creates "
+                   "new partitions inside FROM..TO (or for the values of 'list(V1,V2)=SERVER') "
+                   "as foreign partitions on SERVER (see `pgcleave server add`).")
+@click.option("--no-place", is_flag=True, help="Remove every placement rule (with --place: "
+              "replace them).")
 @dry_run_option
 @yes_option
 @json_option
 def config(table: str, interval: str | None, premake: int | None, retention: str | None,
            no_retention: bool, retention_action: str | None, archive_dir: str | None,
            archive_format: str | None, time_zone: str | None, then: str | None,
-           dry_run: bool, yes: bool, as_json: bool) -> None:
+           place: tuple[str, ...], no_place: bool, dry_run: bool, yes: bool,
+           as_json: bool) -> None:
     """Show or change TABLE's maintenance policy. A table partitioned by hand or by another
     tool (pgslice, pg_partman) is adopted: its strategy and key are read from the catalog, the
     interval inferred from its partitions when not given, whatever the partitions are named.
     """
     changes = any(v is not None for v in (interval, premake, retention, retention_action,
-                                          archive_dir, archive_format, time_zone, then))
+                                          archive_dir, archive_format, time_zone, then)
+                  ) or bool(place) or no_place
     with db() as conn:
         _, qname, _ = resolve(conn, table)
         current = pol.load(conn, qname)
@@ -297,7 +328,7 @@ def config(table: str, interval: str | None, premake: int | None, retention: str
             conn, table, interval=interval, premake=premake, retention=retention,
             no_retention=no_retention, retention_action=retention_action,
             archive_dir=archive_dir, archive_format=archive_format, time_zone=time_zone,
-            then=then)
+            then=then, place=list(place), no_place=no_place)
     execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
     if not dry_run and not as_json:
         out.print(f"{qname}: {new.summary()}", markup=False)

@@ -28,16 +28,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg
+from psycopg import errors as pgerrors
 from psycopg import sql
 
+from .. import journal, schemes, servers
 from .. import policy as pol
-from .. import schemes
-from ..catalog import TableInfo, snapshot
+from ..catalog import Partition, TableInfo, snapshot
 from ..connection import Connection
 from ..errors import Refused
+from ..execute import ActionContext, action
 from ..names import QualifiedName, child_name
-from ..plan import Lock, LockTaken, Plan, Statement, Step
+from ..plan import Lock, LockTaken, Plan, Statement, Step, render
 from .carve import Piece, Sub, plan_carve
+from .move import EVENT_TRIGGER, _is_superuser, _refuse_parent_keys, shard_table_step
 from .partition import Bound
 from .retention import detach_step, retention_steps
 
@@ -68,6 +72,7 @@ class Summary:
     analyzed: list[str] = field(default_factory=list)
     late_rows: int = 0
     skipped: list[str] = field(default_factory=list)
+    placed: dict[str, str] = field(default_factory=dict)  # new partition -> server
 
     @property
     def moved_rows(self) -> int:
@@ -78,7 +83,7 @@ class Summary:
                 "moved_rows": self.moved_rows, "finalized": self.finalized,
                 "detached": self.detached, "archived": self.archived, "dropped": self.dropped,
                 "analyzed": self.analyzed, "late_rows": self.late_rows,
-                "skipped": self.skipped}
+                "skipped": self.skipped, "placed": self.placed}
 
     def line(self) -> str:
         bits = [f"created {len(self.created)}", f"moved {self.moved_rows} rows",
@@ -117,6 +122,9 @@ def plan_maintain(conn: Connection, table: str, *, now: datetime | None = None
     if policy.strategy in ("list", "hash") and policy.sub_strategy == "range":
         steps += _new_branches(conn, policy, info, now, summary, notes, taken)
 
+    if policy.strategy == "list" and policy.sub_strategy is None:
+        steps += _placed_lists(conn, policy, info, summary, notes, taken)
+
     plan = Plan("maintain", info.name.quoted,
                 {"now": now.isoformat() if now else None, "summary": summary.to_json()},
                 steps, notes=notes)
@@ -152,8 +160,15 @@ def _level_steps(conn: Connection, policy: pol.Policy, info: TableInfo, level: p
                 continue
             wanted += view.gaps(lo, hi)
     premake = [g for g in wanted if view.period(g[0]) not in dperiods]
+    top = policy.strategy == "range" and level.parent == info.name
+    rules = [r for r in policy.placement if r["kind"] == "range"] if top else []
+    rule_vals = pol.range_rule_values(conn, rules, level.key_type)
     if premake:
-        steps += premake_steps(view, premake, taken, summary)
+        placed = [pol.placed_server(rules, rule_vals, lo, hi) for lo, hi in premake]
+        if any(placed) and not _can_place(info, notes):
+            placed = [None] * len(premake)
+        steps += premake_steps(view, premake, taken, summary, placed=placed, conn=conn,
+                               info=info)
 
     # drain: periods with rows in the DEFAULT, within retention
     targets: list[Target] = []
@@ -166,6 +181,11 @@ def _level_steps(conn: Connection, policy: pol.Policy, info: TableInfo, level: p
         for glo, ghi in view.gaps(period, hi):
             name = level.parent.sibling(view.name_for(glo, taken))
             targets.append(_range_target(view, name, glo, ghi, n))
+            srv = pol.placed_server(rules, rule_vals, glo, ghi)
+            if srv:
+                notes.append(f"{name} is placed on {srv} by the policy but gets rows from the "
+                             f"DEFAULT: it is created here (drained like any other); "
+                             f"`pgcleave move {name} --to {srv}` then moves it online")
     if None in dperiods:
         notes.append(f"{dperiods[None]} rows with a NULL {view.key} stay in "
                      f"{view.default.name if view.default else 'DEFAULT'}")
@@ -200,24 +220,53 @@ def _range_bound(lo: Any, hi: Any) -> Bound:
 
 
 # -- premake -----------------------------------------------------------------------------------
+@dataclass
+class NewPart:
+    """A partition premake creates: local, or a foreign partition on ``server``."""
+
+    name: QualifiedName
+    bound: sql.Composable  # FOR VALUES ...
+    cond: sql.Composable  # the partition constraint, NULL-free
+    server: str | None = None
+
+
 def premake_steps(level: pol.Level, ranges: list[tuple[Any, Any]], taken: set[str],
-                  summary: Summary) -> list[Step]:
+                  summary: Summary, *, placed: list[str | None] | None = None,
+                  conn: Connection | None = None, info: TableInfo | None = None
+                  ) -> list[Step]:
     parent = level.parent
-    creates: list[Statement] = []
-    names: list[QualifiedName] = []
-    for lo, hi in ranges:
+    items: list[NewPart] = []
+    for i, (lo, hi) in enumerate(ranges):
         name = parent.sibling(level.name_for(lo, taken))
-        names.append(name)
-        creates.append(sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
-            name.ident, parent.ident, level.bound_sql(lo, hi)))
+        items.append(NewPart(name, level.bound_sql(lo, hi), level.range_cond(lo, hi),
+                             placed[i] if placed else None))
+    return create_steps(parent, level.default, items, summary, conn=conn, info=info)
+
+
+def create_steps(parent: QualifiedName, default: Partition | None, items: list[NewPart],
+                 summary: Summary, *, conn: Connection | None = None,
+                 info: TableInfo | None = None) -> list[Step]:
+    """Create new partitions without scanning the DEFAULT under ACCESS EXCLUSIVE: a CHECK
+    excluding them is added NOT VALID and validated first. A placed partition gets its shard
+    table first (through dblink, from the parent's definition, with a CHECK equal to its
+    bound), then ``CREATE FOREIGN TABLE ... PARTITION OF ... SERVER``."""
+    names = [it.name for it in items]
     summary.created += [n.quoted for n in names]
     exists_all = sql.SQL("SELECT bool_and(to_regclass(n) IS NOT NULL) FROM unnest({}::text[]) n"
                          ).format(sql.Literal([n.quoted for n in names]))
     steps: list[Step] = []
-    if level.default is not None:
-        d = level.default.name
-        excl = sql.SQL("NOT ({})").format(sql.SQL(" OR ").join(
-            level.range_cond(lo, hi) for lo, hi in ranges))
+    remote = [it for it in items if it.server]
+    if remote:
+        assert conn is not None and info is not None
+        dbl = servers.dblink_schema(conn)
+        for it in remote:
+            assert it.server is not None
+            summary.placed[it.name.quoted] = it.server
+            steps.append(shard_table_step(conn, info, it.server, it.name, it.cond, dbl=dbl,
+                                          name="premake:shard-table", markers=False))
+    if default is not None:
+        d = default.name
+        excl = sql.SQL("NOT ({})").format(sql.SQL(" OR ").join(it.cond for it in items))
         con = sql.Identifier(PREMAKE_CHECK)
         steps.append(Step.sql(
             "premake:guard", f"add a CHECK to the DEFAULT {d} excluding the new ranges "
@@ -228,26 +277,207 @@ def premake_steps(level: pol.Level, ranges: list[tuple[Any, Any]], taken: set[st
             locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{d} (catalog only, no scan)")],
             guard=exists_all,
             undo=[sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(d.ident, con)]))
-        steps.append(Step.sql(
-            "premake:validate", f"validate that CHECK: scans {d} while writes go on",
-            [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(d.ident, con)],
-            locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, str(d))], guard=exists_all))
+        steps.append(Step(
+            name="premake:validate", description=f"validate that CHECK: scans {d} while "
+            "writes go on (ranges whose rows reached the DEFAULT meanwhile are left to the "
+            "drain of the next run)",
+            statements=[sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                d.ident, con).as_string(None)],
+            action="maintain.premake_validate",
+            params={"default": [d.schema, d.name],
+                    "items": [{"name": it.name.quoted, "cond": it.cond.as_string(None)}
+                              for it in items]},
+            locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, str(d))],
+            guard=exists_all.as_string(None), transactional=False))
+    creates: list[Statement] = []
+    undo: list[Statement] = []
+    for it in items:
+        if it.server:
+            creates.append(sql.SQL(
+                "CREATE FOREIGN TABLE {} PARTITION OF {} {} SERVER {} OPTIONS (schema_name {}, "
+                "table_name {})").format(it.name.ident, parent.ident, it.bound,
+                                         sql.Identifier(it.server), sql.Literal(it.name.schema),
+                                         sql.Literal(it.name.name)))
+            undo.append(sql.SQL("DROP FOREIGN TABLE IF EXISTS {}").format(it.name.ident))
+        else:
+            creates.append(sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
+                it.name.ident, parent.ident, it.bound))
+            undo.append(sql.SQL("DROP TABLE IF EXISTS {}").format(it.name.ident))
+    if remote:
+        # the guard that refuses a plain ALTER TABLE changing the columns of a table with
+        # remote partitions knows this table from now on (as after a move)
+        creates.append(sql.SQL(
+            "INSERT INTO pgcleave.sharded_tables (relid, columns) VALUES ({t}::regclass,"
+            " pgcleave.columns_signature({t}::regclass)) ON CONFLICT (relid) DO UPDATE SET"
+            " columns = excluded.columns, updated_at = clock_timestamp()").format(
+            t=parent.literal))
     locks = [LockTaken(Lock.ACCESS_EXCLUSIVE, str(parent))]
-    if level.default is not None:
+    if default is not None:
         locks.append(LockTaken(Lock.ACCESS_EXCLUSIVE,
-                               f"{level.default.name} (no scan: the validated CHECK proves it)"))
-    steps.append(Step.sql(
-        "premake:create", f"create {len(names)} partition(s) of {parent}: "
-        + ", ".join(n.name for n in names), creates, locks=locks, guard=exists_all,
-        undo=[sql.SQL("DROP TABLE IF EXISTS {}").format(n.ident) for n in names]))
-    if level.default is not None:
-        d = level.default.name
+                               f"{default.name} (no scan: the validated CHECK proves it)"))
+    what = f"create {len(names)} partition(s) of {parent}: " + ", ".join(
+        n.name + (f" (on {it.server})" if it.server else "")
+        for n, it in zip(names, items, strict=True))
+    if default is None:
+        steps.append(Step.sql("premake:create", what, creates, locks=locks, guard=exists_all,
+                              undo=list(reversed(undo))))
+    else:
+        dbl = servers.dblink_schema(conn) if remote and conn is not None else "pgcleave"
+        steps.append(Step(
+            name="premake:create", description=what,
+            statements=[render(c) for c in creates], action="maintain.premake_create",
+            params={"items": [
+                {"name": it.name.quoted, "sql": render(c),
+                 "drop_remote": servers.remote_sql(dbl, it.server, sql.SQL(
+                     "DROP TABLE IF EXISTS {}").format(it.name.ident)).as_string(None)
+                 if it.server else None}
+                for it, c in zip(items, creates, strict=False)],
+                "extra": [render(c) for c in creates[len(items):]]},
+            locks=locks, guard=exists_all.as_string(None),
+            undo=[render(u) for u in reversed(undo)]))
+    if remote and conn is not None and _is_superuser(conn):
+        steps.append(Step.sql(
+            "premake:ddl-guard", "install the event trigger that refuses a plain ALTER TABLE "
+            "changing the columns of a table with remote partitions",
+            [sql.SQL("CREATE EVENT TRIGGER {} ON ddl_command_end WHEN TAG IN ('ALTER TABLE')"
+                     " EXECUTE FUNCTION pgcleave.guard_ddl()").format(
+                sql.Identifier(EVENT_TRIGGER))],
+            guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = {})"
+                          ).format(sql.Literal(EVENT_TRIGGER))))
+    if default is not None:
+        d = default.name
         steps.append(Step.sql(
             "premake:unguard", f"drop the temporary CHECK from {d}",
             [sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
                 d.ident, sql.Identifier(PREMAKE_CHECK))],
             locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{d} (catalog only)")]))
     return steps
+
+
+@action("maintain.premake_validate")
+def _premake_validate(ctx: ActionContext) -> None:
+    """VALIDATE the CHECK excluding the new ranges from the DEFAULT. Rows for one of them may
+    have reached the DEFAULT after planning (a writer ahead of premake): VALIDATE then fails.
+    Instead of failing the job (and failing again on every resume), those ranges are dropped
+    from this run's premake: the CHECK is rebuilt without them (NOT VALID again, no scan) and
+    validated; the next run sees their rows and drains them into their new partition."""
+    p = ctx.params
+    d = QualifiedName(*p["default"])
+    con = sql.Identifier(PREMAKE_CHECK)
+    skip: list[str] = list(ctx.load().get("skip", []))
+    for _ in range(len(p["items"]) + 1):
+        left = [it for it in p["items"] if it["name"] not in skip]
+        if not left:
+            ctx.run_ddl([sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                d.ident, con).as_string(None)])
+            break
+        try:
+            ctx.run_ddl([sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                d.ident, con).as_string(None)], transactional=False)
+            break
+        except pgerrors.CheckViolation:
+            if ctx.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                ctx.conn.rollback()
+        for it in left:
+            row = ctx.conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {} WHERE {})")
+                                   .format(d.ident, sql.SQL(it["cond"]))).fetchone()
+            if row and row[0]:
+                skip.append(it["name"])
+        ctx.save({"skip": skip})
+        ctx.progress(f"rows arrived in {d} for {', '.join(skip)} after planning: not created "
+                     "now; the next run drains them into their partition", final=True)
+        left = [it for it in p["items"] if it["name"] not in skip]
+        stmts = [sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(d.ident, con)]
+        if left:
+            stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (NOT ({})) NOT VALID"
+                                 ).format(d.ident, con, sql.SQL(" OR ").join(
+                                     sql.SQL(it["cond"]) for it in left)))
+        ctx.run_ddl([s.as_string(None) for s in stmts])
+    ctx.save({"skip": skip})
+
+
+@action("maintain.premake_create")
+def _premake_create(ctx: ActionContext) -> None:
+    """Create the new partitions the validated CHECK covers (all of them, unless the
+    validation step left some to the drain); drop the shard tables of skipped placed ones."""
+    p = ctx.params
+    skip = set(journal.load_progress(ctx.conn, ctx.job_id, ctx.index - 1).get("skip", []))
+    stmts: list[str] = []
+    for it in p["items"]:
+        if it["name"] in skip:
+            if it.get("drop_remote"):
+                ctx.run_ddl([it["drop_remote"]], transactional=False)
+            continue
+        row = ctx.conn.execute("SELECT to_regclass(%s) IS NOT NULL", [it["name"]]).fetchone()
+        if not (row and row[0]):
+            stmts.append(it["sql"])
+    if stmts:
+        ctx.run_ddl(stmts + (p["extra"] if any(
+            it.get("drop_remote") and it["name"] not in skip for it in p["items"]) else []))
+
+
+def _can_place(info: TableInfo, notes: list[str]) -> bool:
+    """Whether the table can take a foreign partition now (config checked it, but a key may
+    have been added since): if not, new partitions are created here, with a note."""
+    try:
+        _refuse_parent_keys(info)
+    except Refused as exc:
+        notes.append(f"placement rules not applied, partitions are created here: {exc.message}"
+                     + (f" ({exc.hint})" if exc.hint else ""))
+        return False
+    return True
+
+
+def _placed_lists(conn: Connection, policy: pol.Policy, info: TableInfo, summary: Summary,
+                  notes: list[str], taken: set[str]) -> list[Step]:
+    """A list rule's values get their partition on the rule's server when no partition holds
+    any of them yet and the DEFAULT has no row of them (rows there are carved and moved by
+    hand: `pgcleave carve`, then `pgcleave move`)."""
+    rules = [r for r in policy.placement if r["kind"] == "list"]
+    p = info.partitioning
+    if not rules or p is None:
+        return []
+    typ = p.key_types[0]
+    lits = [(part, v) for part in p.partitions if part.values for v in part.values
+            if v.upper() != "NULL"]
+    have: set[str] = set()
+    if lits:
+        row = conn.execute(sql.SQL("SELECT ARRAY[{}]::text[]").format(sql.SQL(", ").join(
+            sql.SQL("(({})::{})::text").format(sql.SQL(v), sql.SQL(typ)) for _, v in lits))
+        ).fetchone()
+        assert row is not None
+        have = {str(x) for x in row[0]}
+    key = sql.Identifier(policy.key_column)
+    items: list[NewPart] = []
+    for r in rules:
+        vals: list[str] = r["values"]
+        present = [v for v in vals if v in have]
+        if present:
+            if len(present) < len(vals):
+                notes.append(f"placement rule {pol.rule_text(r)}: {', '.join(present)} already "
+                             "have a partition; the other values are left alone")
+            continue
+        typed = [sql.SQL("({})::{}").format(sql.Literal(v), sql.SQL(typ)) for v in vals]
+        in_list = sql.SQL(", ").join(typed)
+        if p.default is not None:
+            row = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {} WHERE {} IN ({})").format(
+                p.default.name.ident, key, in_list)).fetchone()
+            n = int(row[0]) if row else 0
+            if n:
+                notes.append(f"placement rule {pol.rule_text(r)}: {n} rows of these values are "
+                             f"in the DEFAULT {p.default.name}; carve them into a partition "
+                             f"(`pgcleave carve`), then `pgcleave move PARTITION --to "
+                             f"{r['server']}`")
+                continue
+        slug = "_".join(_slug(v) for v in vals)[:40]
+        name = info.name.sibling(_fresh(child_name(info.name.name, slug), taken))
+        items.append(NewPart(
+            name, sql.SQL("FOR VALUES IN ({})").format(in_list),
+            sql.SQL("({k} IS NOT NULL AND {k} IN ({v}))").format(k=key, v=in_list),
+            str(r["server"])))
+    if not items or not _can_place(info, notes):
+        return []
+    return create_steps(info.name, p.default, items, summary, conn=conn, info=info)
 
 
 # -- drain -------------------------------------------------------------------------------------

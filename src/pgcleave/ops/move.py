@@ -196,14 +196,7 @@ def _plan_out(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool,
     pname, tname = str(part.name), str(parent.name)
     steps: list[Step] = []
 
-    steps.append(Step.sql(
-        "shard-table", f"create {c.remote} on {srv} from the local definition, with "
-        f"CHECK ({c.constraint_def})",
-        [servers.remote_sql(dbl, srv, sql.SQL("; ").join(_shard_ddl(conn, info, c)))],
-        guard=servers.remote_exists(dbl, srv, _regclass_query(c.remote)),
-        undo=[servers.remote_sql(dbl, srv, sql.SQL("DROP TABLE IF EXISTS {}").format(
-            c.remote.ident))],
-        transactional=False, ddl=False))
+    steps.append(shard_table_step(conn, info, srv, c.remote, c.constraint_def, dbl=dbl))
     steps.append(Step.sql(
         "publish", f"publish {pname} (and pgcleave.move_markers) for the shard",
         [sql.SQL("CREATE PUBLICATION {} FOR TABLE {}, pgcleave.move_markers").format(
@@ -480,9 +473,20 @@ def _column_defs(info: TableInfo) -> list[sql.Composable]:
 
 def _shard_ddl(conn: Connection, info: TableInfo, c: _Ctx) -> list[sql.Composable]:
     """The shard's copy of the partition: same columns, constraints, keys and indexes."""
-    t = c.remote.ident
+    return shard_table_ddl(conn, info, c.remote, c.constraint_def)
+
+
+def shard_table_ddl(conn: Connection, info: TableInfo, remote: QualifiedName,
+                    constraint_def: str | sql.Composable, *, markers: bool = True
+                    ) -> list[sql.Composable]:
+    """A shard table built from ``info`` (a partition, or the parent of a partition about to be
+    created): same columns, NOT NULLs, constraints, keys and indexes, plus ``CHECK`` equal to
+    the partition constraint. Index definitions naming another table than ``remote`` (the
+    parent's partitioned indexes) are re-targeted at ``remote``."""
+    t = remote.ident
+    bound = sql.SQL(constraint_def) if isinstance(constraint_def, str) else constraint_def
     stmts: list[sql.Composable] = [
-        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(c.remote.schema)),
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(remote.schema)),
         sql.SQL("CREATE TABLE {} ({})").format(t, sql.SQL(", ").join(_column_defs(info))),
     ]
     for con in info.constraints:
@@ -490,22 +494,44 @@ def _shard_ddl(conn: Connection, info: TableInfo, c: _Ctx) -> list[sql.Composabl
             stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
                 t, sql.Identifier(con.name), sql.SQL(con.definition)))
     stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
-        t, sql.Identifier(BOUND_CHECK), sql.SQL(c.constraint_def)))
+        t, sql.Identifier(BOUND_CHECK), bound))
     for ix in info.indexes:
         if ix.constraint is None and ix.valid:
-            stmts.append(sql.SQL(ix.definition))
+            if remote == info.name:
+                stmts.append(sql.SQL(ix.definition))
+            elif m := _INDEX_DEF_RE.match(ix.definition):
+                stmts.append(sql.SQL("CREATE {}INDEX ON {} {}").format(
+                    sql.SQL(m.group(1) or ""), t, sql.SQL(m.group(2))))
     if info.primary_key is None:
         ri = conn.execute("SELECT relreplident::text FROM pg_class WHERE oid = %s",
                           [info.oid]).fetchone()
         if ri and ri[0] == "f":
             stmts.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(t))
-    stmts += [
-        sql.SQL("CREATE SCHEMA IF NOT EXISTS pgcleave"),
-        sql.SQL("CREATE TABLE IF NOT EXISTS pgcleave.move_markers (token text NOT NULL,"
-                " at timestamptz NOT NULL DEFAULT clock_timestamp())"),
-        sql.SQL("ALTER TABLE pgcleave.move_markers REPLICA IDENTITY FULL"),
-    ]
+    if markers:
+        stmts += [
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS pgcleave"),
+            sql.SQL("CREATE TABLE IF NOT EXISTS pgcleave.move_markers (token text NOT NULL,"
+                    " at timestamptz NOT NULL DEFAULT clock_timestamp())"),
+            sql.SQL("ALTER TABLE pgcleave.move_markers REPLICA IDENTITY FULL"),
+        ]
     return stmts
+
+
+def shard_table_step(conn: Connection, info: TableInfo, server: str, remote: QualifiedName,
+                     constraint_def: str | sql.Composable, *, dbl: str | None = None,
+                     name: str = "shard-table", markers: bool = True) -> Step:
+    """The step that creates ``remote`` on ``server`` through dblink (``shard_table_ddl``),
+    guarded by its existence there, undone by dropping it."""
+    dbl = dbl or servers.dblink_schema(conn)
+    shown = constraint_def if isinstance(constraint_def, str) else constraint_def.as_string(None)
+    return Step.sql(
+        name, f"create {remote} on {server} from the local definition, with CHECK ({shown})",
+        [servers.remote_sql(dbl, server, sql.SQL("; ").join(
+            shard_table_ddl(conn, info, remote, constraint_def, markers=markers)))],
+        guard=servers.remote_exists(dbl, server, _regclass_query(remote)),
+        undo=[servers.remote_sql(dbl, server, sql.SQL("DROP TABLE IF EXISTS {}").format(
+            remote.ident))],
+        transactional=False, ddl=False)
 
 
 def _foreign_ddl(parent: TableInfo, name: QualifiedName, server: str,
@@ -541,6 +567,12 @@ def _remote_definitions(rc: Connection, oid: int) -> _RemoteDefs:
 
 _INDEX_RE = re.compile(r"^CREATE (UNIQUE )?INDEX \S+ ON (?:ONLY )?(\S+|\"[^\"]+\"\.\"[^\"]+\") "
                        r"(USING .*)$", re.S)
+
+
+_IDENT = r'(?:"(?:[^"]|"")+"|[^\s".]+)'
+#: pg_get_indexdef output, names quoted or not: (UNIQUE ), (USING ...)
+_INDEX_DEF_RE = re.compile(rf"^CREATE (UNIQUE )?INDEX {_IDENT} ON (?:ONLY )?(?:{_IDENT}\.)?"
+                           rf"{_IDENT} (USING .*)$", re.S)
 
 
 def _local_ddl(c: _Ctx, target: QualifiedName, defs: _RemoteDefs) -> list[Statement]:
