@@ -493,7 +493,9 @@ def drain_steps(conn: Connection, info: TableInfo, parent: QualifiedName,
         return []
     plan = plan_carve(conn, parent.quoted,
                       [Piece(name=t.name.name, bound=t.bound, sub=t.sub) for t in targets],
-                      method="swap", also=also or [])
+                      method="swap", also=also or [],
+                      # the snapshot already read, unless the DEFAULT is a branch's
+                      info=info if parent == info.name else None)
     n_rows = sum(t.rows for t in targets)
     for t in targets:
         summary.drained.append({"partition": t.name.quoted, "rows": t.rows,
