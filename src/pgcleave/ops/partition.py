@@ -435,7 +435,7 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
                 "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = {} AND convalidated"
                 " AND conrelid IN (to_regclass({}), to_regclass({})))").format(
                 sql.Literal(CUTOFF_CHECK), name.literal, old.literal),
-            undo=[sql.SQL("SELECT 'validation needs no undo'")]))
+            nothing_to_undo=True))
 
     cut = _cutover(info, col, method, old, attach, premade, keys, pol,
                    cutoff_check=strategy == "legacy", drop_fks=drop_inbound_fks)
@@ -934,11 +934,15 @@ def plan_add_partition(conn: Connection, table: str, *, lower: str | None = None
                 "AND conname = {} AND convalidated) OR EXISTS (SELECT 1 FROM pg_inherits WHERE "
                 "inhrelid = to_regclass({}))").format(dflt.name.literal, sql.Literal(cname),
                                                       part.literal),
-            undo=[sql.SQL("SELECT 'validation needs no undo'")]))
+            nothing_to_undo=True))
         create_locks = [LockTaken(Lock.ACCESS_EXCLUSIVE, str(parent)),
                         LockTaken(Lock.ACCESS_EXCLUSIVE, f"{dflt.name} (no scan)")]
         notes.append(f"{dflt.name} is not scanned under the exclusive lock: the validated CHECK "
                      "proves it holds no row of the new partition")
+        notes.append(f"from the CHECK's creation until {part.name} exists (the validation "
+                     f"reads {dflt.name}), an INSERT of a row of the new range fails: it may "
+                     "not go to the DEFAULT and has no partition yet. For a range that is "
+                     "receiving rows, use `pgcleave carve`, which keeps accepting them")
     else:
         create_locks = [LockTaken(Lock.ACCESS_EXCLUSIVE, str(parent))]
         if dflt is not None:
