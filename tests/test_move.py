@@ -58,13 +58,16 @@ def location(conn, name: str = PART) -> str:
 def leftovers(conn, remote_conn) -> list[str]:
     out = []
     out += [f"pub {r[0]}" for r in conn.execute("SELECT pubname FROM pg_publication")]
-    out += [f"sub {r[0]}" for r in conn.execute("SELECT subname FROM pg_subscription")]
-    out += [f"slot {r[0]}" for r in conn.execute("SELECT slot_name FROM pg_replication_slots")]
+    mine = ("SELECT subname FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database"
+            " WHERE datname = current_database())")
+    out += [f"sub {r[0]}" for r in conn.execute(mine)]
+    slots = "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
+    out += [f"slot {r[0]}" for r in conn.execute(slots)]
     out += [f"remote pub {r[0]}" for r in remote_conn.execute("SELECT pubname FROM pg_publication")]
-    out += [f"remote sub {r[0]}" for r in remote_conn.execute(
-        "SELECT subname FROM pg_subscription")]
-    out += [f"remote slot {r[0]}" for r in remote_conn.execute(
-        "SELECT slot_name FROM pg_replication_slots")]
+    # pg_subscription and the slots are shared by the whole cluster: only this test's
+    # database counts (another test's leftovers are that test's failure)
+    out += [f"remote sub {r[0]}" for r in remote_conn.execute(mine)]
+    out += [f"remote slot {r[0]}" for r in remote_conn.execute(slots)]
     return out
 
 
