@@ -240,8 +240,8 @@ class Executor:
             except psycopg.Error as exc:
                 msg = str(exc).strip()
                 self._fail(conn, job_id, idx, msg)
-                raise StepFailed(f"job {job_id}, step {idx + 1}/{total} ({step.name}) failed: "
-                                 f"{msg}", job_id=job_id,
+                raise StepFailed(f"job {job_id}, step {idx + 1}/{total} ({step.name}: "
+                                 f"{step.description}) failed: {msg}", job_id=job_id,
                                  hint=f"fix the cause, then `pgcleave resume {job_id}`; or "
                                       f"`pgcleave rollback {job_id}`") from None
             _fault("after", step, idx)
