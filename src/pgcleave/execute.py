@@ -144,51 +144,55 @@ class Executor:
 
     def resume(self, job_id: int) -> Plan:
         """Continue a job from the first step not done."""
-        with connect(self.settings, purpose="job") as conn:
-            if not journal.schema_exists(conn):
-                raise Refused(f"no job {job_id}: this database has no pgcleave journal")
-            plan, states, job_state = journal.load_plan(conn, job_id)
-            if job_state in ("done", "rolled back"):
-                raise Refused(f"job {job_id} is already {job_state}; nothing to resume")
-            run_recovery(conn)
-            with self._table_lock(conn, plan.target):
-                journal.set_job(conn, job_id, "running")
-                self._run_job(conn, job_id, plan, states)
+        with connect(self.settings, purpose="job") as conn, \
+                self._claim(conn, job_id, "resume") as (plan, states):
+            journal.set_job(conn, job_id, "running")
+            self._run_job(conn, job_id, plan, states)
         return plan
 
     def rollback(self, job_id: int) -> Plan:
         """Undo the done steps of an unfinished job, last first."""
-        with connect(self.settings, purpose="job") as conn:
-            if not journal.schema_exists(conn):
-                raise Refused(f"no job {job_id}: this database has no pgcleave journal")
+        with connect(self.settings, purpose="job") as conn, \
+                self._claim(conn, job_id, "roll back") as (plan, states):
+            for idx in reversed(range(len(plan.steps))):
+                step = plan.steps[idx]
+                if states[idx] not in ("done", "running", "failed"):
+                    continue
+                if states[idx] == "failed" and step.transactional and not step.action:
+                    # Its transaction rolled back: nothing of it is there to undo.
+                    journal.set_step(conn, job_id, idx, "undone")
+                    continue
+                if (not step.undo and not step.nothing_to_undo and states[idx] == "done"
+                        and step.ddl):
+                    raise StepFailed(
+                        f"step {step.name!r} of job {job_id} cannot be undone", job_id=job_id,
+                        hint=f"finish the job instead: pgcleave resume {job_id}")
+                self.emit(Event("step-start", job_id, idx, len(plan.steps), step,
+                                f"undo {step.description}"))
+                if step.undo:
+                    self.run_statements(conn, step.undo, transactional=step.transactional,
+                                        step=step)
+                journal.set_step(conn, job_id, idx, "undone")
+                self.emit(Event("step-done", job_id, idx, len(plan.steps), step, "undone"))
+            journal.set_job(conn, job_id, "rolled back")
+        return plan
+
+    @contextmanager
+    def _claim(self, conn: Connection, job_id: int, verb: str
+               ) -> Iterator[tuple[Plan, list[str]]]:
+        """Take the job's table lock, then read its steps' states. Read before the lock they
+        could be stale (another process still finishing the job), and a step could run twice."""
+        if not journal.schema_exists(conn):
+            raise Refused(f"no job {job_id}: this database has no pgcleave journal")
+        target = journal.load_plan(conn, job_id)[0].target
+        with self._table_lock(conn, target):
             plan, states, job_state = journal.load_plan(conn, job_id)
             if job_state in ("done", "rolled back"):
-                raise Refused(f"job {job_id} is {job_state}; only unfinished jobs roll back",
-                              hint="an operation that finished has its own reverse command")
+                raise Refused(f"job {job_id} is already {job_state}; nothing to {verb}",
+                              hint="an operation that finished has its own reverse command"
+                              if verb == "roll back" and job_state == "done" else None)
             run_recovery(conn)
-            with self._table_lock(conn, plan.target):
-                for idx in reversed(range(len(plan.steps))):
-                    step = plan.steps[idx]
-                    if states[idx] not in ("done", "running", "failed"):
-                        continue
-                    if states[idx] == "failed" and step.transactional and not step.action:
-                        # Its transaction rolled back: nothing of it is there to undo.
-                        journal.set_step(conn, job_id, idx, "undone")
-                        continue
-                    if (not step.undo and not step.nothing_to_undo and states[idx] == "done"
-                            and step.ddl):
-                        raise StepFailed(
-                            f"step {step.name!r} of job {job_id} cannot be undone", job_id=job_id,
-                            hint=f"finish the job instead: pgcleave resume {job_id}")
-                    self.emit(Event("step-start", job_id, idx, len(plan.steps), step,
-                                    f"undo {step.description}"))
-                    if step.undo:
-                        self.run_statements(conn, step.undo, transactional=step.transactional,
-                                            step=step)
-                    journal.set_step(conn, job_id, idx, "undone")
-                    self.emit(Event("step-done", job_id, idx, len(plan.steps), step, "undone"))
-                journal.set_job(conn, job_id, "rolled back")
-        return plan
+            yield plan, states
 
     # -- internals -----------------------------------------------------------------------------
     @contextmanager
