@@ -333,3 +333,29 @@ def test_random_walk_of_plans_is_json(db: Any, conn: Any) -> None:
                               premake=rng.randint(0, 4))
         json.dumps(plan.to_json())
         assert plan.steps[-1].name == "cut-over"
+
+
+def test_add_partition_with_writers(db: Any, conn: Any, cli: Any) -> None:
+    """Partitions added next to a DEFAULT that keeps receiving INSERT/UPDATE/DELETE and
+    key-moving UPDATEs outside the new ranges: nothing lost, no writer error."""
+    conn.execute("CREATE TABLE t (id bigserial, tenant text NOT NULL, payload text,"
+                 " PRIMARY KEY (id, tenant))")
+    conn.execute("INSERT INTO t (tenant, payload) SELECT 'M' || i % 50, 'p'"
+                 " FROM generate_series(1, 20000) i")
+    d = ("--dsn", db.dsn)
+    ok(cli(*d, "partition", "t", "--by", "range(tenant)"))
+    spec = Spec(table=sql.Identifier("public", "t"), key_col="tenant",
+                make_key=lambda r: r.choice(["Mona", "Nico", "Otto", "Zed", "Quinn"]))
+    w = Workload(db.dsn, spec, writers=4, max_seconds=60).start()
+    try:
+        w.run_for(0.3)
+        for lo, hi in (("A", "B"), ("B", "D"), ("D", "E")):
+            ok(cli(*d, "add-partition", "t", "--from", lo, "--to", hi))
+        w.run_for(0.3)
+    finally:
+        w.stop()
+    w.verify(conn)
+    print(f"\nadd-partition with writers: {w.summary()}")
+    assert one(conn, "SELECT count(*) FROM pg_inherits WHERE inhparent = 't'::regclass") == 4
+    assert one(conn, "SELECT count(*) FROM pg_constraint WHERE conname LIKE 'pgcleave_excl%'"
+               ) == 0
