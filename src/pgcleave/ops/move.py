@@ -45,6 +45,7 @@ from ..errors import LockContention, NotFound, Refused, StepFailed
 from ..execute import RETRYABLE, ActionContext, Event, action, backoff
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step
+from .partition import default_exclusion, drop_default_exclusion
 
 journal.register_migration("shards:move_markers", """
     CREATE TABLE pgcleave.move_markers (
@@ -352,27 +353,9 @@ def _common_tail(conn: Connection, c: _Ctx, dbl: str, incoming: QualifiedName,
     default = parent.partitioning.default if parent.partitioning else None
     excl = f"pgcleave_not_{part.oid}"
     if default is not None and default.kind == "r":
-        dname = str(default.name)
-        check = sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {}::regclass"
-                        " AND conname = {}{})")
-        steps.append(Step.sql(
-            "default-check", f"add CHECK (NOT <bound of {part.name.name}>) to the DEFAULT "
-            f"{dname}, NOT VALID, so the cut-over's ATTACH need not scan it",
-            [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (NOT ({})) NOT VALID").format(
-                default.name.ident, sql.Identifier(excl), sql.SQL(c.constraint_def))],
-            locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, dname)],
-            guard=check.format(default.name.literal, sql.Literal(excl), sql.SQL("")),
-            undo=[sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-                default.name.ident, sql.Identifier(excl))]))
-        steps.append(Step.sql(
-            "default-validate", f"validate that CHECK on {dname} (reads it, writes go on)",
-            [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
-                default.name.ident, sql.Identifier(excl))],
-            locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, dname)],
-            guard=check.format(default.name.literal, sql.Literal(excl),
-                               sql.SQL(" AND convalidated")), transactional=False,
-            undo=[sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-                default.name.ident, sql.Identifier(excl))]))
+        steps += default_exclusion(
+            default.name, excl, sql.SQL("({})").format(sql.SQL(c.constraint_def)),
+            names=("default-check", "default-validate"), what=f"the bound of {part.name.name}")
     if out:
         steps.append(Step.sql(
             "foreign-table", f"create the foreign table {incoming} for {c.remote} on {srv} "
@@ -430,11 +413,9 @@ def _common_tail(conn: Connection, c: _Ctx, dbl: str, incoming: QualifiedName,
             [servers.remote_sql(dbl, srv, sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
                 sql.Identifier(c.tag)))], transactional=False, ddl=False))
     if default is not None and default.kind == "r":
-        steps.append(Step.sql(
-            "default-uncheck", f"drop the helper CHECK from {default.name}",
-            [sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-                default.name.ident, sql.Identifier(excl))],
-            locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, str(default.name))]))
+        steps.append(drop_default_exclusion(
+            default.name, excl, sql.SQL("({})").format(sql.SQL(c.constraint_def)),
+            name="default-uncheck"))
     if drop_source:
         if out:
             steps.append(Step.sql(

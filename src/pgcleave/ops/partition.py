@@ -909,32 +909,11 @@ def plan_add_partition(conn: Connection, table: str, *, lower: str | None = None
     dflt = info.partitioning.default
     notes: list[str] = []
     if dflt is not None and dflt.kind == "r":
-        cname = child_name("pgcleave_excl", part.name)
-        cid = sql.Identifier(cname)
-        steps.append(Step.sql(
-            "add-exclusion-check",
-            f"add CHECK (NOT {b.describe()}) NOT VALID on the DEFAULT {dflt.name} (no scan)",
-            [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (NOT {}) NOT VALID").format(
-                dflt.name.ident, cid, b.predicate(colid, t))],
-            locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{dflt.name} (brief, no scan)")],
-            guard=sql.SQL(
-                "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass({}) "
-                "AND conname = {}) OR EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = "
-                "to_regclass({}))").format(dflt.name.literal, sql.Literal(cname), part.literal),
-            undo=[sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-                dflt.name.ident, cid)]))
-        steps.append(Step.sql(
-            "validate-exclusion-check",
-            f"validate it: scans {dflt.name} while writes continue (fails if it holds rows of "
-            "the new range: carve them instead)",
-            [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(dflt.name.ident, cid)],
-            locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, str(dflt.name))],
-            guard=sql.SQL(
-                "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass({}) "
-                "AND conname = {} AND convalidated) OR EXISTS (SELECT 1 FROM pg_inherits WHERE "
-                "inhrelid = to_regclass({}))").format(dflt.name.literal, sql.Literal(cname),
-                                                      part.literal),
-            nothing_to_undo=True))
+        steps += default_exclusion(
+            dflt.name, child_name("pgcleave_excl", part.name), b.predicate(colid, t),
+            names=("add-exclusion-check", "validate-exclusion-check"), what=b.describe(),
+            done=sql.SQL("EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass({}))"
+                         ).format(part.literal))
         create_locks = [LockTaken(Lock.ACCESS_EXCLUSIVE, str(parent)),
                         LockTaken(Lock.ACCESS_EXCLUSIVE, f"{dflt.name} (no scan)")]
         notes.append(f"{dflt.name} is not scanned under the exclusive lock: the validated CHECK "
@@ -958,19 +937,62 @@ def plan_add_partition(conn: Connection, table: str, *, lower: str | None = None
             "$pgcleave$").format(part.ident, part.literal),
             sql.SQL("DROP TABLE {}").format(part.ident)]))
     if dflt is not None and dflt.kind == "r":
-        cname = child_name("pgcleave_excl", part.name)
-        steps.append(Step.sql(
-            "drop-exclusion-check", f"drop the CHECK from {dflt.name} again",
-            [sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-                dflt.name.ident, sql.Identifier(cname))],
-            locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{dflt.name} (brief)")],
-            guard=sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = "
-                          "to_regclass({}) AND conname = {})").format(dflt.name.literal,
-                                                                     sql.Literal(cname)),
-            undo=[sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (NOT {}) NOT VALID").format(
-                dflt.name.ident, sql.Identifier(cname), b.predicate(colid, t))]))
+        steps.append(drop_default_exclusion(
+            dflt.name, child_name("pgcleave_excl", part.name), b.predicate(colid, t),
+            name="drop-exclusion-check"))
     return Plan("add-partition", parent.quoted, {"partition": part.quoted,
                                                   "bound": b.describe()}, steps, notes=notes)
+
+
+def default_exclusion(default: QualifiedName, constraint: str, excluded: sql.Composable, *,
+                      names: tuple[str, str], what: str,
+                      done: sql.Composable | None = None) -> list[Step]:
+    """Prove that the DEFAULT partition holds no row of ``excluded`` without scanning it under
+    an exclusive lock: ``CHECK (NOT excluded) NOT VALID`` (catalog only, a brief ACCESS
+    EXCLUSIVE), then ``VALIDATE`` (SHARE UPDATE EXCLUSIVE: writes go on). A later ATTACH or
+    ``CREATE … PARTITION OF`` then skips its scan of the DEFAULT. Until the partition exists, an
+    INSERT of a row of that range fails (it may not go to the DEFAULT any more): ranges that
+    receive rows are carved instead. ``done`` is a condition under which neither step is
+    needed any more (the partition is there)."""
+    con = sql.Identifier(constraint)
+    drop = sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(default.ident, con)
+
+    def guard(validated: bool) -> sql.Composable:
+        g: sql.Composable = sql.SQL(
+            "EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass({}) AND conname = "
+            "{}{})").format(default.literal, sql.Literal(constraint),
+                            sql.SQL(" AND convalidated" if validated else ""))
+        if done is not None:
+            g = sql.SQL("{} OR {}").format(g, done)
+        return sql.SQL("SELECT {}").format(g)
+
+    return [
+        Step.sql(names[0], f"add CHECK (NOT {what}) NOT VALID on the DEFAULT {default} (no scan)",
+                 [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (NOT {}) NOT VALID").format(
+                     default.ident, con, excluded)],
+                 locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{default} (brief, no scan)")],
+                 guard=guard(False), undo=[drop]),
+        Step.sql(names[1], f"validate it: scans {default} while writes continue (fails if it "
+                 f"holds rows of {what}: carve them instead)",
+                 [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(default.ident, con)],
+                 locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, str(default))],
+                 guard=guard(True), nothing_to_undo=True),
+    ]
+
+
+def drop_default_exclusion(default: QualifiedName, constraint: str, excluded: sql.Composable,
+                           *, name: str) -> Step:
+    """Drop the CHECK of ``default_exclusion`` once the partition exists."""
+    con = sql.Identifier(constraint)
+    return Step.sql(
+        name, f"drop the helper CHECK from {default} again",
+        [sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(default.ident, con)],
+        locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{default} (brief)")],
+        guard=sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = "
+                      "to_regclass({}) AND conname = {})").format(default.literal,
+                                                                 sql.Literal(constraint)),
+        undo=[sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (NOT {}) NOT VALID").format(
+            default.ident, con, excluded)])
 
 
 __all__ = ["Bound", "parse_by", "plan_add_partition", "plan_partition", "plan_unpartition"]

@@ -30,9 +30,10 @@ from psycopg import sql
 from .. import archive as arch
 from ..errors import LockContention
 from ..execute import ActionContext, action, backoff
-from ..names import QualifiedName
+from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step
 from ..policy import Level, Policy, RangePart
+from .partition import default_exclusion
 
 
 def _qn(d: dict[str, str]) -> QualifiedName:
@@ -332,23 +333,16 @@ def plan_restore(conn: Any, path: str, *, as_table: str | None = None) -> Plan:
                     f"{late[0]} rows for this range arrived later and sit in {d.name}",
                     hint="restore with --as-table NAME and merge them by hand, or delete the "
                          "late rows first")
-            con = sql.Identifier("pgcleave_restore_guard")
-            steps.append(Step.sql(
-                "restore:guard", f"CHECK on {d.name} excluding the range (NOT VALID, then "
-                "validated while writes go on)",
-                [sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(d.name.ident, con),
-                 sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (NOT {}) NOT VALID").format(
-                     d.name.ident, con, in_range)],
-                locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{d.name} (catalog only)")]))
-            steps.append(Step.sql(
-                "restore:validate", f"validate the CHECK on {d.name}",
-                [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(d.name.ident, con)],
-                locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, str(d.name))]))
+            # named after the target: a leftover of another restore never passes for this one's
+            guard_name = child_name("pgcleave_restore", target.name)
+            steps += default_exclusion(
+                d.name, guard_name, in_range, names=("restore:guard", "restore:validate"),
+                what=f"the range of {target}")
         attach: list[Statement] = [sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
             info.name.ident, target.ident, sql.SQL(m.bound))]
         if d is not None:
             attach.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
-                d.name.ident, sql.Identifier("pgcleave_restore_guard")))
+                d.name.ident, sql.Identifier(guard_name)))
         steps.append(Step.sql(
             "restore:attach", f"attach {target} to {info.name} (no scan: CHECKs prove it)",
             attach, locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, str(info.name)),
