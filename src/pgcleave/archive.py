@@ -29,27 +29,10 @@ from psycopg import sql
 
 from .connection import Connection
 from .errors import PgcleaveError, Refused
-from .journal import register_migration
 from .names import QualifiedName
 
 FORMAT_VERSION = "pgcleave-archive/1"
 CHUNK = 1 << 20
-
-register_migration("archive:archives", """
-    CREATE TABLE pgcleave.archives (
-        id            bigserial PRIMARY KEY,
-        table_schema  text NOT NULL,
-        table_name    text NOT NULL,
-        partition     text NOT NULL,
-        bound         text NOT NULL,
-        action        text NOT NULL,
-        path          text,
-        rows          bigint,
-        sha256        text,
-        created_at    timestamptz NOT NULL DEFAULT now(),
-        restored_at   timestamptz
-    );
-""")
 
 
 class ArchiveError(PgcleaveError):

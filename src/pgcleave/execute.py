@@ -137,7 +137,7 @@ class Executor:
         with connect(self.settings, purpose="job") as conn:
             journal.ensure_schema(conn)
             with self._table_lock(conn, plan.target):
-                self._refuse_unfinished(conn, plan.target)
+                journal.refuse_unfinished(conn, plan.target)
                 job_id = journal.create_job(conn, plan, socket.gethostname(), os.getpid())
                 self._run_job(conn, job_id, plan, ["pending"] * len(plan.steps))
         return job_id
@@ -216,15 +216,6 @@ class Executor:
         finally:
             if not conn.closed:
                 conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key])
-
-    def _refuse_unfinished(self, conn: Connection, target: str) -> None:
-        row = conn.execute(
-            "SELECT id, operation FROM pgcleave.jobs WHERE target = %s"
-            " AND state IN ('running', 'failed') ORDER BY id LIMIT 1", [target]).fetchone()
-        if row:
-            raise Busy(f"job {row[0]} ({row[1]}) on {target} is unfinished",
-                       hint=f"finish it with `pgcleave resume {row[0]}` or undo it with "
-                            f"`pgcleave rollback {row[0]}`")
 
     def _run_job(self, conn: Connection, job_id: int, plan: Plan, states: list[str]) -> None:
         total = len(plan.steps)

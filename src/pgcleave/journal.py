@@ -1,9 +1,9 @@
 """The ``pgcleave`` schema: the journal of jobs and steps, and the state other features keep.
 
-Migrations are named and append-only: each runs once, recorded by name in ``pgcleave.meta``.
-Feature modules register their own (``register_migration``) at import time, so features never
-edit a shared list. The schema is created on first use by a command that changes something
-(never by a dry run).
+Migrations are named and append-only: each runs once, recorded by name in ``pgcleave.meta``,
+in the order of ``MIGRATIONS`` (one list, here, not assembled from import side effects). A
+feature adds its tables by appending a migration; never edit one that has shipped. The schema
+is created on first use by a command that changes something (never by a dry run).
 """
 
 from __future__ import annotations
@@ -17,22 +17,13 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from .connection import Connection
+from .errors import Busy
 from .plan import Plan, Step
 
 SCHEMA = "pgcleave"
 
-MIGRATIONS: dict[str, str] = {}
-
-
-def register_migration(name: str, ddl: str) -> None:
-    """Register DDL that creates or changes objects in the ``pgcleave`` schema. Never edit a
-    migration that has shipped; add a new one."""
-    if name in MIGRATIONS and MIGRATIONS[name] != ddl:
-        raise ValueError(f"migration {name!r} registered twice with different DDL")
-    MIGRATIONS[name] = ddl
-
-
-register_migration("core:jobs", """
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    ("core:jobs", """
     CREATE TABLE pgcleave.jobs (
         id          bigserial PRIMARY KEY,
         operation   text NOT NULL,
@@ -62,7 +53,125 @@ register_migration("core:jobs", """
         error       text,
         PRIMARY KEY (job_id, idx)
     );
-    """)
+    """),
+    ("policy:policies", """
+    CREATE TABLE pgcleave.policies (
+        table_schema     text NOT NULL,
+        table_name       text NOT NULL,
+        strategy         text NOT NULL CHECK (strategy IN ('range', 'list', 'hash')),
+        key_column       text NOT NULL,
+        interval         text,
+        premake          integer NOT NULL DEFAULT 3 CHECK (premake >= 0),
+        retention        text,
+        retention_action text NOT NULL DEFAULT 'detach'
+                         CHECK (retention_action IN ('detach', 'archive', 'drop')),
+        archive_dir      text,
+        archive_format   text NOT NULL DEFAULT 'copy'
+                         CHECK (archive_format IN ('copy', 'pg_dump')),
+        time_zone        text NOT NULL DEFAULT 'UTC',
+        sub_strategy     text CHECK (sub_strategy IN ('range', 'list', 'hash')),
+        sub_key_column   text,
+        sub_interval     text,
+        placement        jsonb NOT NULL DEFAULT '[]',
+        options          jsonb NOT NULL DEFAULT '{}',
+        updated_at       timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (table_schema, table_name)
+    );
+"""),
+    ("copy:copies", """
+    CREATE TABLE pgcleave.copies (
+        table_schema  text NOT NULL,
+        table_name    text NOT NULL,
+        table_oid     bigint NOT NULL,
+        intermediate  text NOT NULL,
+        retired       text NOT NULL,
+        by_column     text NOT NULL,
+        "interval"    text NOT NULL,
+        time_zone     text NOT NULL DEFAULT 'UTC',
+        state         text NOT NULL DEFAULT 'prepped'
+                      CHECK (state IN ('prepped', 'swapped')),
+        deferred      jsonb NOT NULL DEFAULT '[]',
+        fill_where    text,
+        filled_at     timestamptz,
+        default_rows  bigint,
+        verified_at   timestamptz,
+        swapped_at    timestamptz,
+        created_at    timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (table_schema, table_name)
+    );
+"""),
+    ("archive:archives", """
+    CREATE TABLE pgcleave.archives (
+        id            bigserial PRIMARY KEY,
+        table_schema  text NOT NULL,
+        table_name    text NOT NULL,
+        partition     text NOT NULL,
+        bound         text NOT NULL,
+        action        text NOT NULL,
+        path          text,
+        rows          bigint,
+        sha256        text,
+        created_at    timestamptz NOT NULL DEFAULT now(),
+        restored_at   timestamptz
+    );
+"""),
+    ("shards:move_markers", """
+    CREATE TABLE pgcleave.move_markers (
+        token text NOT NULL,
+        at    timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+    ALTER TABLE pgcleave.move_markers REPLICA IDENTITY FULL;
+    """),
+    ("shards:ddl_guard", """
+    CREATE TABLE pgcleave.sharded_tables (
+        relid      regclass PRIMARY KEY,
+        columns    text NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+    CREATE FUNCTION pgcleave.columns_signature(rel regclass) RETURNS text
+    LANGUAGE sql STABLE AS $$
+        SELECT string_agg(quote_ident(attname) || ' ' || format_type(atttypid, atttypmod), ', '
+                          ORDER BY attnum)
+        FROM pg_attribute WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
+    $$;
+    CREATE FUNCTION pgcleave.guard_ddl() RETURNS event_trigger
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        r record;
+        known text;
+    BEGIN
+        IF coalesce(current_setting('pgcleave.allow_ddl', true), '') = 'on' THEN
+            RETURN;
+        END IF;
+        FOR r IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
+                 WHERE classid = 'pg_class'::regclass LOOP
+            SELECT columns INTO known FROM pgcleave.sharded_tables WHERE relid = r.objid;
+            IF FOUND AND known IS DISTINCT FROM pgcleave.columns_signature(r.objid) THEN
+                RAISE EXCEPTION 'table % has partitions on other servers: ALTER TABLE here would '
+                    'change its columns on this server only and break every query on it',
+                    r.objid::regclass
+                USING HINT = format('run the change with pgcleave, which applies it on every '
+                    'server at once: pgcleave alter %s "<action>"', r.objid::regclass),
+                      ERRCODE = 'feature_not_supported';
+            END IF;
+        END LOOP;
+    END
+    $$;
+    """),
+    ("shards:twophase", """
+    CREATE TABLE pgcleave.twophase (
+        gid        text PRIMARY KEY,
+        server     text NOT NULL,
+        job_id     bigint,
+        target     text NOT NULL,
+        statement  text NOT NULL,
+        state      text NOT NULL DEFAULT 'preparing'
+                   CHECK (state IN ('preparing', 'commit', 'done', 'aborted')),
+        created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+    """),
+)
 
 
 def ensure_schema(conn: Connection) -> None:
@@ -73,7 +182,7 @@ def ensure_schema(conn: Connection) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS pgcleave.meta (migration text PRIMARY KEY,"
                      " applied_at timestamptz NOT NULL DEFAULT now())")
         done = {r[0] for r in conn.execute("SELECT migration FROM pgcleave.meta")}
-        for name, ddl in MIGRATIONS.items():
+        for name, ddl in MIGRATIONS:
             if name not in done:
                 conn.execute(ddl.encode())
                 conn.execute("INSERT INTO pgcleave.meta (migration) VALUES (%s)", [name])
@@ -82,6 +191,32 @@ def ensure_schema(conn: Connection) -> None:
 def schema_exists(conn: Connection) -> bool:
     row = conn.execute("SELECT to_regclass('pgcleave.jobs') IS NOT NULL").fetchone()
     return bool(row and row[0])
+
+
+def unfinished_jobs(conn: Connection, target: str) -> list[tuple[int, str]]:
+    """``(id, operation)`` of the jobs on ``target`` that a kill or a failure left running or
+    failed, oldest first: they must be resumed or rolled back before anything else runs."""
+    if not schema_exists(conn):
+        return []
+    return [(int(r[0]), str(r[1])) for r in conn.execute(
+        "SELECT id, operation FROM pgcleave.jobs WHERE target = %s"
+        " AND state IN ('running', 'failed') ORDER BY id", [target])]
+
+
+def refuse_unfinished(conn: Connection, target: str) -> None:
+    """Refuse to plan or start work on ``target`` while an earlier job on it is unfinished."""
+    jobs = unfinished_jobs(conn, target)
+    if jobs:
+        jid, op = jobs[0]
+        raise Busy(f"job {jid} ({op}) on {target} is unfinished",
+                   hint=f"finish it with `pgcleave resume {jid}` or undo it with "
+                        f"`pgcleave rollback {jid}`")
+
+
+def step_progress(conn: Connection, job_id: int) -> list[tuple[str, dict[str, Any]]]:
+    """``(step name, saved progress)`` of every step of a job, in order."""
+    return [(str(r[0]), dict(r[1] or {})) for r in conn.execute(
+        "SELECT name, progress FROM pgcleave.steps WHERE job_id = %s ORDER BY idx", [job_id])]
 
 
 @dataclass

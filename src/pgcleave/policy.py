@@ -25,33 +25,8 @@ from . import schemes
 from .catalog import Partition, Partitioning, TableInfo
 from .connection import Connection
 from .errors import Refused
-from .journal import register_migration, schema_exists
+from .journal import schema_exists
 from .names import QualifiedName, child_name
-
-register_migration("policy:policies", """
-    CREATE TABLE pgcleave.policies (
-        table_schema     text NOT NULL,
-        table_name       text NOT NULL,
-        strategy         text NOT NULL CHECK (strategy IN ('range', 'list', 'hash')),
-        key_column       text NOT NULL,
-        interval         text,
-        premake          integer NOT NULL DEFAULT 3 CHECK (premake >= 0),
-        retention        text,
-        retention_action text NOT NULL DEFAULT 'detach'
-                         CHECK (retention_action IN ('detach', 'archive', 'drop')),
-        archive_dir      text,
-        archive_format   text NOT NULL DEFAULT 'copy'
-                         CHECK (archive_format IN ('copy', 'pg_dump')),
-        time_zone        text NOT NULL DEFAULT 'UTC',
-        sub_strategy     text CHECK (sub_strategy IN ('range', 'list', 'hash')),
-        sub_key_column   text,
-        sub_interval     text,
-        placement        jsonb NOT NULL DEFAULT '[]',
-        options          jsonb NOT NULL DEFAULT '{}',
-        updated_at       timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (table_schema, table_name)
-    );
-""")
 
 RETENTION_ACTIONS = ("detach", "archive", "drop")
 ARCHIVE_FORMATS = ("copy", "pg_dump")
@@ -622,7 +597,7 @@ def plan_config(conn: Connection, table: str, *, interval: str | None = None,
         pol_.placement = parse_placement(
             conn, pol_, info, [rule_text(r) for r in pol_.placement] + list(place))
         if not any(leaf.kind == "f" for leaf in p.leaves()):
-            from .ops.move import first_move_warnings
+            from .ddl.shards import first_move_warnings
             warnings += first_move_warnings(info)
         notes.append("existing partitions stay where they are (`pgcleave move PARTITION --to "
                      "SERVER` moves one); maintain creates new partitions inside a rule's "
@@ -700,8 +675,8 @@ def parse_placement(conn: Connection, policy: Policy, info: TableInfo,
     one. Values are cast to the key's type; the server must exist; rules must not overlap; the
     table must be able to take foreign partitions."""
     from . import servers
+    from .ddl.shards import refuse_parent_keys
     from .errors import NotFound
-    from .ops.move import _refuse_parent_keys
 
     p = info.partitioning
     assert p is not None
@@ -765,7 +740,7 @@ def parse_placement(conn: Connection, policy: Policy, info: TableInfo,
                 raise Refused(f"placement rules {rule_text(seen[v])} and {rule_text(r)} "
                               f"overlap on {v!r}", hint="give each value one server")
             seen[v] = r
-    _refuse_parent_keys(info)
+    refuse_parent_keys(info)
     if any(col.generated for col in info.columns):
         raise Refused(f"{info.name} has generated columns; foreign partitions cannot carry them")
     return rules

@@ -12,6 +12,8 @@ from .table import (
     TableInfo,
     Trigger,
     View,
+    relation_exists,
+    relation_exists_sql,
     resolve,
     server_version,
     snapshot,
@@ -19,6 +21,6 @@ from .table import (
 
 __all__ = [
     "Column", "Constraint", "ForeignKey", "Index", "Partition", "Partitioning", "Policy",
-    "SequenceInfo",
-    "TableInfo", "Trigger", "View", "resolve", "server_version", "snapshot",
+    "SequenceInfo", "TableInfo", "Trigger", "View", "relation_exists", "relation_exists_sql",
+    "resolve", "server_version", "snapshot",
 ]

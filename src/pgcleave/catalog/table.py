@@ -198,6 +198,17 @@ def server_version(conn: Connection) -> int:
     return int(conn.info.server_version)
 
 
+def relation_exists(conn: Connection, name: QualifiedName) -> bool:
+    """Whether a relation of that name exists now (any kind: table, view, index, ...)."""
+    row = conn.execute(relation_exists_sql(name)).fetchone()
+    return bool(row and row[0])
+
+
+def relation_exists_sql(name: QualifiedName) -> sql.Composed:
+    """The same question as a query returning one boolean, for a step's guard."""
+    return sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(name.literal)
+
+
 def resolve(conn: Connection, name: str) -> tuple[int, QualifiedName, str]:
     """Resolve user input (``orders``, ``"Sales"."Order Items"``) the way the server does."""
     try:

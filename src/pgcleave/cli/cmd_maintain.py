@@ -10,12 +10,13 @@ from typing import Any
 
 import click
 
+from .. import journal
 from .. import policy as pol
 from ..catalog import resolve
 from ..connection import Connection
 from ..errors import Busy, PgcleaveError, UsageError
 from ..execute import Executor, run_recovery
-from ..journal import schema_exists
+from ..ops import maintain as maintain_ops
 from ..ops.check import MAX_PARTITIONS, check_tables, prometheus
 from ..ops.maintain import plan_maintain
 from ..ops.retention import plan_restore
@@ -152,7 +153,7 @@ def _maintain_one(conn: Connection, name: str, now: datetime | None, *, dry_run:
         err.print(f"note: {note}", markup=False)
     job = Executor(settings(), Reporter()).run(plan)
     res["job"] = job
-    res["done"] = _actual(conn, job, summary.to_json())
+    res["done"] = maintain_ops.run_summary(conn, job, summary.to_json())
     if not as_json:
         d = res["done"]
         out.print(f"maintain {plan.target}: created {len(d['created'])}, moved "
@@ -164,35 +165,10 @@ def _maintain_one(conn: Connection, name: str, now: datetime | None, *, dry_run:
     return res
 
 
-def _actual(conn: Connection, job: int, planned: dict[str, Any]) -> dict[str, Any]:
-    """The summary with figures the run measured (rows copied, archive files)."""
-    done = dict(planned)
-    archives = []
-    for name, progress in conn.execute(
-            "SELECT name, progress FROM pgcleave.steps WHERE job_id = %s ORDER BY idx", [job]):
-        if name == "drain:copy" and progress:
-            done["moved_rows"] = int(progress.get("copied", done["moved_rows"]))
-        if name.startswith("archive:") and progress:
-            archives.append({"partition": name.split(":", 1)[1], **progress})
-        if name == "premake:validate" and progress and progress.get("skip"):
-            # rows reached the DEFAULT for these ranges after planning: the next run drains
-            skipped = list(progress["skip"])
-            done["premake_deferred"] = done.get("premake_deferred", []) + skipped
-            done["created"] = [c for c in done["created"] if c not in skipped]
-            done["placed"] = {k: v for k, v in done.get("placed", {}).items()
-                              if k not in skipped}
-    done["archives"] = archives
-    return done
-
-
 def _resume_unfinished(conn: Connection, target: str) -> list[int]:
     """Finish maintain jobs a crash left behind; refuse to touch other operations' jobs."""
-    if not schema_exists(conn):
-        return []
     resumed = []
-    for jid, op in conn.execute(
-            "SELECT id, operation FROM pgcleave.jobs WHERE target = %s AND state IN "
-            "('running', 'failed') ORDER BY id", [target]).fetchall():
+    for jid, op in journal.unfinished_jobs(conn, target):
         if op != "maintain":
             raise Busy(f"job {jid} ({op}) on {target} is unfinished; maintain leaves the table "
                        "alone until it is finished or rolled back")

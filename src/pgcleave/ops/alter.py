@@ -29,28 +29,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .. import journal, servers
+from .. import servers
 from ..catalog import snapshot
 from ..connection import Connection
 from ..errors import LockContention, Refused, StepFailed
 from ..execute import RETRYABLE, ActionContext, Event, action, backoff, recovery_hook
 from ..names import QualifiedName
 from ..plan import Lock, LockTaken, Plan, Step
-from . import move as _move  # noqa: F401  (the guard table and event trigger live there)
-
-journal.register_migration("shards:twophase", """
-    CREATE TABLE pgcleave.twophase (
-        gid        text PRIMARY KEY,
-        server     text NOT NULL,
-        job_id     bigint,
-        target     text NOT NULL,
-        statement  text NOT NULL,
-        state      text NOT NULL DEFAULT 'preparing'
-                   CHECK (state IN ('preparing', 'commit', 'done', 'aborted')),
-        created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-        updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
-    );
-    """)
 
 _REFUSED_ACTIONS = re.compile(r"^\s*(ATTACH|DETACH)\s+PARTITION\b", re.I)
 

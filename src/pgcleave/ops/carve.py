@@ -34,29 +34,27 @@ from typing import Any, TypeVar
 
 from psycopg import sql
 
-from ..catalog import Index, Partition, TableInfo, snapshot
+from .. import journal
+from ..catalog import Partition, TableInfo, relation_exists, snapshot
 from ..connection import Connection
+from ..ddl import dependents
+from ..ddl.bounds import (
+    Bound,
+    bound_contains,
+    bounds_overlap,
+    cast,
+    default_name,
+    refuse_empty_range,
+    requested_bound,
+    same_bound,
+    same_value,
+)
+from ..ddl.exclusion import run_exclusion
+from ..ddl.tables import collist, index_tail, insert_columns, is_partition_of, overriding
 from ..errors import Refused, StepFailed
 from ..execute import ActionContext, action
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step, render
-from . import dependents
-from .partition import (
-    Bound,
-    bounds_overlap,
-    cast,
-    collist,
-    default_name,
-    index_tail,
-    insert_columns,
-    is_partition_of,
-    overriding,
-    refuse_empty_range,
-    refuse_if_busy,
-    regclass_exists,
-    requested_bound,
-    server_bool,
-)
 
 T = TypeVar("T")
 
@@ -164,7 +162,7 @@ def plan_carve(conn: Connection, table: str, ranges_or_values: Sequence[PieceLik
                       hint=f"partition it first: pgcleave partition {parent} --by ...")
     if part.strategy == "hash":
         raise Refused(f"{parent} is hash partitioned: there is no DEFAULT to carve from")
-    refuse_if_busy(conn, parent)
+    journal.refuse_unfinished(conn, parent.quoted)
     pieces = [_piece(p) for p in ranges_or_values]
     if not pieces:
         raise Refused("nothing to carve: give at least one range or list of values")
@@ -194,10 +192,10 @@ def plan_carve(conn: Connection, table: str, ranges_or_values: Sequence[PieceLik
     for p, b in zip(pieces, bounds, strict=True):
         n = parent.sibling(p.name) if p.name else default_name(conn, info, b)
         k = 1
-        while n in used or (regclass_exists(conn, n) and not p.name):
+        while n in used or (relation_exists(conn, n) and not p.name):
             n = parent.sibling(child_name(n.name.rsplit("_", 1)[0], str(k)))
             k += 1
-        if regclass_exists(conn, n):
+        if relation_exists(conn, n):
             raise Refused(f"{n} already exists", hint="choose another --name")
         used.add(n)
         targets.append(_Target(n, n, b, p.sub))
@@ -270,8 +268,8 @@ def _relations(conn: Connection, reqs: list[Bound], parts: list[Partition], t: s
         over = {(i, j) for i, r in enumerate(reqs) for j, b in enumerate(pbs)
                 if bounds_overlap(conn, r, b, t)}
         inside = {(i, j) for i, j in over
-                  if reqs[i].kind == pbs[j].kind == "range" and _contains(conn, pbs[j], reqs[i],
-                                                                           t)}
+                  if reqs[i].kind == pbs[j].kind == "range"
+                  and bound_contains(conn, pbs[j], reqs[i], t)}
         return over, inside
 
     def values(bs: list[Bound]) -> sql.Composable:
@@ -308,7 +306,7 @@ def _find_source(conn: Connection, info: TableInfo, bounds: list[Bound]) -> Part
                 continue
             pb = Bound.of(p)
             if (i, j) in inside:
-                if _same(conn, pb, b, t):
+                if same_bound(conn, pb, b, t):
                     raise Refused(f"{p.name} already is the partition {b.describe()}")
                 src = p
                 break
@@ -330,25 +328,10 @@ def _find_source(conn: Connection, info: TableInfo, bounds: list[Bound]) -> Part
     return found
 
 
-def _le(conn: Connection, x: sql.Composable | None, y: sql.Composable | None, t: str, *,
-        x_min: bool, y_min: bool) -> bool:
-    """x <= y where None means MINVALUE (``*_min``) or MAXVALUE."""
-    if x is None and x_min:
-        return True
-    if y is None and not y_min:
-        return True
-    if x is None or y is None:
-        return False
-    return server_bool(conn, sql.SQL("{} <= {}").format(cast(x, t), cast(y, t)))
 
 
-def _contains(conn: Connection, outer: Bound, inner: Bound, t: str) -> bool:
-    return (_le(conn, outer.lower, inner.lower, t, x_min=True, y_min=True)
-            and _le(conn, inner.upper, outer.upper, t, x_min=False, y_min=False))
 
 
-def _same(conn: Connection, a: Bound, b: Bound, t: str) -> bool:
-    return _contains(conn, a, b, t) and _contains(conn, b, a, t)
 
 
 def _remainder(conn: Connection, info: TableInfo, source: Partition, src_bound: Bound,
@@ -359,7 +342,7 @@ def _remainder(conn: Connection, info: TableInfo, source: Partition, src_bound: 
     assert part is not None
     t = part.key_types[0]
     filling = source.name.sibling(child_name(source.name.name, "pgcleave_new"))
-    if regclass_exists(conn, filling):
+    if relation_exists(conn, filling):
         raise Refused(f"{filling} exists, left over from an earlier run",
                       hint="drop it, or resume/rollback the job that created it")
     if source.is_default:
@@ -368,10 +351,10 @@ def _remainder(conn: Connection, info: TableInfo, source: Partition, src_bound: 
     gaps: list[Bound] = []
     lo = src_bound.lower
     for tg in ordered:
-        if not _same_value(conn, lo, tg.bound.lower, t):
+        if not same_value(conn, lo, tg.bound.lower, t):
             gaps.append(Bound("range", lo, tg.bound.lower))
         lo = tg.bound.upper
-    if not _same_value(conn, lo, src_bound.upper, t):
+    if not same_value(conn, lo, src_bound.upper, t):
         gaps.append(Bound("range", lo, src_bound.upper))
     out: list[_Target] = []
     for i, g in enumerate(gaps):
@@ -379,17 +362,12 @@ def _remainder(conn: Connection, info: TableInfo, source: Partition, src_bound: 
             out.append(_Target(source.name, filling, g))
         else:
             n = source.name.sibling(child_name(source.name.name, f"r{i}"))
-            if regclass_exists(conn, n):
+            if relation_exists(conn, n):
                 raise Refused(f"{n} already exists")
             out.append(_Target(n, n, g))
     return out
 
 
-def _same_value(conn: Connection, a: sql.Composable | None, b: sql.Composable | None, t: str
-                ) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return server_bool(conn, sql.SQL("{} = {}").format(cast(a, t), cast(b, t)))
 
 
 def _order_ranges(conn: Connection, targets: list[_Target], t: str) -> list[_Target]:
@@ -475,46 +453,6 @@ def _direct_step(info: TableInfo, src: TableInfo, source: Partition, targets: li
         guard=is_partition_of(targets[-1].name, parent), undo=undo)
 
 
-def _exclusion(conn: Connection, strategy: str, bounds: list[Bound], col: sql.Composable,
-               t: str) -> sql.Composable:
-    """A CHECK expression true for no row of ``bounds`` that PostgreSQL proves cheaply.
-
-    A DEFAULT's partition constraint is ``NOT (key IS NOT NULL AND (b1 OR b2 OR ...))`` over
-    every other partition. Proving it from a CHECK written the same way compares every bound
-    with every other one: measured 666 ms at 1,000 partitions, under ACCESS EXCLUSIVE. Ranges
-    are therefore merged into runs of adjacent bounds (ordered and compared by the server in
-    the key's type) and the CHECK says ``key < run_lo OR key >= run_hi`` for each run: each
-    bound is refuted by the run holding it, and the proof takes ~15 ms at 1,000 partitions."""
-    if not bounds:
-        return sql.SQL("true")
-    if strategy != "range":
-        return sql.SQL("NOT ({})").format(sql.SQL(" OR ").join(
-            b.predicate(col, t) for b in bounds))
-    vals = [sql.SQL("({}, {}, {}, {}, {})").format(
-        sql.Literal(i),
-        cast(b.lower, t) if b.lower is not None else sql.SQL("NULL::{}").format(sql.SQL(t)),
-        cast(b.upper, t) if b.upper is not None else sql.SQL("NULL::{}").format(sql.SQL(t)),
-        sql.Literal(b.lower is None), sql.Literal(b.upper is None)) for i, b in enumerate(bounds)]
-    rows = conn.execute(sql.SQL(
-        "WITH v(i, lo, hi, lomin, himax) AS (VALUES {}), "
-        "o AS (SELECT *, CASE WHEN lag(hi) OVER w = lo THEN 0 ELSE 1 END AS brk FROM v "
-        "WINDOW w AS (ORDER BY lomin DESC, lo)), "
-        "g AS (SELECT *, sum(brk) OVER (ORDER BY lomin DESC, lo) AS grp FROM o) "
-        "SELECT (array_agg(i ORDER BY lomin DESC, lo))[1], "
-        "(array_agg(i ORDER BY himax DESC, hi DESC))[1] FROM g GROUP BY grp ORDER BY grp"
-    ).format(sql.SQL(", ").join(vals))).fetchall()
-    parts: list[sql.Composable] = []
-    for i_lo, i_hi in rows:
-        lo, hi = bounds[int(i_lo)].lower, bounds[int(i_hi)].upper
-        alts: list[sql.Composable] = []
-        if lo is not None:
-            alts.append(sql.SQL("{} < {}").format(col, cast(lo, t)))
-        if hi is not None:
-            alts.append(sql.SQL("{} >= {}").format(col, cast(hi, t)))
-        if not alts:  # the runs cover every value: only NULL keys are left
-            alts.append(sql.SQL("{} IS NULL").format(col))
-        parts.append(sql.SQL("({})").format(sql.SQL(" OR ").join(alts)))
-    return sql.SQL(" AND ").join(parts)
 
 
 def _span_of(strategy: str, ordered: list[_Target]) -> Bound:
@@ -537,7 +475,7 @@ def _span(conn: Connection, strategy: str, ordered: list[_Target], t: str) -> Bo
         return None
     for a, b in pairwise(ordered):
         if a.bound.upper is None or b.bound.lower is None \
-                or not _same_value(conn, a.bound.upper, b.bound.lower, t):
+                or not same_value(conn, a.bound.upper, b.bound.lower, t):
             return None
     return _span_of(strategy, ordered)
 
@@ -566,7 +504,7 @@ def _index_statements(conn: Connection, src: TableInfo, hold: QualifiedName,
               condef: str | None) -> Statement:
         if contype in ("p", "u", "x"):
             return sql.SQL("ALTER TABLE {} ADD {}").format(tab.ident, sql.SQL(str(condef)))
-        tail = index_tail(Index(name, idxdef, unique, False, True, [], None))
+        tail = index_tail(idxdef)
         return sql.SQL("CREATE {}INDEX ON {} {}").format(
             sql.SQL("UNIQUE " if unique else ""), tab.ident, sql.SQL(tail))
 
@@ -639,11 +577,11 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
     # other partitions, which proves the holder as the DEFAULT in one step.
     others = [Bound.of(p) for p in part.partitions if not p.is_default and p.oid != source.oid]
     others += also
-    hold_check = _exclusion(conn, part.strategy, others, col, t) if as_default else None
+    hold_check = run_exclusion(conn, part.strategy, others, col, t) if as_default else None
     checks: list[sql.Composable] = []
     for p in pieces:
         if p.bound.kind == "default":
-            checks.append(_exclusion(conn, part.strategy,
+            checks.append(run_exclusion(conn, part.strategy,
                                      [*others, *(tg.bound for tg in targets)], col, t))
         else:
             checks.append(p.bound.check(col, t))

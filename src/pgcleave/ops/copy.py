@@ -48,10 +48,12 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from ..catalog import TableInfo, Trigger, snapshot
+from ..catalog import TableInfo, Trigger, relation_exists, relation_exists_sql, snapshot
 from ..connection import Connection
+from ..ddl import dependents
+from ..ddl.tables import parse_indexdef
 from ..errors import NotFound, Refused
-from ..journal import register_migration, schema_exists
+from ..journal import schema_exists
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step
 from ..schemes import (
@@ -65,7 +67,6 @@ from ..schemes import (
     literal,
     suffix,
 )
-from . import dependents
 
 AE = Lock.ACCESS_EXCLUSIVE
 SRE = Lock.SHARE_ROW_EXCLUSIVE
@@ -76,29 +77,6 @@ TRIGGER_BACK = "pgcleave_capture_back"
 TRIGGER_TRUNCATE = "pgcleave_capture_truncate"
 MAX_PARTITIONS = 5000
 FILL_LOCK_BASE = 0x7067_636C_0000_0000  # 'pgcl' << 32, plus the table's OID
-
-register_migration("copy:copies", """
-    CREATE TABLE pgcleave.copies (
-        table_schema  text NOT NULL,
-        table_name    text NOT NULL,
-        table_oid     bigint NOT NULL,
-        intermediate  text NOT NULL,
-        retired       text NOT NULL,
-        by_column     text NOT NULL,
-        "interval"    text NOT NULL,
-        time_zone     text NOT NULL DEFAULT 'UTC',
-        state         text NOT NULL DEFAULT 'prepped'
-                      CHECK (state IN ('prepped', 'swapped')),
-        deferred      jsonb NOT NULL DEFAULT '[]',
-        fill_where    text,
-        filled_at     timestamptz,
-        default_rows  bigint,
-        verified_at   timestamptz,
-        swapped_at    timestamptz,
-        created_at    timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (table_schema, table_name)
-    );
-""")
 
 
 # -- the shape of one copy ------------------------------------------------------------------------
@@ -251,9 +229,6 @@ def _exists(conn: Connection, q: sql.Composable) -> bool:
     return bool(row and row[0])
 
 
-def _relation_exists(name: QualifiedName) -> sql.Composable:
-    return sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(name.literal)
-
 
 def _trigger_exists(table: QualifiedName, trigger: str) -> sql.Composable:
     return sql.SQL("SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = to_regclass({}) AND "
@@ -262,10 +237,6 @@ def _trigger_exists(table: QualifiedName, trigger: str) -> sql.Composable:
 
 def _st(stmts: list[sql.Composable]) -> list[Statement]:
     return list(stmts)
-
-
-def _taken(conn: Connection, name: QualifiedName) -> bool:
-    return _exists(conn, _relation_exists(name))
 
 
 # -- the capture trigger ---------------------------------------------------------------------------
@@ -357,19 +328,6 @@ def drop_functions(spec: Spec) -> list[sql.Composable]:
 
 
 # -- indexes of the new table ----------------------------------------------------------------------
-_IDENT = r'(?:"(?:[^"]|"")*"|[^\s."]+)'
-_INDEXDEF = re.compile(rf"^CREATE (UNIQUE )?INDEX {_IDENT} ON (?:ONLY )?{_IDENT}(?:\.{_IDENT})? "
-                       r"(USING .*)$", re.S)
-
-
-def index_tail(definition: str) -> tuple[bool, str]:
-    """``CREATE UNIQUE INDEX x ON s.t USING btree (a)`` -> (True, 'USING btree (a)')."""
-    m = _INDEXDEF.match(definition)
-    if not m:
-        raise Refused(f"cannot read index definition {definition!r}")
-    return bool(m.group(1)), m.group(2)
-
-
 def _append_columns(tail: str, cols: list[str]) -> str:
     """Add ``cols`` to the key column list of an index tail (the first parenthesised group)."""
     start = tail.index("(")
@@ -416,7 +374,8 @@ def new_indexes(info: TableInfo, spec: Spec, notes: list[str]) -> list[NewIndex]
             notes.append(f"exclusion constraint {ix.constraint} is not copied: on a partitioned "
                          "table it must include the partition key; add it by hand")
             continue
-        unique, tail = index_tail(ix.definition)
+        d = parse_indexdef(ix.definition)
+        unique, tail = d.unique, d.tail
         if unique:
             missing = [spec.by] if spec.by not in ix.columns else []
             if missing:
@@ -543,7 +502,7 @@ def missing_ranges(conn: Connection, spec: Spec, parent: QualifiedName,
             "e(lo, hi, lmin, hmax) WHERE (e.lmin OR e.lo < c.hi) AND (e.hmax OR c.lo < e.hi)) "
             "ORDER BY c.i").format(cands, ex)
         keep = [r[0] for r in conn.execute(q).fetchall()]
-    return [wanted[i] for i in keep if not _taken(conn, spec.partition_name(wanted[i][0]))]
+    return [wanted[i] for i in keep if not relation_exists(conn, spec.partition_name(wanted[i][0]))]
 
 
 def partition_statements(spec: Spec, parent: QualifiedName, lo: Any, hi: Any, *,
@@ -578,7 +537,7 @@ def add_partition_steps(conn: Connection, spec: Spec, parent: QualifiedName,
                         wanted: list[tuple[Any, Any]], *, has_default: bool,
                         exists: bool = True) -> list[Step]:
     todo = missing_ranges(conn, spec, parent, wanted) if exists else [
-        r for r in wanted if not _taken(conn, spec.partition_name(r[0]))]
+        r for r in wanted if not relation_exists(conn, spec.partition_name(r[0]))]
     steps = []
     for lo, hi in todo:
         name = spec.partition_name(lo)
@@ -589,7 +548,7 @@ def add_partition_steps(conn: Connection, spec: Spec, parent: QualifiedName,
             f"partition {name.name}", f"create partition {name} for [{lo}, {hi})",
             _st(partition_statements(spec, parent, lo, hi, has_default=has_default)),
             locks=locks,
-            guard=_relation_exists(name), undo=[sql.SQL("DROP TABLE {}").format(name.ident)]))
+            guard=relation_exists_sql(name), undo=[sql.SQL("DROP TABLE {}").format(name.ident)]))
     return steps
 
 
@@ -600,7 +559,7 @@ def _check_fresh(conn: Connection, info: TableInfo, spec: Spec) -> None:
         raise Refused(f"{info.name} is already prepped (state {st.state})",
                       hint="continue with `pgcleave fill`, or undo with `pgcleave unprep`")
     for n in (spec.intermediate, spec.retired, spec.default):
-        if _taken(conn, n):
+        if relation_exists(conn, n):
             raise Refused(f"{n} already exists",
                           hint="drop or rename it first (a leftover of an earlier copy?)")
     for t in info.triggers:
@@ -673,7 +632,7 @@ def prep_steps(conn: Connection, info: TableInfo, spec: Spec, *, defer_indexes: 
     step = Step.sql(
         "create-intermediate", f"create {new} partitioned by range ({spec.by}), its key, indexes "
         "and DEFAULT partition", _st(stmts), locks=[LockTaken(Lock.ACCESS_SHARE, str(t))],
-        guard=_relation_exists(new),
+        guard=relation_exists_sql(new),
         undo=[sql.SQL("DROP TABLE IF EXISTS {}").format(new.ident),
               sql.SQL("DELETE FROM pgcleave.copies WHERE {}").format(_state_where(t))])
     return [step], deferred
@@ -1029,7 +988,7 @@ def plan_unswap(conn: Connection, table: str) -> Plan:
     info, st, spec = _resolve_copy(conn, table)
     if st.state != "swapped":
         raise Refused(f"{info.name} is not swapped", hint="nothing to undo")
-    if not _taken(conn, spec.retired):
+    if not relation_exists(conn, spec.retired):
         raise NotFound(f"{spec.retired} does not exist any more; cannot swap back")
     if not _exists(conn, _trigger_exists(spec.table, TRIGGER_BACK)):
         raise Refused(f"{spec.table} no longer captures changes into {spec.retired}: swapping "

@@ -36,13 +36,13 @@ from .. import journal, schemes, servers
 from .. import policy as pol
 from ..catalog import Partition, TableInfo, snapshot
 from ..connection import Connection
+from ..ddl.bounds import Bound
+from ..ddl.shards import ddl_guard_step, is_superuser, refuse_parent_keys, shard_table_step
 from ..errors import Refused
 from ..execute import ActionContext, action
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step, render
 from .carve import Piece, Sub, plan_carve
-from .move import EVENT_TRIGGER, _is_superuser, _refuse_parent_keys, shard_table_step
-from .partition import Bound
 from .retention import detach_step, retention_steps
 
 PREMAKE_CHECK = "pgcleave_premake_guard"
@@ -335,15 +335,8 @@ def create_steps(parent: QualifiedName, default: Partition | None, items: list[N
                 "extra": [render(c) for c in creates[len(items):]]},
             locks=locks, guard=exists_all.as_string(None),
             undo=[render(u) for u in reversed(undo)]))
-    if remote and conn is not None and _is_superuser(conn):
-        steps.append(Step.sql(
-            "premake:ddl-guard", "install the event trigger that refuses a plain ALTER TABLE "
-            "changing the columns of a table with remote partitions",
-            [sql.SQL("CREATE EVENT TRIGGER {} ON ddl_command_end WHEN TAG IN ('ALTER TABLE')"
-                     " EXECUTE FUNCTION pgcleave.guard_ddl()").format(
-                sql.Identifier(EVENT_TRIGGER))],
-            guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = {})"
-                          ).format(sql.Literal(EVENT_TRIGGER))))
+    if remote and conn is not None and is_superuser(conn):
+        steps.append(ddl_guard_step("premake:ddl-guard"))
     if default is not None:
         d = default.name
         steps.append(Step.sql(
@@ -420,7 +413,7 @@ def _can_place(info: TableInfo, notes: list[str]) -> bool:
     """Whether the table can take a foreign partition now (config checked it, but a key may
     have been added since): if not, new partitions are created here, with a note."""
     try:
-        _refuse_parent_keys(info)
+        refuse_parent_keys(info)
     except Refused as exc:
         notes.append(f"placement rules not applied, partitions are created here: {exc.message}"
                      + (f" ({exc.hint})" if exc.hint else ""))
@@ -600,3 +593,24 @@ def _new_branches(conn: Connection, policy: pol.Policy, info: TableInfo, now: da
         notes.append(f"new {key} value {value!r}: branch {bname} with {len(ranges)} "
                      f"{iv} partition(s)")
     return drain_steps(conn, info, info.name, top_default.name, targets, summary, notes)
+
+
+def run_summary(conn: Connection, job: int, planned: dict[str, Any]) -> dict[str, Any]:
+    """A maintain job's planned summary with the figures its run measured (rows copied,
+    archive files, ranges deferred to the next run)."""
+    done = dict(planned)
+    archives = []
+    for name, progress in journal.step_progress(conn, job):
+        if name == "drain:copy" and progress:
+            done["moved_rows"] = int(progress.get("copied", done["moved_rows"]))
+        if name.startswith("archive:") and progress:
+            archives.append({"partition": name.split(":", 1)[1], **progress})
+        if name == "premake:validate" and progress and progress.get("skip"):
+            # rows reached the DEFAULT for these ranges after planning: the next run drains
+            skipped = list(progress["skip"])
+            done["premake_deferred"] = done.get("premake_deferred", []) + skipped
+            done["created"] = [c for c in done["created"] if c not in skipped]
+            done["placed"] = {k: v for k, v in done.get("placed", {}).items()
+                              if k not in skipped}
+    done["archives"] = archives
+    return done

@@ -28,7 +28,6 @@ cut-over commits the application writes to the local rows only; after it, to the
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import uuid
@@ -38,66 +37,31 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .. import journal, servers
-from ..catalog import Partition, TableInfo, snapshot
+from .. import servers
+from ..catalog import Partition, TableInfo, relation_exists, snapshot
 from ..connection import Connection
+from ..ddl.exclusion import default_exclusion, drop_default_exclusion
+from ..ddl.shards import (
+    BOUND_CHECK,
+    ddl_guard_step,
+    first_move_warnings,
+    foreign_table_ddl,
+    is_superuser,
+    refuse_parent_keys,
+    require_logical,
+    require_replica_identity,
+    shard_table_step,
+)
+from ..ddl.tables import parse_indexdef
 from ..errors import LockContention, NotFound, Refused, StepFailed
 from ..execute import RETRYABLE, ActionContext, Event, action, backoff
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step
-from .partition import default_exclusion, drop_default_exclusion
 
-journal.register_migration("shards:move_markers", """
-    CREATE TABLE pgcleave.move_markers (
-        token text NOT NULL,
-        at    timestamptz NOT NULL DEFAULT clock_timestamp()
-    );
-    ALTER TABLE pgcleave.move_markers REPLICA IDENTITY FULL;
-    """)
-
-journal.register_migration("shards:ddl_guard", """
-    CREATE TABLE pgcleave.sharded_tables (
-        relid      regclass PRIMARY KEY,
-        columns    text NOT NULL,
-        updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
-    );
-    CREATE FUNCTION pgcleave.columns_signature(rel regclass) RETURNS text
-    LANGUAGE sql STABLE AS $$
-        SELECT string_agg(quote_ident(attname) || ' ' || format_type(atttypid, atttypmod), ', '
-                          ORDER BY attnum)
-        FROM pg_attribute WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
-    $$;
-    CREATE FUNCTION pgcleave.guard_ddl() RETURNS event_trigger
-    LANGUAGE plpgsql AS $$
-    DECLARE
-        r record;
-        known text;
-    BEGIN
-        IF coalesce(current_setting('pgcleave.allow_ddl', true), '') = 'on' THEN
-            RETURN;
-        END IF;
-        FOR r IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
-                 WHERE classid = 'pg_class'::regclass LOOP
-            SELECT columns INTO known FROM pgcleave.sharded_tables WHERE relid = r.objid;
-            IF FOUND AND known IS DISTINCT FROM pgcleave.columns_signature(r.objid) THEN
-                RAISE EXCEPTION 'table % has partitions on other servers: ALTER TABLE here would '
-                    'change its columns on this server only and break every query on it',
-                    r.objid::regclass
-                USING HINT = format('run the change with pgcleave, which applies it on every '
-                    'server at once: pgcleave alter %s "<action>"', r.objid::regclass),
-                      ERRCODE = 'feature_not_supported';
-            END IF;
-        END LOOP;
-    END
-    $$;
-    """)
-
-BOUND_CHECK = "pgcleave_partition_bound"
 # synchronous_commit = on: the rows a subscriber applied survive its crash (an asynchronous
 # apply can lose its last commits, and the initial copy's progress with them)
 _SUBSCRIBE = ("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}"
               " WITH (synchronous_commit = on)")
-EVENT_TRIGGER = "pgcleave_guard_ddl"
 
 #: Session settings that make ``ROW(...)::text`` identical on both servers for the hash.
 _HASH_SETTINGS = ["SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, MDY'",
@@ -174,15 +138,15 @@ def plan_move(conn: Connection, partition: str, *, to: str, drop_source: bool = 
 def _plan_out(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool,
               origin_dsn: str | None) -> Plan:
     parent, part, srv = c.parent, c.part, c.server
-    _require_logical(conn, "this database (the publisher of the rows)")
-    _require_replica_identity(conn, info)
-    _refuse_parent_keys(parent)
+    require_logical(conn, "this database (the publisher of the rows)")
+    require_replica_identity(conn, info)
+    refuse_parent_keys(parent)
     if any(col.generated for col in info.columns):
         raise Refused(f"{info.name} has generated columns; foreign partitions cannot carry them")
     local_aside = part.name.sibling(child_name(part.name.name, "pgc_local"))
     staging = part.name.sibling(child_name(part.name.name, "pgc_remote"))
     for n in (local_aside, staging):
-        if _exists(conn, n):
+        if relation_exists(conn, n):
             raise Refused(f"{n} already exists (left by an earlier move)",
                           hint=f"drop it if it is no longer needed: DROP TABLE {n}")
     with _plan_connect(conn, srv) as rc:
@@ -232,21 +196,6 @@ def _plan_out(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool,
     return plan
 
 
-def first_move_warnings(parent: TableInfo) -> list[str]:
-    """What stops working once a table has a partition on another server."""
-    t = str(parent.name)
-    return [
-        f"{t} will have a partition on another server. From then on PostgreSQL refuses a "
-        f"PRIMARY KEY or UNIQUE constraint on {t} itself (per-partition keys remain), so "
-        f"`INSERT ... ON CONFLICT (col)` on {t} fails, and foreign keys to or from {t} are "
-        "impossible",
-        "an UPDATE that changes the partition key of a row on the remote partition so that the "
-        "row would leave it fails (the shard's CHECK refuses it) instead of moving the row",
-        "a transaction writing to local and remote partitions can commit on one server and not "
-        "the other if a server fails at the wrong moment (no two-phase commit for DML)",
-        f"plain ALTER TABLE {t} that changes columns is refused by an event trigger; use "
-        f"`pgcleave alter {t} \"ACTION\"`, which changes every server at once",
-    ]
 
 
 # -- moving back -----------------------------------------------------------------------------
@@ -254,18 +203,18 @@ def _plan_back(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool) ->
     parent, part, srv = c.parent, c.part, c.server
     aside = part.name.sibling(child_name(part.name.name, "pgc_remote"))
     target = c.remote  # the local table that receives the rows has the shard table's name
-    if target != part.name and _exists(conn, target):
+    if target != part.name and relation_exists(conn, target):
         raise Refused(f"{target} exists here, so the shard's table {c.remote} cannot be "
                       "replicated into a new local table of that name",
                       hint=f"rename or drop the local {target}")
     if target.schema != part.name.schema:
         raise Refused(f"the shard's table {c.remote} is in another schema than {part.name}",
                       hint="move back supports shard tables in the partition's schema only")
-    if _exists(conn, aside):
+    if relation_exists(conn, aside):
         raise Refused(f"{aside} already exists (left by an earlier move)",
                       hint=f"drop it if it is no longer needed: DROP FOREIGN TABLE {aside}")
     with _plan_connect(conn, srv) as rc:
-        _require_logical(rc, f"server {srv} (the publisher of the rows)")
+        require_logical(rc, f"server {srv} (the publisher of the rows)")
         rrow = rc.execute("SELECT c.oid, c.relreplident::text, EXISTS (SELECT 1 FROM pg_index i"
                           " WHERE i.indrelid = c.oid AND i.indisprimary) FROM pg_class c"
                           " WHERE c.oid = to_regclass(%s)", [c.remote.quoted]).fetchone()
@@ -360,20 +309,13 @@ def _common_tail(conn: Connection, c: _Ctx, dbl: str, incoming: QualifiedName,
         steps.append(Step.sql(
             "foreign-table", f"create the foreign table {incoming} for {c.remote} on {srv} "
             "(not attached yet)",
-            [_foreign_ddl(parent, incoming, srv, c.remote)],
+            [foreign_table_ddl(parent, incoming, srv, c.remote)],
             guard=sql.SQL("SELECT to_regclass({}) IS NOT NULL OR EXISTS (SELECT 1 FROM pg_class"
                           " WHERE oid = to_regclass({}) AND relkind = 'f')").format(
                 incoming.literal, part.name.literal),
             undo=[sql.SQL("DROP FOREIGN TABLE IF EXISTS {}").format(incoming.ident)]))
-        if _is_superuser(conn):
-            steps.append(Step.sql(
-                "ddl-guard", "install the event trigger that refuses a plain ALTER TABLE "
-                "changing the columns of a table with remote partitions",
-                [sql.SQL("CREATE EVENT TRIGGER {} ON ddl_command_end WHEN TAG IN ('ALTER TABLE')"
-                         " EXECUTE FUNCTION pgcleave.guard_ddl()").format(
-                    sql.Identifier(EVENT_TRIGGER))],
-                guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = {})"
-                              ).format(sql.Literal(EVENT_TRIGGER))))
+        if is_superuser(conn):
+            steps.append(ddl_guard_step("ddl-guard"))
     kind = "f" if out else "r"
     p = dict(_action_params(c), incoming=[incoming.schema, incoming.name],
              aside=[aside.schema, aside.name], bound=part.bound,
@@ -439,94 +381,14 @@ def _action_params(c: _Ctx) -> dict[str, Any]:
             "remote": [c.remote.schema, c.remote.name]}
 
 
-# -- DDL generation ----------------------------------------------------------------------------
-def _column_defs(info: TableInfo) -> list[sql.Composable]:
-    out: list[sql.Composable] = []
-    for col in info.columns:
-        parts: list[sql.Composable] = [sql.Identifier(col.name), sql.SQL(col.type)]
-        if col.collation:
-            parts.append(sql.SQL("COLLATE {}").format(sql.Identifier(col.collation)))
-        if col.not_null:
-            parts.append(sql.SQL("NOT NULL"))
-        out.append(sql.SQL(" ").join(parts))
-    return out
 
 
-def _shard_ddl(conn: Connection, info: TableInfo, c: _Ctx) -> list[sql.Composable]:
-    """The shard's copy of the partition: same columns, constraints, keys and indexes."""
-    return shard_table_ddl(conn, info, c.remote, c.constraint_def)
 
 
-def shard_table_ddl(conn: Connection, info: TableInfo, remote: QualifiedName,
-                    constraint_def: str | sql.Composable, *, markers: bool = True
-                    ) -> list[sql.Composable]:
-    """A shard table built from ``info`` (a partition, or the parent of a partition about to be
-    created): same columns, NOT NULLs, constraints, keys and indexes, plus ``CHECK`` equal to
-    the partition constraint. Index definitions naming another table than ``remote`` (the
-    parent's partitioned indexes) are re-targeted at ``remote``."""
-    t = remote.ident
-    bound = sql.SQL(constraint_def) if isinstance(constraint_def, str) else constraint_def
-    stmts: list[sql.Composable] = [
-        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(remote.schema)),
-        sql.SQL("CREATE TABLE {} ({})").format(t, sql.SQL(", ").join(_column_defs(info))),
-    ]
-    for con in info.constraints:
-        if con.type in ("c", "p", "u", "x"):
-            stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                t, sql.Identifier(con.name), sql.SQL(con.definition)))
-    stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
-        t, sql.Identifier(BOUND_CHECK), bound))
-    for ix in info.indexes:
-        if ix.constraint is None and ix.valid:
-            if remote == info.name:
-                stmts.append(sql.SQL(ix.definition))
-            elif m := _INDEX_DEF_RE.match(ix.definition):
-                stmts.append(sql.SQL("CREATE {}INDEX ON {} {}").format(
-                    sql.SQL(m.group(1) or ""), t, sql.SQL(m.group(2))))
-    if info.primary_key is None:
-        ri = conn.execute("SELECT relreplident::text FROM pg_class WHERE oid = %s",
-                          [info.oid]).fetchone()
-        if ri and ri[0] == "f":
-            stmts.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(t))
-    if markers:
-        stmts += [
-            sql.SQL("CREATE SCHEMA IF NOT EXISTS pgcleave"),
-            sql.SQL("CREATE TABLE IF NOT EXISTS pgcleave.move_markers (token text NOT NULL,"
-                    " at timestamptz NOT NULL DEFAULT clock_timestamp())"),
-            sql.SQL("ALTER TABLE pgcleave.move_markers REPLICA IDENTITY FULL"),
-        ]
-    return stmts
 
 
-def shard_table_step(conn: Connection, info: TableInfo, server: str, remote: QualifiedName,
-                     constraint_def: str | sql.Composable, *, dbl: str | None = None,
-                     name: str = "shard-table", markers: bool = True) -> Step:
-    """The step that creates ``remote`` on ``server`` through dblink (``shard_table_ddl``),
-    guarded by its existence there, undone by dropping it."""
-    dbl = dbl or servers.dblink_schema(conn)
-    shown = constraint_def if isinstance(constraint_def, str) else constraint_def.as_string(None)
-    return Step.sql(
-        name, f"create {remote} on {server} from the local definition, with CHECK ({shown})",
-        [servers.remote_sql(dbl, server, sql.SQL("; ").join(
-            shard_table_ddl(conn, info, remote, constraint_def, markers=markers)))],
-        guard=servers.remote_exists(dbl, server, _regclass_query(remote)),
-        undo=[servers.remote_sql(dbl, server, sql.SQL("DROP TABLE IF EXISTS {}").format(
-            remote.ident))],
-        transactional=False, ddl=False)
 
 
-def _foreign_ddl(parent: TableInfo, name: QualifiedName, server: str,
-                 remote: QualifiedName) -> sql.Composable:
-    """A foreign table ATTACH accepts: the parent's columns, NOT NULLs and CHECKs."""
-    items = _column_defs(parent)
-    for con in parent.constraints:
-        if con.type == "c":
-            items.append(sql.SQL("CONSTRAINT {} {}").format(
-                sql.Identifier(con.name), sql.SQL(con.definition.removesuffix(" NOT VALID"))))
-    return sql.SQL("CREATE FOREIGN TABLE {} ({}) SERVER {} OPTIONS (schema_name {}, "
-                   "table_name {})").format(name.ident, sql.SQL(", ").join(items),
-                                            sql.Identifier(server), sql.Literal(remote.schema),
-                                            sql.Literal(remote.name))
 
 
 @dataclass
@@ -544,16 +406,6 @@ def _remote_definitions(rc: Connection, oid: int) -> _RemoteDefs:
         " AND i.indisvalid AND NOT EXISTS (SELECT 1 FROM pg_constraint c"
         " WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid)", [oid])]
     return _RemoteDefs(cons, idx)
-
-
-_INDEX_RE = re.compile(r"^CREATE (UNIQUE )?INDEX \S+ ON (?:ONLY )?(\S+|\"[^\"]+\"\.\"[^\"]+\") "
-                       r"(USING .*)$", re.S)
-
-
-_IDENT = r'(?:"(?:[^"]|"")+"|[^\s".]+)'
-#: pg_get_indexdef output, names quoted or not: (UNIQUE ), (USING ...)
-_INDEX_DEF_RE = re.compile(rf"^CREATE (UNIQUE )?INDEX {_IDENT} ON (?:ONLY )?(?:{_IDENT}\.)?"
-                           rf"{_IDENT} (USING .*)$", re.S)
 
 
 def _local_ddl(c: _Ctx, target: QualifiedName, defs: _RemoteDefs) -> list[Statement]:
@@ -575,54 +427,20 @@ def _local_ddl(c: _Ctx, target: QualifiedName, defs: _RemoteDefs) -> list[Statem
             stmts.append(sql.SQL("ALTER TABLE {} ADD {}").format(t, sql.SQL(definition)))
     stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
         t, sql.Identifier(BOUND_CHECK), sql.SQL(c.constraint_def)))
-    parent_keys = set()
-    for ix in c.parent.indexes:
-        if m := _INDEX_RE.match(ix.definition):
-            parent_keys.add((m.group(1), m.group(3)))
-    for d in defs.indexes:
-        m = _INDEX_RE.match(d)
-        if m is None or (m.group(1), m.group(3)) in parent_keys:
+    parent_keys = {(d.unique, d.tail) for d in
+                   (parse_indexdef(ix.definition) for ix in c.parent.indexes)}
+    for d in map(parse_indexdef, defs.indexes):
+        if (d.unique, d.tail) in parent_keys:
             continue
         stmts.append(sql.SQL("CREATE {}INDEX ON {} {}").format(
-            sql.SQL(m.group(1) or ""), t, sql.SQL(m.group(3))))
+            sql.SQL("UNIQUE " if d.unique else ""), t, sql.SQL(d.tail)))
     return stmts
 
 
-# -- checks ------------------------------------------------------------------------------------
-def _require_logical(conn: Connection, what: str) -> None:
-    row = conn.execute("SELECT current_setting('wal_level')").fetchone()
-    if row is None or row[0] != "logical":
-        raise Refused(f"{what} runs with wal_level = {row[0] if row else '?'}; an online move "
-                      "replicates the rows and needs wal_level = logical",
-                      hint="set wal_level = logical and restart that server (the batched-copy "
-                           "fallback is not implemented yet)")
 
 
-def _require_replica_identity(conn: Connection, info: TableInfo) -> None:
-    row = conn.execute("SELECT relreplident::text FROM pg_class WHERE oid = %s",
-                       [info.oid]).fetchone()
-    ri = row[0] if row else "d"
-    if ri == "n" or (ri == "d" and info.primary_key is None):
-        raise Refused(f"{info.name} has no primary key or replica identity: while it is "
-                      "replicated, the application's UPDATEs and DELETEs on it would fail",
-                      hint=f"add a primary key to {info.name}, or ALTER TABLE {info.name} "
-                           "REPLICA IDENTITY FULL (slower to apply), then retry")
 
 
-def _refuse_parent_keys(parent: TableInfo) -> None:
-    uniq = [ix for ix in parent.indexes if ix.unique]
-    if uniq:
-        cons = [ix.constraint for ix in uniq if ix.constraint]
-        fix = "; ".join(f"ALTER TABLE {parent.name} DROP CONSTRAINT {n}" for n in cons) or \
-            "; ".join(f"DROP INDEX {parent.name.sibling(ix.name)}" for ix in uniq)
-        raise Refused(f"{parent.name} has unique keys ({', '.join(ix.name for ix in uniq)}); "
-                      "PostgreSQL refuses a foreign partition under a unique key on the parent",
-                      hint=f"drop them on the parent (keys on each partition can stay): {fix}")
-    if parent.foreign_keys_out or parent.foreign_keys_in:
-        names = [fk.name for fk in parent.foreign_keys_out + parent.foreign_keys_in]
-        raise Refused(f"{parent.name} has foreign keys ({', '.join(names)}); foreign tables "
-                      "cannot take part in foreign keys",
-                      hint="drop them first (or keep this table on one server)")
 
 
 def _plan_connect(conn: Connection, server: str) -> Connection:
@@ -636,18 +454,7 @@ def _plan_connect(conn: Connection, server: str) -> Connection:
                       ) from None
 
 
-def _exists(conn: Connection, name: QualifiedName) -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name.quoted]).fetchone()
-    return bool(row and row[0])
 
-
-def _is_superuser(conn: Connection) -> bool:
-    row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
-    return bool(row and row[0])
-
-
-def _regclass_query(name: QualifiedName) -> sql.Composable:
-    return sql.SQL("SELECT 1 WHERE to_regclass({}) IS NOT NULL").format(name.literal)
 
 
 _ORIGIN_DSNS: dict[str, str] = {}

@@ -22,18 +22,35 @@ scan), triggers, grants, comments, row-level security and the views that read th
 from __future__ import annotations
 
 import importlib
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from psycopg import sql
 
+from .. import journal
 from .. import policy as policy_mod
-from ..catalog import Index, Partition, TableInfo, snapshot
+from ..catalog import Index, TableInfo, relation_exists, snapshot
 from ..connection import Connection
-from ..errors import Busy, Refused
-from ..journal import schema_exists
+from ..ddl import dependents
+from ..ddl.bounds import (
+    Bound,
+    check_new_bound,
+    default_name,
+    parse_by,
+    requested_bound,
+)
+from ..ddl.exclusion import default_exclusion, drop_default_exclusion
+from ..ddl.tables import (
+    collist,
+    create_partition,
+    index_tail,
+    insert_columns,
+    is_partition_of,
+    part_keys,
+    partition_only_keys,
+)
+from ..errors import Refused
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step
 from ..schemes import (
@@ -47,198 +64,28 @@ from ..schemes import (
     ranges,
     suffix,
 )
-from . import dependents
 
 CUTOFF_CHECK = "pgcleave_cutoff"
 STRATEGIES = ("legacy", "default", "copy")
 # unpartition moves rows of the other partitions back under ACCESS EXCLUSIVE: only a few.
 UNPARTITION_MAX_ROWS = 10_000
 
-_BY_RE = re.compile(r"^\s*(range|list|hash)\s*\(\s*(.+?)\s*\)\s*$", re.I)
-_INDEX_RE = re.compile(
-    r'^CREATE (?:UNIQUE )?INDEX (?:"(?:[^"]|"")+"|\S+) ON (?:ONLY )?'
-    r'(?:"(?:[^"]|"")+"|[^\s".]+)\.(?:"(?:[^"]|"")+"|[^\s".]+) (USING .*)$', re.S)
 
 
-# -- small shared helpers (also used by carve) ----------------------------------------------------
-def parse_by(text: str) -> tuple[str, str]:
-    """``range(created_at)`` -> ("range", "created_at"); a quoted column keeps its case, an
-    unquoted one folds to lower case, as PostgreSQL does."""
-    m = _BY_RE.match(text)
-    if not m:
-        raise Refused(f"cannot read --by {text!r}",
-                      hint="use 'range(column)', 'list(column)' or 'hash(column)'")
-    strategy, col = m.group(1).lower(), m.group(2)
-    if col.startswith('"') and col.endswith('"') and len(col) >= 2:
-        col = col[1:-1].replace('""', '"')
-    else:
-        col = col.lower()
-    return strategy, col
 
 
-def index_tail(ix: Index) -> str:
-    """``USING btree (id) WHERE ...`` of an index definition: what follows the table name."""
-    m = _INDEX_RE.match(ix.definition)
-    if not m:
-        raise Refused(f"cannot read the definition of index {ix.name}: {ix.definition}")
-    return m.group(1)
 
 
-def cast(value: sql.Composable, type_name: str) -> sql.Composable:
-    return sql.SQL("({})::{}").format(value, sql.SQL(type_name))
 
 
-@dataclass
-class Bound:
-    """A partition bound with its values as SQL (``None`` = MINVALUE/MAXVALUE for ranges)."""
-
-    kind: str  # range, list, hash, default
-    lower: sql.Composable | None = None
-    upper: sql.Composable | None = None
-    values: list[sql.Composable] = field(default_factory=list)
-    has_null: bool = False
-    modulus: int = 0
-    remainder: int = 0
-
-    @classmethod
-    def of(cls, p: Partition) -> Bound:
-        """The bound of an existing partition, from its deparsed literals."""
-        if p.is_default:
-            return cls("default")
-        if p.lower is not None and p.upper is not None:
-            if len(p.lower) != 1:
-                raise Refused(f"partition {p.name} has a multi-column bound; not supported")
-            lo, hi = p.lower[0], p.upper[0]
-            return cls("range", None if lo.upper() == "MINVALUE" else sql.SQL(lo),
-                       None if hi.upper() == "MAXVALUE" else sql.SQL(hi))
-        if p.values is not None:
-            vals = [v for v in p.values if v.upper() != "NULL"]
-            return cls("list", values=[sql.SQL(v) for v in vals],
-                       has_null=len(vals) != len(p.values))
-        return cls("hash", modulus=p.modulus or 0, remainder=p.remainder or 0)
-
-    def for_values(self) -> sql.Composable:
-        if self.kind == "default":
-            return sql.SQL("DEFAULT")
-        if self.kind == "range":
-            return sql.SQL("FOR VALUES FROM ({}) TO ({})").format(
-                self.lower if self.lower is not None else sql.SQL("MINVALUE"),
-                self.upper if self.upper is not None else sql.SQL("MAXVALUE"))
-        if self.kind == "list":
-            vals = [*self.values, *([sql.SQL("NULL")] if self.has_null else [])]
-            return sql.SQL("FOR VALUES IN ({})").format(sql.SQL(", ").join(vals))
-        return sql.SQL("FOR VALUES WITH (MODULUS {}, REMAINDER {})").format(
-            sql.Literal(self.modulus), sql.Literal(self.remainder))
-
-    def predicate(self, col: sql.Composable, type_name: str) -> sql.Composable:
-        """True for a row of this partition (NULL keys aside, see ``check``)."""
-        if self.kind == "range":
-            parts: list[sql.Composable] = []
-            if self.lower is not None:
-                parts.append(sql.SQL("{} >= {}").format(col, cast(self.lower, type_name)))
-            if self.upper is not None:
-                parts.append(sql.SQL("{} < {}").format(col, cast(self.upper, type_name)))
-            if not parts:
-                return sql.SQL("({} IS NOT NULL)").format(col)
-            return sql.SQL("({})").format(sql.SQL(" AND ").join(parts))
-        if self.kind == "list":
-            alts: list[sql.Composable] = []
-            if self.values:
-                alts.append(sql.SQL("{} IN ({})").format(col, sql.SQL(", ").join(
-                    cast(v, type_name) for v in self.values)))
-            if self.has_null:
-                alts.append(sql.SQL("{} IS NULL").format(col))
-            return sql.SQL("({})").format(sql.SQL(" OR ").join(alts))
-        raise Refused(f"no predicate for a {self.kind} bound")
-
-    def check(self, col: sql.Composable, type_name: str) -> sql.Composable:
-        """A CHECK that proves this bound to ATTACH (a range excludes NULL keys)."""
-        if self.kind == "range":
-            return sql.SQL("{} IS NOT NULL AND {}").format(col, self.predicate(col, type_name))
-        return self.predicate(col, type_name)
-
-    def describe(self) -> str:
-        return self.for_values().as_string(None)
 
 
-def value_sql(text: str, kind: str) -> sql.Composable | None:
-    """A user-given bound value as SQL (``None`` for MINVALUE/MAXVALUE)."""
-    v = parse_value(text, kind)  # type: ignore[arg-type]
-    if isinstance(v, str) and v in ("MINVALUE", "MAXVALUE"):
-        return None
-    return literal(v)
 
 
-def server_bool(conn: Connection, expr: sql.Composable) -> bool:
-    row = conn.execute(sql.SQL("SELECT ({})::bool").format(expr)).fetchone()
-    return bool(row and row[0])
 
 
-def bounds_overlap(conn: Connection, a: Bound, b: Bound, type_name: str) -> bool:
-    """Whether two bounds share a value, compared by the server in the key's type."""
-    if a.kind == "default" or b.kind == "default":
-        return False
-    if a.kind == "range" and b.kind == "range":
-        # [a.lo, a.hi) and [b.lo, b.hi) are disjoint iff a.hi <= b.lo or b.hi <= a.lo
-        def le(x: sql.Composable | None, y: sql.Composable | None) -> bool:
-            if x is None or y is None:
-                return False  # x is MAXVALUE or y is MINVALUE
-            return server_bool(conn, sql.SQL("{} <= {}").format(cast(x, type_name),
-                                                                 cast(y, type_name)))
-        return not (le(a.upper, b.lower) or le(b.upper, a.lower))
-    if a.kind == "list" and b.kind == "list":
-        if a.has_null and b.has_null:
-            return True
-        if not a.values or not b.values:
-            return False
-        return server_bool(conn, sql.SQL("ARRAY[{}] && ARRAY[{}]").format(
-            sql.SQL(", ").join(cast(v, type_name) for v in a.values),
-            sql.SQL(", ").join(cast(v, type_name) for v in b.values)))
-    return a.kind == b.kind and a.modulus == b.modulus and a.remainder == b.remainder
 
 
-def refuse_empty_range(conn: Connection, b: Bound, type_name: str) -> None:
-    if b.kind == "range" and b.lower is not None and b.upper is not None and server_bool(
-            conn, sql.SQL("{} >= {}").format(cast(b.lower, type_name), cast(b.upper, type_name))):
-        raise Refused(f"empty range {b.describe()}: the lower bound must be below the upper one")
-
-
-def refuse_if_busy(conn: Connection, target: QualifiedName) -> None:
-    """An unfinished job on the table (killed or failed) must be resumed or rolled back first."""
-    if not schema_exists(conn):
-        return
-    row = conn.execute("SELECT id, operation FROM pgcleave.jobs WHERE target = %s"
-                       " AND state IN ('running', 'failed') ORDER BY id LIMIT 1",
-                       [target.quoted]).fetchone()
-    if row:
-        raise Busy(f"job {row[0]} ({row[1]}) on {target} is unfinished: another run is "
-                   "partitioning this table",
-                   hint=f"finish it with `pgcleave resume {row[0]}` or undo it with "
-                        f"`pgcleave rollback {row[0]}`")
-
-
-def regclass_exists(conn: Connection, name: QualifiedName) -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name.quoted]).fetchone()
-    return bool(row and row[0])
-
-
-def is_partition_of(part: QualifiedName, parent: QualifiedName) -> sql.Composable:
-    return sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass({})"
-                   " AND inhparent = to_regclass({}))").format(part.literal, parent.literal)
-
-
-def insert_columns(info: TableInfo) -> list[str]:
-    """Columns an INSERT ... SELECT may write (generated columns compute themselves)."""
-    return [c.name for c in info.columns if not c.generated]
-
-
-def overriding(info: TableInfo) -> sql.Composable:
-    return sql.SQL(" OVERRIDING SYSTEM VALUE" if any(c.identity == "a" for c in info.columns)
-                   else "")
-
-
-def collist(cols: list[str]) -> sql.Composable:
-    return sql.SQL(", ").join(map(sql.Identifier, cols))
 
 
 # -- partition ------------------------------------------------------------------------------------
@@ -290,7 +137,7 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
             raise Refused("--interval applies to range partitioning only")
         iv = Interval.parse(interval)
         check_fits(kind, iv, col, key.type)
-    refuse_if_busy(conn, name)
+    journal.refuse_unfinished(conn, name.quoted)
 
     reason: str
     if strategy is None:
@@ -376,10 +223,10 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
 
     suffix_word = "legacy" if strategy == "legacy" else "old"
     old = name.sibling(old_name or child_name(name.name, suffix_word))
-    if regclass_exists(conn, old):
+    if relation_exists(conn, old):
         raise Refused(f"{old} already exists", hint="choose another name with --old-name")
     for _, new in keys.renames:
-        if regclass_exists(conn, name.sibling(new)):
+        if relation_exists(conn, name.sibling(new)):
             raise Refused(f"{name.sibling(new)} already exists; the old table's index would be "
                           "renamed to it")
 
@@ -398,7 +245,7 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
     else:
         attach = Bound("default")
     for pname, _ in premade:
-        if regclass_exists(conn, pname):
+        if relation_exists(conn, pname):
             raise Refused(f"{pname} already exists")
 
     pol = policy_mod.Policy(
@@ -588,7 +435,7 @@ def _cutover(info: TableInfo, col: str, method: str, old: QualifiedName, attach:
         else:
             st.append(sql.SQL("CREATE {}INDEX {} ON {} {}").format(
                 sql.SQL("UNIQUE " if ix.unique else ""), sql.Identifier(ix.name), name.ident,
-                sql.SQL(index_tail(ix))))
+                sql.SQL(index_tail(ix.definition))))
     # Outbound foreign keys on the still empty parent; ATTACH then adopts the old table's
     # equal constraints instead of validating them again.
     for fk in info.foreign_keys_out:
@@ -608,60 +455,14 @@ def _cutover(info: TableInfo, col: str, method: str, old: QualifiedName, attach:
     return st
 
 
-PartKey = tuple[str, str]  # ("constraint", "PRIMARY KEY (id)") or ("index", "USING btree ...")
 
 
-def part_keys(info: TableInfo, indexes: list[Index]) -> list[PartKey]:
-    out: list[PartKey] = []
-    for ix in indexes:
-        con = next((c for c in info.constraints if c.name == ix.constraint), None)
-        out.append(("constraint", con.definition) if con is not None
-                   else ("index", index_tail(ix)))
-    return out
 
 
-def create_partition(parent: QualifiedName, part: QualifiedName, b: Bound,
-                     keys: list[PartKey]) -> list[Statement]:
-    """``CREATE TABLE ... PARTITION OF``, plus the unique keys that cannot live on the parent."""
-    out: list[Statement] = [sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
-        part.ident, parent.ident, b.for_values())]
-    out += per_partition_keys(part, keys)
-    return out
 
 
-def per_partition_keys(part: QualifiedName, keys: list[PartKey]) -> list[sql.Composable]:
-    out: list[sql.Composable] = []
-    for kind, text in keys:
-        if kind == "constraint":
-            out.append(sql.SQL("ALTER TABLE {} ADD {}").format(part.ident, sql.SQL(text)))
-        else:
-            out.append(sql.SQL("CREATE UNIQUE INDEX ON {} {}").format(part.ident, sql.SQL(text)))
-    return out
 
 
-def partition_only_keys(conn: Connection, parent: TableInfo) -> list[PartKey]:
-    """Unique keys the partitions of ``parent`` carry but the parent cannot (they lack the
-    partition key, e.g. ``PRIMARY KEY (id)``): those of a local partition whose index is not
-    attached to an index of the parent."""
-    assert parent.partitioning is not None
-    p = next((x for x in parent.partitioning.partitions if x.kind == "r"), None)
-    if p is None:
-        return []
-    rows = conn.execute(
-        "SELECT con.contype::text, pg_get_constraintdef(con.oid), pg_get_indexdef(i.indexrelid)"
-        " FROM pg_index i LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid"
-        " AND con.conrelid = i.indrelid"
-        " WHERE i.indrelid = %s AND i.indisunique AND i.indisvalid"
-        " AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)"
-        " ORDER BY i.indexrelid", [p.oid]).fetchall()
-    out: list[PartKey] = []
-    for contype, condef, idxdef in rows:
-        if contype in ("p", "u"):
-            out.append(("constraint", str(condef)))
-        else:
-            out.append(("index", index_tail(Index("", str(idxdef), True, False, True, [],
-                                                  None))))
-    return out
 
 
 # -- revert (undo of the cut-over, and unpartition) -------------------------------------------
@@ -750,7 +551,7 @@ def plan_unpartition(conn: Connection, table: str) -> Plan:
     name = info.name
     if info.partitioning is None:
         raise Refused(f"{name} is not partitioned")
-    refuse_if_busy(conn, name)
+    journal.refuse_unfinished(conn, name.quoted)
     parts = info.partitioning.partitions
     pol = policy_mod.load(conn, name)
     old_name = pol.options.get("old_table") if pol is not None else None
@@ -812,73 +613,10 @@ def plan_unpartition(conn: Connection, table: str) -> Plan:
                           "dropped after their rows are moved"] if others else [])
 
 
-# -- add-partition --------------------------------------------------------------------------------
-def requested_bound(info: TableInfo, *, lower: str | None = None, upper: str | None = None,
-                    values: list[str] | None = None, modulus: int | None = None,
-                    remainder: int | None = None) -> Bound:
-    """The user's --from/--to, --values or --modulus/--remainder as a Bound for ``info``'s key."""
-    part = info.partitioning
-    assert part is not None
-    if len(part.key_columns) != 1 or part.key_columns[0] == "(expression)":
-        raise Refused(f"{info.name} is partitioned by {part.key}: only single-column keys are "
-                      "supported")
-    kind = key_kind(part.key_types[0])
-    if part.strategy == "range":
-        if lower is None or upper is None or values or modulus is not None:
-            raise Refused(f"{info.name} is partitioned by {part.key}: give --from and --to")
-        return Bound("range", value_sql(lower, kind), value_sql(upper, kind))
-    if part.strategy == "list":
-        if not values or lower is not None or upper is not None:
-            raise Refused(f"{info.name} is partitioned by {part.key}: give --values")
-        vals = [v for v in values if v.upper() != "NULL"]
-        return Bound("list", values=[literal(parse_value(v, kind)) for v in vals],
-                     has_null=len(vals) != len(values))
-    if modulus is None or remainder is None:
-        raise Refused(f"{info.name} is partitioned by {part.key}: give --modulus and --remainder")
-    if modulus <= 0 or not 0 <= remainder < modulus:
-        raise Refused("--remainder must be at least 0 and below --modulus")
-    return Bound("hash", modulus=modulus, remainder=remainder)
 
 
-def default_name(conn: Connection, info: TableInfo, b: Bound) -> QualifiedName:
-    """``orders_p2024_09`` for time or number ranges of a pgcleave policy, else ``t_0``,
-    ``t_1``, ... (the first free number)."""
-    name = info.name
-    pol = policy_mod.load(conn, name)
-    if b.kind == "range" and pol is not None and pol.interval and b.lower is not None:
-        iv = Interval.parse(pol.interval)
-        assert info.partitioning is not None
-        kind = key_kind(info.partitioning.key_types[0])
-        try:
-            text = b.lower.as_string(None).strip("'")
-            cand = name.sibling(child_name(name.name, suffix(parse_value(text, kind), iv)))
-            if not regclass_exists(conn, cand):
-                return cand
-        except (Refused, ValueError, TypeError):
-            pass
-    if b.kind == "hash":
-        cand = name.sibling(child_name(name.name, f"h{b.modulus}_{b.remainder}"))
-        if not regclass_exists(conn, cand):
-            return cand
-    k = 0
-    while regclass_exists(conn, name.sibling(child_name(name.name, str(k)))):
-        k += 1
-    return name.sibling(child_name(name.name, str(k)))
 
 
-def check_new_bound(conn: Connection, info: TableInfo, b: Bound,
-                    ignore: Partition | None = None) -> None:
-    """Refuse an empty range or one that overlaps an existing partition."""
-    part = info.partitioning
-    assert part is not None
-    t = part.key_types[0]
-    refuse_empty_range(conn, b, t)
-    for p in part.partitions:
-        if p is ignore or p.is_default:
-            continue
-        if bounds_overlap(conn, b, Bound.of(p), t):
-            raise Refused(f"{b.describe()} overlaps partition {p.name} ({p.bound})",
-                          hint="`pgcleave status` lists the partitions and their bounds")
 
 
 def plan_add_partition(conn: Connection, table: str, *, lower: str | None = None,
@@ -893,12 +631,12 @@ def plan_add_partition(conn: Connection, table: str, *, lower: str | None = None
     if info.partitioning is None:
         raise Refused(f"{info.name} is not partitioned",
                       hint=f"partition it first: pgcleave partition {info.name} --by ...")
-    refuse_if_busy(conn, info.name)
+    journal.refuse_unfinished(conn, info.name.quoted)
     b = requested_bound(info, lower=lower, upper=upper, values=values, modulus=modulus,
                         remainder=remainder)
     check_new_bound(conn, info, b)
     part = info.name.sibling(name) if name else default_name(conn, info, b)
-    if regclass_exists(conn, part):
+    if relation_exists(conn, part):
         raise Refused(f"{part} already exists", hint="choose another --name")
     col = info.partitioning.key_columns[0]
     t = info.partitioning.key_types[0]
@@ -944,55 +682,8 @@ def plan_add_partition(conn: Connection, table: str, *, lower: str | None = None
                                                   "bound": b.describe()}, steps, notes=notes)
 
 
-def default_exclusion(default: QualifiedName, constraint: str, excluded: sql.Composable, *,
-                      names: tuple[str, str], what: str,
-                      done: sql.Composable | None = None) -> list[Step]:
-    """Prove that the DEFAULT partition holds no row of ``excluded`` without scanning it under
-    an exclusive lock: ``CHECK (NOT excluded) NOT VALID`` (catalog only, a brief ACCESS
-    EXCLUSIVE), then ``VALIDATE`` (SHARE UPDATE EXCLUSIVE: writes go on). A later ATTACH or
-    ``CREATE … PARTITION OF`` then skips its scan of the DEFAULT. Until the partition exists, an
-    INSERT of a row of that range fails (it may not go to the DEFAULT any more): ranges that
-    receive rows are carved instead. ``done`` is a condition under which neither step is
-    needed any more (the partition is there)."""
-    con = sql.Identifier(constraint)
-    drop = sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(default.ident, con)
-
-    def guard(validated: bool) -> sql.Composable:
-        g: sql.Composable = sql.SQL(
-            "EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass({}) AND conname = "
-            "{}{})").format(default.literal, sql.Literal(constraint),
-                            sql.SQL(" AND convalidated" if validated else ""))
-        if done is not None:
-            g = sql.SQL("{} OR {}").format(g, done)
-        return sql.SQL("SELECT {}").format(g)
-
-    return [
-        Step.sql(names[0], f"add CHECK (NOT {what}) NOT VALID on the DEFAULT {default} (no scan)",
-                 [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (NOT {}) NOT VALID").format(
-                     default.ident, con, excluded)],
-                 locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{default} (brief, no scan)")],
-                 guard=guard(False), undo=[drop]),
-        Step.sql(names[1], f"validate it: scans {default} while writes continue (fails if it "
-                 f"holds rows of {what}: carve them instead)",
-                 [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(default.ident, con)],
-                 locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, str(default))],
-                 guard=guard(True), nothing_to_undo=True),
-    ]
 
 
-def drop_default_exclusion(default: QualifiedName, constraint: str, excluded: sql.Composable,
-                           *, name: str) -> Step:
-    """Drop the CHECK of ``default_exclusion`` once the partition exists."""
-    con = sql.Identifier(constraint)
-    return Step.sql(
-        name, f"drop the helper CHECK from {default} again",
-        [sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(default.ident, con)],
-        locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{default} (brief)")],
-        guard=sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = "
-                      "to_regclass({}) AND conname = {})").format(default.literal,
-                                                                 sql.Literal(constraint)),
-        undo=[sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (NOT {}) NOT VALID").format(
-            default.ident, con, excluded)])
 
 
 __all__ = ["Bound", "parse_by", "plan_add_partition", "plan_partition", "plan_unpartition"]

@@ -28,12 +28,12 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from .. import archive as arch
+from ..ddl.exclusion import default_exclusion
 from ..errors import LockContention
 from ..execute import ActionContext, action, backoff
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step
 from ..policy import Level, Policy, RangePart
-from .partition import default_exclusion
 
 
 def _qn(d: dict[str, str]) -> QualifiedName:
