@@ -25,8 +25,8 @@ from psycopg import sql
 from pgcleave.connection import Settings
 from pgcleave.execute import Executor
 from pgcleave.ops.move import plan_move
+from pgcleave.ops.server import plan_server_add
 from pgcleave.sandbox import Sandbox
-from pgcleave.servers import plan_server_add
 from pgcleave.testing.workload import Spec, Workload
 
 DB = "bench"

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from pgcleave.connection import Settings
 from pgcleave.execute import Executor
-from pgcleave.servers import plan_server_add
+from pgcleave.ops.server import plan_server_add
 from pgcleave.testing.workload import Spec, Workload
 
 PARENT = '"Ex"'

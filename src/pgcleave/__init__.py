@@ -20,8 +20,12 @@ from .errors import (
     StepFailed,
     UsageError,
 )
-from .execute import Executor, run_plan
+from .execute import Executor, run_plan, use_registry
+from .ops.registry import REGISTRY
 from .plan import Lock, LockTaken, Plan, Step
+
+# The composition root: every Executor resolves pgcleave's own actions and recovery passes.
+use_registry(REGISTRY)
 
 try:
     __version__ = version("pgcleave")

@@ -6,6 +6,8 @@ The CLI maps each class to its own exit code, so scripts and cron jobs can tell 
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PgcleaveError(Exception):
     """Base class. ``hint`` names the fix; ``retryable`` tells whether running again can help."""
@@ -67,6 +69,11 @@ class StepFailed(PgcleaveError):
 
     exit_code = 1
 
-    def __init__(self, message: str, *, job_id: int | None = None, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, job_id: int | None = None, hint: str | None = None,
+                 sqlstate: str | None = None, diag: Any = None) -> None:
         super().__init__(message, hint=hint)
         self.job_id = job_id
+        #: The SQLSTATE and ``psycopg.errors.Diagnostic`` of the server error that caused the
+        #: failure, when there was one (the original exception is also ``__cause__``).
+        self.sqlstate = sqlstate
+        self.diag = diag

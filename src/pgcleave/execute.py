@@ -18,18 +18,21 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg import sql
 
 from . import journal
 from .connection import Connection, Settings, connect
 from .errors import Busy, LockContention, PgcleaveError, Refused, StepFailed
 from .plan import Plan, Step
+
+T = TypeVar("T")
 
 RETRYABLE = (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected,
              pgerrors.SerializationFailure)
@@ -51,40 +54,54 @@ class Event:
 Progress = Callable[[Event], None]
 
 ActionFn = Callable[["ActionContext"], None]
-ACTIONS: dict[str, ActionFn] = {}
-
-
 RecoveryHook = Callable[[Connection], object]
-RECOVERY_HOOKS: list[RecoveryHook] = []
 
 
-def recovery_hook(fn: RecoveryHook) -> RecoveryHook:
-    """Register a pass that settles what a killed job may have left half-done outside this
-    database (e.g. prepared transactions on shards). ``resume`` and ``rollback`` run every hook
-    first; a hook must be idempotent and must not touch the work of a job still running."""
-    RECOVERY_HOOKS.append(fn)
-    return fn
+@dataclass(frozen=True)
+class Registry:
+    """What the executor can run besides SQL: the Python actions a journaled step may name,
+    and the recovery passes that settle work a killed job left outside this database (e.g.
+    prepared transactions on shards; ``resume``, ``rollback`` and ``maintain`` run them first,
+    and each must be idempotent and leave a running job's work alone).
+
+    ``aliases`` maps the action names earlier versions journaled to today's, so a job planned
+    by one of them still resumes. The registry of pgcleave's own operations is
+    ``pgcleave.ops.registry.REGISTRY``, installed as the default by ``import pgcleave``."""
+
+    actions: Mapping[str, ActionFn] = field(default_factory=dict)
+    recovery_hooks: tuple[RecoveryHook, ...] = ()
+    aliases: Mapping[str, str] = field(default_factory=dict)
+
+    def action(self, name: str) -> ActionFn | None:
+        return self.actions.get(self.aliases.get(name, name))
+
+    def recover(self, conn: Connection) -> list[Any]:
+        """Run every recovery hook; returns what they settled (the items of the lists the hooks
+        return, e.g. ``(gid, 'committed')`` pairs)."""
+        settled: list[Any] = []
+        for hook in self.recovery_hooks:
+            res = hook(conn)
+            if isinstance(res, list):
+                settled += res
+        return settled
 
 
-def run_recovery(conn: Connection) -> list[Any]:
-    """Run every recovery hook; returns what they settled (the items of the lists the hooks
-    return, e.g. ``(gid, 'committed')`` pairs)."""
-    settled: list[Any] = []
-    for hook in RECOVERY_HOOKS:
-        res = hook(conn)
-        if isinstance(res, list):
-            settled += res
-    return settled
+_default = Registry()
 
 
-def action(name: str) -> Callable[[ActionFn], ActionFn]:
-    """Register a Python action that a step can name (batched copies, waits, checks)."""
+def use_registry(registry: Registry) -> None:
+    """Make ``registry`` the one every ``Executor`` built without its own uses."""
+    global _default
+    _default = registry
 
-    def register(fn: ActionFn) -> ActionFn:
-        ACTIONS[name] = fn
-        return fn
 
-    return register
+def default_registry() -> Registry:
+    return _default
+
+
+def run_recovery(conn: Connection, registry: Registry | None = None) -> list[Any]:
+    """Run the recovery hooks of ``registry`` (the default one when None)."""
+    return (registry or _default).recover(conn)
 
 
 @dataclass
@@ -98,7 +115,7 @@ class ActionContext:
     step: Step
 
     @property
-    def params(self) -> dict[str, Any]:
+    def params(self) -> Mapping[str, Any]:
         return self.step.params
 
     @property
@@ -114,6 +131,18 @@ class ActionContext:
     def progress(self, message: str = "", **data: Any) -> None:
         self.executor.emit(Event("progress", self.job_id, self.index, 0, self.step, message, data))
 
+    def retry_locks(self, attempt: Callable[[], T], *, what: str | None = None,
+                    cap: float = 5.0, hint: str | None = None) -> T:
+        """``Executor.retry_locks`` on this job's connection, for this step."""
+        return self.executor.retry_locks(self.conn, attempt, step=self.step, what=what, cap=cap,
+                                         hint=hint)
+
+    def set_lock_timeout(self, conn: Connection, ms: float | None = None, *,
+                         local: bool = True) -> None:
+        """``SET [LOCAL] lock_timeout`` to ``ms`` (the run's --lock-timeout when None)."""
+        self.executor.set_lock_timeout(
+            conn, self.settings.lock_timeout_ms if ms is None else ms, local=local)
+
     def run_ddl(self, statements: list[str], *, transactional: bool = True) -> float:
         return self.executor.run_statements(self.conn, statements, transactional=transactional,
                                             step=self.step)
@@ -121,11 +150,25 @@ class ActionContext:
     def connect(self, purpose: str) -> Connection:
         return connect(self.settings, purpose=purpose)
 
+    def secret(self, key: str) -> str | None:
+        """A secret handed to this run (``Executor(secrets=...)``), or None."""
+        return self.executor.secret(key)
+
 
 class Executor:
-    def __init__(self, settings: Settings | None = None, progress: Progress | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, progress: Progress | None = None, *,
+                 secrets: Mapping[str, str] | None = None,
+                 registry: Registry | None = None) -> None:
+        """``secrets`` (passwords, connection strings with passwords) reach the actions of
+        this run as ``ctx.secret(key)`` and nothing else: never the plan, the journal or the
+        output. A job resumed in another process gets only the secrets given to that run."""
         self.settings = settings or Settings()
         self._progress = progress
+        self._secrets = dict(secrets or {})
+        self.registry = registry or _default
+
+    def secret(self, key: str) -> str | None:
+        return self._secrets.get(key)
 
     def emit(self, event: Event) -> None:
         if self._progress is not None:
@@ -191,7 +234,7 @@ class Executor:
                 raise Refused(f"job {job_id} is already {job_state}; nothing to {verb}",
                               hint="an operation that finished has its own reverse command"
                               if verb == "roll back" and job_state == "done" else None)
-            run_recovery(conn)
+            self.registry.recover(conn)
             yield plan, states
 
     # -- internals -----------------------------------------------------------------------------
@@ -238,7 +281,8 @@ class Executor:
                 raise StepFailed(f"job {job_id}, step {idx + 1}/{total} ({step.name}: "
                                  f"{step.description}) failed: {msg}", job_id=job_id,
                                  hint=f"fix the cause, then `pgcleave resume {job_id}`; or "
-                                      f"`pgcleave rollback {job_id}`") from None
+                                      f"`pgcleave rollback {job_id}`",
+                                 sqlstate=exc.sqlstate, diag=exc.diag) from exc
             _fault("after", step, idx)
         journal.set_job(conn, job_id, "done")
         self.emit(Event("job-done", job_id, total, total, None, "done"))
@@ -265,7 +309,7 @@ class Executor:
         self.emit(Event("step-start", job_id, idx, total, step, step.description))
         started = time.monotonic()
         if step.action:
-            fn = ACTIONS.get(step.action) or _import_actions().get(step.action)
+            fn = self.registry.action(step.action)
             if fn is None:
                 raise StepFailed(f"unknown action {step.action!r} in job {job_id}", job_id=job_id,
                                  hint="this job was planned by a newer pgcleave; upgrade")
@@ -294,7 +338,7 @@ class Executor:
         self.emit(Event("step-done", job_id, idx, total, step, step.description,
                         {"ms": (time.monotonic() - started) * 1000}))
 
-    def run_statements(self, conn: Connection, statements: list[str], *, transactional: bool,
+    def run_statements(self, conn: Connection, statements: Sequence[str], *, transactional: bool,
                        step: Step | None = None, finish: Callable[[], None] | None = None
                        ) -> float:
         """Run statements under lock_timeout with jittered exponential retry.
@@ -310,8 +354,9 @@ class Executor:
             def attempt() -> float:
                 t0 = time.monotonic()
                 with conn.transaction():
-                    conn.execute(f"SET LOCAL lock_timeout = {int(timeout)}")
-                    conn.execute(f"SET LOCAL statement_timeout = {int(stmt_timeout)}")
+                    self.set_lock_timeout(conn, timeout)
+                    conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(
+                        sql.Literal(int(stmt_timeout))))
                     for s in statements:
                         conn.execute(s.encode())
                     if step is not None:
@@ -320,14 +365,15 @@ class Executor:
                         finish()
                 return (time.monotonic() - t0) * 1000
 
-            return self._with_retry(conn, attempt, step, cleanup)
+            return self.retry_locks(conn, attempt, step=step, cleanup=cleanup)
 
         total = 0.0
         for s in statements:
             def attempt_one(s: str = s) -> float:
                 t0 = time.monotonic()
-                conn.execute(f"SET lock_timeout = {int(timeout)}")
-                conn.execute(f"SET statement_timeout = {int(stmt_timeout)}")
+                self.set_lock_timeout(conn, timeout, local=False)
+                conn.execute(sql.SQL("SET statement_timeout = {}").format(
+                    sql.Literal(int(stmt_timeout))))
                 try:
                     conn.execute(s.encode())
                 finally:
@@ -335,16 +381,29 @@ class Executor:
                     conn.execute("RESET statement_timeout")
                 return (time.monotonic() - t0) * 1000
 
-            total += self._with_retry(conn, attempt_one, step, cleanup)
+            total += self.retry_locks(conn, attempt_one, step=step, cleanup=cleanup)
         return total
 
-    def _with_retry(self, conn: Connection, attempt: Callable[[], float], step: Step | None,
-                    cleanup: list[str], *, cap: float = 5.0) -> float:
-        """Run ``attempt`` until it does not fail on a lock, pausing ``backoff(n, cap=cap)``
-        between attempts, up to the lock retry limit. Cut-overs whose lock request blocks
-        writers while it waits (a swap's ACCESS EXCLUSIVE) pass a low ``cap``: short, frequent
-        attempts find the moment between two writer statements sooner than seconds-long
-        pauses do, and each attempt blocks writers no longer than its lock_timeout."""
+    @staticmethod
+    def set_lock_timeout(conn: Connection, ms: float, *, local: bool = True) -> None:
+        """``SET [LOCAL] lock_timeout``: the one place it is written. ``local`` (the default)
+        lasts until the end of the current transaction; otherwise until ``RESET``."""
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}" if local else
+                             "SET lock_timeout = {}").format(sql.Literal(max(int(ms), 0))))
+
+    def retry_locks(self, conn: Connection, attempt: Callable[[], T], *,
+                    step: Step | None = None, what: str | None = None,
+                    cleanup: Sequence[str] = (), cap: float = 5.0,
+                    hint: str | None = None) -> T:
+        """Run ``attempt`` until it does not fail on a lock (lock timeout, deadlock, or a
+        serialization failure), pausing ``backoff(n, cap=cap)`` between attempts, up to the
+        lock retry limit; then raise ``LockContention``. The one retry loop of pgcleave: every
+        step and action that waits on the application's locks goes through it.
+
+        Cut-overs whose lock request blocks writers while it waits (a swap's ACCESS EXCLUSIVE)
+        pass a low ``cap``: short, frequent attempts find the moment between two writer
+        statements sooner than seconds-long pauses do, and each attempt blocks writers no
+        longer than its lock_timeout."""
         deadline = time.monotonic() + self.settings.lock_retry_limit_s
         n = 0
         while True:
@@ -357,30 +416,17 @@ class Executor:
                 for c in cleanup:
                     conn.execute(c.encode())
                 pause = backoff(n, cap=cap)
+                label = what or (step.description if step else "statement")
                 if time.monotonic() + pause > deadline:
-                    what = step.description if step else "statement"
                     raise LockContention(
                         f"gave up after {n} attempts over {self.settings.lock_retry_limit_s:.0f}s"
-                        f" waiting for a lock ({what}): {str(exc).strip()}",
-                        hint="a long transaction holds the table; find it in pg_stat_activity, "
-                             "or raise --lock-retry-limit") from None
+                        f" waiting for a lock ({label}): {str(exc).strip()}",
+                        hint=hint or "a long transaction holds the table; find it in "
+                                     "pg_stat_activity, or raise --lock-retry-limit") from None
                 self.emit(Event("retry", message=f"{type(exc).__name__}: retry {n} in "
-                                                 f"{pause * 1000:.0f} ms", step=step,
+                                                 f"{pause * 1000:.0f} ms ({label})", step=step,
                                 data={"attempt": n, "pause_s": pause}))
                 time.sleep(pause)
-
-
-def _import_actions() -> dict[str, ActionFn]:
-    """Import every operation module so their actions register (a library user resuming a job
-    may not have imported the module that planned it)."""
-    import importlib
-    import pkgutil
-
-    from . import ops
-
-    for mod in pkgutil.iter_modules(ops.__path__):
-        importlib.import_module(f"{ops.__name__}.{mod.name}")
-    return ACTIONS
 
 
 def backoff(attempt: int, base: float = 0.05, cap: float = 5.0) -> float:

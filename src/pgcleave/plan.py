@@ -10,6 +10,7 @@ registered *action* with JSON parameters instead of carrying a Python closure.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -49,7 +50,7 @@ def render(stmt: Statement) -> str:
     return stmt if isinstance(stmt, str) else stmt.as_string(None)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LockTaken:
     """One lock a step takes: its level and on which relation (display name)."""
 
@@ -60,7 +61,7 @@ class LockTaken:
         return f"{self.level.value} on {self.on}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Step:
     """One unit of work.
 
@@ -86,16 +87,22 @@ class Step:
 
     name: str
     description: str
-    statements: list[str] = field(default_factory=list)
-    locks: list[LockTaken] = field(default_factory=list)
+    statements: Sequence[str] = ()
+    locks: Sequence[LockTaken] = ()
     transactional: bool = True
     guard: str | None = None
-    undo: list[str] = field(default_factory=list)
+    undo: Sequence[str] = ()
     action: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
     ddl: bool = True
-    retry_cleanup: list[str] = field(default_factory=list)
+    retry_cleanup: Sequence[str] = ()
     nothing_to_undo: bool = False
+
+    def __post_init__(self) -> None:
+        # Immutable once built: sequences become tuples, params a private copy.
+        for f in ("statements", "locks", "undo", "retry_cleanup"):
+            object.__setattr__(self, f, tuple(getattr(self, f)))
+        object.__setattr__(self, "params", dict(self.params))
 
     @classmethod
     def sql(cls, name: str, description: str, statements: list[Statement], *,
@@ -112,6 +119,20 @@ class Step:
             nothing_to_undo=nothing_to_undo,
         )
 
+    @classmethod
+    def act(cls, name: str, description: str, *, action: str, params: Mapping[str, Any],
+            shown: Sequence[Statement] = (), locks: Sequence[LockTaken] = (),
+            transactional: bool = True, guard: Statement | None = None,
+            undo: Sequence[Statement] = (), ddl: bool = False,
+            nothing_to_undo: bool = False) -> Step:
+        """A step that runs the registered Python ``action`` with JSON ``params``; ``shown``
+        are the statements it runs, for the dry run."""
+        return cls(name=name, description=description, statements=[render(s) for s in shown],
+                   locks=locks, transactional=transactional,
+                   guard=render(guard) if guard is not None else None,
+                   undo=[render(s) for s in undo], action=action, params=params, ddl=ddl,
+                   nothing_to_undo=nothing_to_undo)
+
     @property
     def strongest_lock(self) -> LockTaken | None:
         if not self.locks:
@@ -120,7 +141,10 @@ class Step:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        for f in ("statements", "undo", "retry_cleanup"):
+            d[f] = list(d[f])
         d["locks"] = [{"level": lt.level.value, "on": lt.on} for lt in self.locks]
+        d["params"] = json.loads(json.dumps(self.params))
         return d
 
     @classmethod

@@ -128,7 +128,7 @@ def check_fits(kind: KeyKind, interval: Interval, column: str, type_name: str) -
 Value = date | datetime | int | Decimal
 
 
-def _zone(tz: str) -> timezone | ZoneInfo:
+def time_zone_info(tz: str) -> timezone | ZoneInfo:
     return UTC if tz.upper() in ("UTC", "Z", "GMT") else ZoneInfo(tz)
 
 
@@ -149,7 +149,7 @@ def floor(value: Any, interval: Interval, tz: str = "UTC") -> Any:
         return (int(value) // int(n)) * int(n)
     if isinstance(value, datetime):
         if value.tzinfo is not None:
-            zone = _zone(tz)
+            zone = time_zone_info(tz)
             local = value.astimezone(zone).replace(tzinfo=None)
             return _localize(_floor_date(local.date(), interval), zone)
         return datetime.combine(_floor_date(value.date(), interval), time())
@@ -248,7 +248,7 @@ def parse_value(text: str, kind: KeyKind, tz: str = "UTC") -> Any:
             return datetime.fromisoformat(t).replace(tzinfo=None)
         if kind == "timestamptz":
             dt = datetime.fromisoformat(t)
-            return dt if dt.tzinfo else dt.replace(tzinfo=_zone(tz))
+            return dt if dt.tzinfo else dt.replace(tzinfo=time_zone_info(tz))
         if kind == "integer":
             return int(t)
         if kind == "numeric":
@@ -265,7 +265,7 @@ def as_key_value(instant: datetime, kind: KeyKind, tz: str = "UTC") -> Any:
     instant itself for ``timestamptz``."""
     if instant.tzinfo is None:
         raise ValueError("as_key_value needs an aware datetime")
-    local = instant.astimezone(_zone(tz))
+    local = instant.astimezone(time_zone_info(tz))
     if kind == "date":
         return local.date()
     if kind == "timestamp":

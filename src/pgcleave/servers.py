@@ -21,25 +21,6 @@ from psycopg import conninfo, sql
 
 from .connection import Connection, describe_dsn, redact
 from .errors import NotFound, Refused, StepFailed
-from .execute import ActionContext, action
-from .plan import Lock, LockTaken, Plan, Step
-
-#: postgres_fdw options pgcleave sets on every server it adds, with why:
-#: - async_capable: an Append over several foreign partitions queries the shards concurrently;
-#: - fetch_size: rows per round trip of a remote scan (postgres_fdw's default is 100);
-#: - batch_size: rows per remote INSERT when inserting through the parent (default 1).
-PERFORMANCE_OPTIONS: dict[str, str] = {
-    "async_capable": "true",
-    "fetch_size": "10000",
-    "batch_size": "100",
-}
-
-#: Session settings set on the managed database so plans over foreign partitions push work to
-#: the shards: a GROUP BY on the partition key runs on each shard (partitionwise aggregate).
-DATABASE_SETTINGS: dict[str, str] = {
-    "enable_partitionwise_aggregate": "on",
-    "enable_partitionwise_join": "on",
-}
 
 #: Options of a postgres_fdw server that are not libpq connection options.
 FDW_ONLY_OPTIONS = {
@@ -49,10 +30,6 @@ FDW_ONLY_OPTIONS = {
 }
 
 MIN_VERSION = 130000
-
-# Passwords of servers being added by this process: the user-mapping step reads them from here,
-# so they never enter the plan or the journal. A resumed job in a new process has none.
-_PENDING_PASSWORDS: dict[str, str] = {}
 
 
 @dataclass
@@ -238,133 +215,15 @@ def check_remote(dsn: str, *, timeout: int = 5) -> RemoteCheck:
     return rc
 
 
-# -- planning ------------------------------------------------------------------------------------
-def plan_server_add(conn: Connection, name: str, dsn: str, *, tune_database: bool = True,
-                    check: RemoteCheck | None = None) -> Plan:
-    """Plan a postgres_fdw server and user mapping for the shard at ``dsn``."""
-    if not name or len(name.encode()) > 63:
-        raise Refused(f"server name {name!r} must be 1 to 63 bytes")
-    if name == "local":
-        raise Refused("'local' is reserved (`move --to local` brings a partition back)",
-                      hint="choose another name, e.g. db2")
-    try:
-        params = conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        raise Refused(f"cannot parse the DSN: {redact(str(exc))}",
-                      hint="use a URL (postgresql://user@host:5432/db) or key=value pairs"
-                      ) from None
-    if any(s.name == name for s in list_servers(conn)):
-        raise Refused(f"a server named {name!r} already exists",
-                      hint=f"`pgcleave server list` shows it; `pgcleave server remove {name}` "
-                           "first to replace it")
-    row = conn.execute("SELECT srvname FROM pg_foreign_server WHERE srvname = %s",
-                       [name]).fetchone()
-    if row:
-        raise Refused(f"a foreign server named {name!r} exists and is not a postgres_fdw server")
-    avail = conn.execute("SELECT name FROM pg_available_extensions WHERE name IN"
-                         " ('postgres_fdw', 'dblink')").fetchall()
-    missing = {"postgres_fdw", "dblink"} - {r[0] for r in avail}
-    if missing:
-        raise Refused(f"extension(s) {', '.join(sorted(missing))} not available on this server",
-                      hint="install PostgreSQL's contrib modules (postgresql-contrib)")
-    rc = check or check_remote(dsn)
-    if rc.version < MIN_VERSION:
-        raise Refused(f"the remote runs {rc.version_text}; pgcleave needs PostgreSQL 13 or newer")
-    here = conn.execute("SELECT (SELECT system_identifier::text FROM pg_control_system()),"
-                        " current_database()").fetchone()
-    assert here is not None
-    if here[0] == rc.system_identifier:
-        raise Refused(f"{describe_dsn(dsn)} is this same PostgreSQL cluster",
-                      hint="a shard must be another server: logical replication between two "
-                           "databases of one cluster needs manual slot handling")
-
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    srv_opts: dict[str, str] = {"host": str(host), "port": str(params.get("port") or "5432"),
-                                "dbname": str(params.get("dbname") or rc.database)}
-    for k, v in params.items():
-        if k not in ("host", "port", "dbname", "user", "password", "hostaddr") and v:
-            srv_opts[k] = str(v)
-    if params.get("hostaddr") and params.get("host"):
-        srv_opts["hostaddr"] = str(params["hostaddr"])
-    srv_opts.update(PERFORMANCE_OPTIONS)
-    user = str(params.get("user") or rc.user)
-    password = params.get("password")
-    if password:
-        _PENDING_PASSWORDS[name] = str(password)
-
-    dbl = dblink_schema(conn)
-    ident = sql.Identifier(name)
-    steps = [
-        Step.sql("extensions", "install postgres_fdw and dblink (dblink runs pgcleave's remote "
-                 "DDL through the same user mapping)",
-                 [sql.SQL("CREATE EXTENSION IF NOT EXISTS postgres_fdw"),
-                  sql.SQL("CREATE EXTENSION IF NOT EXISTS dblink SCHEMA {}").format(
-                      sql.Identifier(dbl))],
-                 guard=sql.SQL("SELECT count(*) = 2 FROM pg_extension WHERE extname IN"
-                               " ('postgres_fdw', 'dblink')")),
-        Step.sql("server", f"create foreign server {name} ({describe_dsn(dsn)}) with "
-                 "async_capable, fetch_size 10000, batch_size 100",
-                 [sql.SQL("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw OPTIONS ({})").format(
-                     ident, _opts_sql(srv_opts))],
-                 guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_foreign_server WHERE srvname = {})"
-                               ).format(sql.Literal(name)),
-                 undo=[sql.SQL("DROP SERVER IF EXISTS {} CASCADE").format(ident)]),
-    ]
-    um_shown = {"user": user} | ({"password": "***"} if password else {})
-    steps.append(Step(
-        name="user-mapping", description=f"map the current user to {user} on {name}"
-        + (" (password from the DSN, never shown)" if password else ""),
-        statements=[sql.SQL("CREATE USER MAPPING FOR CURRENT_USER SERVER {} OPTIONS ({})").format(
-            ident, _opts_sql(um_shown)).as_string(None)],
-        action="server.user_mapping", params={"server": name, "user": user,
-                                              "password": bool(password)},
-        guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_user_mappings WHERE srvname = {}"
-                      " AND usename = current_user)").format(sql.Literal(name)).as_string(None),
-        undo=[sql.SQL("DROP USER MAPPING IF EXISTS FOR CURRENT_USER SERVER {}").format(
-            ident).as_string(None)], ddl=False))
-    steps.append(Step.sql(
-        "probe", f"check that postgres_fdw reaches {name} with the mapping",
-        [sql.SQL("SELECT * FROM {}.dblink({}, 'SELECT 1') AS r(x int)").format(
-            sql.Identifier(dbl), sql.Literal(name))], ddl=False))
-    if tune_database:
-        dbname = sql.Identifier(str(conn.info.dbname))
-        for k, v in DATABASE_SETTINGS.items():
-            steps.append(Step.sql(
-                f"set-{k}", f"set {k} = {v} for new sessions of this database (GROUP BY on the "
-                "partition key then runs on the shards)",
-                [sql.SQL("ALTER DATABASE {} SET {} = {}").format(dbname, sql.Identifier(k),
-                                                                 sql.SQL(v))],
-                guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_db_role_setting s JOIN"
-                              " pg_database d ON d.oid = s.setdatabase AND s.setrole = 0"
-                              " WHERE d.datname = current_database() AND {} = ANY(s.setconfig))"
-                              ).format(sql.Literal(f"{k}={v}")),
-                undo=[sql.SQL("ALTER DATABASE {} RESET {}").format(dbname, sql.Identifier(k))]))
-    plan = Plan("server add", f"server:{name}", {"server": name, "dsn": describe_dsn(dsn),
-                                                  "remote": rc.to_json()}, steps)
-    plan.notes.append(f"remote answers: {rc.version_text}, database {rc.database}, user {user}, "
-                      f"wal_level={rc.settings['wal_level']}, max_prepared_transactions="
-                      f"{rc.settings['max_prepared_transactions']}")
-    plan.notes.extend(rc.problems)
-    return plan
 
 
-def plan_server_remove(conn: Connection, name: str) -> Plan:
-    """Plan dropping server ``name``; refused while partitions live on it."""
-    s = get_server(conn, name)
-    if s.partitions:
-        raise Refused(f"server {name} still holds {len(s.partitions)} foreign table(s): "
-                      + ", ".join(s.partitions),
-                      hint="move partitions back first: pgcleave move PARTITION --to local "
-                           "(or drop the foreign tables you no longer need)")
-    ident = sql.Identifier(name)
-    return Plan("server remove", f"server:{name}", {"server": name}, [
-        Step.sql("drop-server", f"drop foreign server {name} and its user mappings",
-                 [sql.SQL("DROP SERVER IF EXISTS {} CASCADE").format(ident)],
-                 locks=[LockTaken(Lock.NONE, name)])],
-        notes=["tables pgcleave left on the shard itself (pgcleave.move_markers) stay there"])
 
 
-def _opts_sql(opts: dict[str, str]) -> sql.Composable:
+
+
+
+
+def options_sql(opts: dict[str, str]) -> sql.Composable:
     return sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v))
                               for k, v in opts.items())
 
@@ -377,18 +236,3 @@ def _options(opts: list[str]) -> dict[str, str]:
     return out
 
 
-@action("server.user_mapping")
-def _user_mapping(ctx: ActionContext) -> None:
-    name = ctx.params["server"]
-    opts = {"user": ctx.params["user"]}
-    if ctx.params.get("password"):
-        pw = _PENDING_PASSWORDS.get(name)
-        if pw is None:
-            raise StepFailed(
-                f"the password for server {name} is not known to this process",
-                hint=f"passwords are never journaled: `pgcleave rollback` this job, then "
-                     f"run `pgcleave server add {name} --dsn ...` again")
-        opts["password"] = pw
-    stmt = sql.SQL("CREATE USER MAPPING IF NOT EXISTS FOR CURRENT_USER SERVER {} OPTIONS ({})"
-                   ).format(sql.Identifier(name), _opts_sql(opts))
-    ctx.conn.execute(stmt)

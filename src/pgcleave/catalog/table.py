@@ -468,7 +468,7 @@ def _remote_stats(q: _Query, oid: int, server: str) -> tuple[int | None, int] | 
     return rows, int(size)
 
 
-_RANGE_RE = re.compile(r"^FOR VALUES FROM \((.*)\) TO \((.*)\)$", re.S)
+RANGE_BOUND_RE = re.compile(r"^FOR VALUES FROM \((.*)\) TO \((.*)\)$", re.S)
 _LIST_RE = re.compile(r"^FOR VALUES IN \((.*)\)$", re.S)
 _HASH_RE = re.compile(r"^FOR VALUES WITH \(modulus (\d+), remainder (\d+)\)$")
 
@@ -513,7 +513,7 @@ def split_literals(text: str) -> list[str]:
 def _parse_bound(p: Partition) -> None:
     if p.is_default:
         return
-    if m := _RANGE_RE.match(p.bound):
+    if m := RANGE_BOUND_RE.match(p.bound):
         p.lower, p.upper = split_literals(m.group(1)), split_literals(m.group(2))
     elif m := _LIST_RE.match(p.bound):
         p.values = split_literals(m.group(1))

@@ -16,7 +16,9 @@ from .main import app
 
 @app.command()
 @click.argument("table")
-@click.option("--by", required=True, metavar="COLUMN", help="The partition key column.")
+@click.option("--by", required=True, metavar="'range(COL)'|COLUMN",
+              help="The partition key: 'range(column)' as for partition --by, or the bare "
+                   "column name (taken as written).")
 @click.option("--interval", required=True, metavar="INTERVAL",
               help="day, week, month, quarter, year ('1 month', '3 months', ...) for date and "
                    "timestamp keys; a number for integer keys.")

@@ -7,6 +7,7 @@ from rich.table import Table
 
 from .. import journal
 from ..execute import Executor
+from ..ops.move import ORIGIN_DSN_SECRET
 from .common import STATE, Reporter, db, json_option, out, print_json
 from .main import app
 
@@ -30,17 +31,28 @@ def jobs(as_json: bool, unfinished: bool) -> None:
     out.print(t)
 
 
+_origin_dsn = click.option(
+    "--origin-dsn", default=None, metavar="DSN",
+    help="The --origin-dsn the job's move was started with (it is never journaled).")
+
+
+def _secrets(origin_dsn: str | None) -> dict[str, str]:
+    return {ORIGIN_DSN_SECRET: origin_dsn} if origin_dsn else {}
+
+
 @app.command()
 @click.argument("job", type=int)
-def resume(job: int) -> None:
+@_origin_dsn
+def resume(job: int, origin_dsn: str | None) -> None:
     """Continue JOB, whose process died or failed, from the first step not done."""
-    plan = Executor(STATE.settings, Reporter()).resume(job)
+    plan = Executor(STATE.settings, Reporter(), secrets=_secrets(origin_dsn)).resume(job)
     out.print(f"{plan.operation} {plan.target}: done (job {job})", markup=False)
 
 
 @app.command()
 @click.argument("job", type=int)
-def rollback(job: int) -> None:
+@_origin_dsn
+def rollback(job: int, origin_dsn: str | None) -> None:
     """Undo the steps an unfinished JOB did, last first."""
-    plan = Executor(STATE.settings, Reporter()).rollback(job)
+    plan = Executor(STATE.settings, Reporter(), secrets=_secrets(origin_dsn)).rollback(job)
     out.print(f"{plan.operation} {plan.target}: rolled back (job {job})", markup=False)

@@ -16,6 +16,7 @@ from ..catalog import resolve
 from ..connection import Connection
 from ..errors import Busy, PgcleaveError, UsageError
 from ..execute import Executor, run_recovery
+from ..ops import config as config_ops
 from ..ops import maintain as maintain_ops
 from ..ops.check import MAX_PARTITIONS, check_tables, prometheus
 from ..ops.maintain import plan_maintain
@@ -300,7 +301,7 @@ def config(table: str, interval: str | None, premake: int | None, retention: str
             else:
                 out.print(f"{qname}: {current.summary()}", markup=False)
             return
-        plan, new = pol.plan_config(
+        plan, new = config_ops.plan_config(
             conn, table, interval=interval, premake=premake, retention=retention,
             no_retention=no_retention, retention_action=retention_action,
             archive_dir=archive_dir, archive_format=archive_format, time_zone=time_zone,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import UsageError
 from ..ops.carve import DIRECT_MAX_LOCK_MS, plan_carve
 from ..ops.partition import plan_add_partition, plan_partition, plan_unpartition
 from . import common
@@ -32,7 +33,7 @@ def _values(text: str | None) -> list[str] | None:
 @click.option("--premake", default=3, show_default=True, type=click.IntRange(min=0),
               help="Future partitions created at once (legacy strategy).")
 @click.option("--modulus", default=None, type=click.IntRange(min=1),
-              help="Number of hash partitions (hash).")
+              help="Reserved for hash partitioning, which is not available yet (refused).")
 @click.option("--strategy", type=click.Choice(["legacy", "default", "copy"]), default=None,
               help="legacy: the old table becomes [MINVALUE, cutoff); default: it becomes the "
                    "DEFAULT partition; copy: rows are copied into a new table. Chosen "
@@ -63,9 +64,13 @@ def partition(table: str, by: str, interval: str | None, premake: int, modulus: 
     pgcleave partition orders --by 'range(created_at)' --interval '1 month'
     pgcleave partition exercises --by 'range(tenant)'          # old table as DEFAULT
     """
+    if modulus is not None:
+        raise UsageError("--modulus goes with hash partitioning, which `pgcleave partition` "
+                         "does not do yet; nothing was changed",
+                         hint="partition by 'range(COLUMN)' or 'list(COLUMN)'")
     with common.db() as conn:
         plan = plan_partition(conn, table, by=by, interval=interval, premake=premake,
-                              modulus=modulus, strategy=strategy, then=then,
+                              strategy=strategy, then=then,
                               then_interval=then_interval, cutoff=cutoff,
                               drop_inbound_fks=drop_inbound_fks,
                               require_parent_key=require_parent_key, old_name=old_name)

@@ -6,6 +6,7 @@ import click
 from rich.table import Table
 
 from .. import servers
+from ..ops import server as server_ops
 from .common import db, dry_run_option, execute, json_option, out, print_json, yes_option
 from .main import app
 
@@ -30,8 +31,9 @@ def server_add(name: str, remote_dsn: str, no_tune: bool, dry_run: bool, yes: bo
     """Add server NAME: check that it answers (version, settings), then create the
     postgres_fdw server with performance options and a user mapping for the current user."""
     with db() as conn:
-        plan = servers.plan_server_add(conn, name, remote_dsn, tune_database=not no_tune)
-    execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
+        plan = server_ops.plan_server_add(conn, name, remote_dsn, tune_database=not no_tune)
+    execute(plan, dry_run=dry_run, yes=yes, as_json=as_json,
+            secrets=server_ops.server_secrets(name, remote_dsn))
 
 
 @server.command("list")
@@ -63,5 +65,5 @@ def server_list(as_json: bool) -> None:
 def server_remove(name: str, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Remove server NAME (refused while partitions live on it)."""
     with db() as conn:
-        plan = servers.plan_server_remove(conn, name)
+        plan = server_ops.plan_server_remove(conn, name)
     execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)

@@ -35,7 +35,8 @@ def move(partition: str, to: str, drop_source: bool, origin_dsn: str | None, dry
     with db() as conn:
         plan = _move.plan_move(conn, partition, to=to, drop_source=drop_source,
                                origin_dsn=origin_dsn)
-    execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
+    execute(plan, dry_run=dry_run, yes=yes, as_json=as_json,
+            secrets={_move.ORIGIN_DSN_SECRET: origin_dsn} if origin_dsn else None)
 
 
 @app.command()

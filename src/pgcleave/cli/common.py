@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,8 +143,10 @@ class Reporter:
             err.print(f"{stamp}job {ev.job_id}: done")
 
 
-def execute(plan: Plan, *, dry_run: bool, yes: bool, as_json: bool = False) -> int | None:
-    """Show or run a plan: the one path every changing command takes."""
+def execute(plan: Plan, *, dry_run: bool, yes: bool, as_json: bool = False,
+            secrets: Mapping[str, str] | None = None) -> int | None:
+    """Show or run a plan: the one path every changing command takes. ``secrets`` go to the
+    run's actions only (see ``Executor``), never to the output."""
     if dry_run:
         if as_json:
             print_json(plan.to_json())
@@ -165,7 +168,7 @@ def execute(plan: Plan, *, dry_run: bool, yes: bool, as_json: bool = False) -> i
         for w in plan.warnings:
             err.print(f"warning: {w}", markup=False)
         confirm("Proceed with the changes listed above?", yes)
-    job_id = Executor(STATE.settings, Reporter()).run(plan)
+    job_id = Executor(STATE.settings, Reporter(), secrets=secrets).run(plan)
     if as_json:
         print_json({"job": job_id, "operation": plan.operation, "target": plan.target,
                     "state": "done"})

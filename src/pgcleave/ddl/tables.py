@@ -65,8 +65,12 @@ def overriding(info: TableInfo) -> sql.Composable:
                    else "")
 
 
-def collist(cols: list[str]) -> sql.Composable:
-    return sql.SQL(", ").join(map(sql.Identifier, cols))
+def collist(cols: list[str], prefix: str | None = None) -> sql.Composable:
+    """``"a", "b"``, or ``NEW."a", NEW."b"`` with a ``prefix`` (a row variable, not quoted)."""
+    if prefix is None:
+        return sql.SQL(", ").join(map(sql.Identifier, cols))
+    return sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.SQL(prefix), sql.Identifier(c))
+                              for c in cols)
 
 
 PartKey = tuple[str, str]  # ("constraint", "PRIMARY KEY (id)") or ("index", "USING btree ...")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 import uuid
 from typing import Any
 
@@ -32,8 +31,8 @@ from psycopg import sql
 from .. import servers
 from ..catalog import snapshot
 from ..connection import Connection
-from ..errors import LockContention, Refused, StepFailed
-from ..execute import RETRYABLE, ActionContext, Event, action, backoff, recovery_hook
+from ..errors import Refused, StepFailed
+from ..execute import RETRYABLE, ActionContext
 from ..names import QualifiedName
 from ..plan import Lock, LockTaken, Plan, Step
 
@@ -134,8 +133,7 @@ def _gid_prefix(conn: Connection) -> str:
     return f"pgcleave:{row[0]}:{row[1]}"
 
 
-@action("alter.apply")
-def _apply(ctx: ActionContext) -> None:
+def apply(ctx: ActionContext) -> None:
     p = ctx.params
     conn = ctx.conn
     decided = conn.execute("SELECT count(*) FROM pgcleave.twophase WHERE job_id = %s AND"
@@ -143,24 +141,10 @@ def _apply(ctx: ActionContext) -> None:
     if decided and decided[0]:
         return  # a killed run got as far as the decision: only the commits are left
     table = QualifiedName(*p["table"])
-    deadline = time.monotonic() + ctx.settings.lock_retry_limit_s
     side = ctx.connect("alter-log")
     try:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                _attempt(ctx, side, table)
-                return
-            except RETRYABLE as exc:
-                pause = backoff(attempt)
-                if time.monotonic() + pause > deadline:
-                    raise LockContention(
-                        f"gave up after {attempt} attempts: {str(exc).strip()}",
-                        hint="a long transaction holds the table here or on a shard") from None
-                ctx.executor.emit(Event("retry", message=f"{type(exc).__name__}: retry "
-                                        f"{attempt} in {pause * 1000:.0f} ms", step=ctx.step))
-                time.sleep(pause)
+        ctx.retry_locks(lambda: _attempt(ctx, side, table),
+                        hint="a long transaction holds the table here or on a shard")
     finally:
         side.close()
 
@@ -169,11 +153,10 @@ def _attempt(ctx: ActionContext, side: Connection, table: QualifiedName) -> None
     p = ctx.params
     conn = ctx.conn
     prefix = _gid_prefix(conn)
-    timeout = int(ctx.settings.lock_timeout_ms)
     remotes: list[tuple[str, str, Connection]] = []  # gid, server, connection
     try:
         with conn.transaction():
-            conn.execute(f"SET LOCAL lock_timeout = {timeout}")
+            ctx.set_lock_timeout(conn)
             conn.execute("SET LOCAL pgcleave.allow_ddl = 'on'")
             # ONLY: LOCK would recurse into the foreign partitions, which cannot be locked
             conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(
@@ -186,7 +169,7 @@ def _attempt(ctx: ActionContext, side: Connection, table: QualifiedName) -> None
                 rc = servers.connect_remote(conn, s["server"], purpose="alter")
                 remotes.append((gid, s["server"], rc))
                 rc.execute("BEGIN")
-                rc.execute(f"SET LOCAL lock_timeout = {timeout}")
+                ctx.set_lock_timeout(rc)
                 rc.execute(s["statement"].encode())
                 rc.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
                 _fault("alter-prepared")
@@ -236,8 +219,7 @@ def _finish(rc: Connection, gid: str, *, commit: bool) -> bool:
     return True
 
 
-@action("alter.commit")
-def _commit(ctx: ActionContext) -> None:
+def commit(ctx: ActionContext) -> None:
     rows = ctx.conn.execute("SELECT gid, server FROM pgcleave.twophase WHERE job_id = %s"
                             " AND state = 'commit' ORDER BY gid", [ctx.job_id]).fetchall()
     for gid, server in rows:
@@ -247,7 +229,6 @@ def _commit(ctx: ActionContext) -> None:
                          " clock_timestamp() WHERE gid = %s", [gid])
 
 
-@recovery_hook
 def recover_prepared(conn: Connection) -> list[tuple[str, str]]:
     """Settle prepared transactions of ``pgcleave alter`` on the shards: commit those decided
     here, roll back those never decided whose job is not running. Shards that cannot be

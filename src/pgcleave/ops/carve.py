@@ -25,12 +25,11 @@ and by ``move`` (carve a range before moving it to another server).
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any, TypeVar
+from typing import Any
 
 from psycopg import sql
 
@@ -51,12 +50,9 @@ from ..ddl.bounds import (
 )
 from ..ddl.exclusion import run_exclusion
 from ..ddl.tables import collist, index_tail, insert_columns, is_partition_of, overriding
-from ..errors import Refused, StepFailed
-from ..execute import ActionContext, action
+from ..errors import Refused
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step, render
-
-T = TypeVar("T")
 
 # The direct method holds ACCESS EXCLUSIVE on the parent while it moves the carved rows and
 # PostgreSQL scans the rest of the DEFAULT. Measured on the reference machine (2 cores, PG 15,
@@ -78,12 +74,6 @@ SWAP_BATCH = 4
 # Replays of the key log stop once fewer keys than this changed during one replay; the last
 # replay then runs inside the first swap transaction (index lookups: ~1 ms per 100 keys).
 CATCHUP_ROWS = 1000
-# The swap transactions are cut-overs: each one's lock request waits at most this long (or
-# the configured lock_timeout if shorter) and is retried after pauses of at most
-# SWAP_RETRY_CAP_S. A waiting ACCESS EXCLUSIVE request blocks every writer queued behind it,
-# so a writer waits at most about this timeout plus the (tens of ms) hold.
-SWAP_LOCK_TIMEOUT_MS = 50
-SWAP_RETRY_CAP_S = 0.25
 # Before the first swap transaction, replays run until fewer keys than this are left, so the
 # replay inside it (under ACCESS EXCLUSIVE) handles only a handful.
 FINAL_REPLAY_ROWS = 100
@@ -685,16 +675,15 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
         "analyze their indexes (two connections), then replay the logged keys until few are "
         "left", [copy_sql, *index_sql, *replay],
         locks=[LockTaken(Lock.ACCESS_SHARE, f"{S} (reads only)")], ddl=False)
-    copy_step.action = "carve-copy"
     # A rollback refused once the swap had begun may have marked this step undone; a resume
     # then runs it again: it sees the swap begun and does nothing.
     done_first = sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(retired.literal)
-    copy_step.params = {"copy": render(copy_sql), "index": [render(x) for x in index_sql],
-                        "leaf_jobs": [[leaf.quoted, [render(x) for x in stmts]]
-                                      for leaf, stmts in leaf_jobs],
-                        "index_top": [render(x) for x in index_top],
-                        "replay": [render(x) for x in replay], "catchup_rows": catchup_rows,
-                        "begun": render(done_first)}
+    copy_step = dataclasses.replace(copy_step, action="carve.copy", params={
+        "copy": render(copy_sql), "index": [render(x) for x in index_sql],
+        "leaf_jobs": [[leaf.quoted, [render(x) for x in stmts]] for leaf, stmts in leaf_jobs],
+        "index_top": [render(x) for x in index_top],
+        "replay": [render(x) for x in replay], "catchup_rows": catchup_rows,
+        "begun": render(done_first)})
     steps.append(copy_step)
 
     verify_stmts: list[Statement] = []
@@ -713,10 +702,10 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
         f"on a second connection that imports the snapshot) that {names} hold exactly the "
         f"rows of {S}", [*verify_stmts, *replay, count_src, count_copies],
         locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, names)], ddl=False)
-    verify.action = "carve-verify"
-    verify.params = {"ddl": [render(x) for x in verify_stmts],
-                     "replay": [render(x) for x in replay], "count_source": render(count_src),
-                     "count_copies": render(count_copies), "begun": render(done_first)}
+    verify = dataclasses.replace(verify, action="carve.verify", params={
+        "ddl": [render(x) for x in verify_stmts], "replay": [render(x) for x in replay],
+        "count_source": render(count_src), "count_copies": render(count_copies),
+        "begun": render(done_first)})
     steps.append(verify)
 
     lock_parent = sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(parent.ident)
@@ -822,10 +811,10 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
                       "WHERE inhrelid = to_regclass({}) AND inhparent = to_regclass({}))").format(
             hold.literal, targets[0].name.literal, parent.literal),
         undo=[])
-    swap.action = "carve-swap"
-    swap.params = {"first": [render(x) for x in first], "first_done": render(done_first),
-                   "groups": groups, "replay": [render(x) for x in replay],
-                   "catchup_rows": min(catchup_rows, FINAL_REPLAY_ROWS)}
+    swap = dataclasses.replace(swap, action="carve.swap", params={
+        "first": [render(x) for x in first], "first_done": render(done_first),
+        "groups": groups, "replay": [render(x) for x in replay],
+        "catchup_rows": min(catchup_rows, FINAL_REPLAY_ROWS)})
     steps.append(swap)
 
     drop_old: list[Statement] = [sql.SQL("DROP TABLE IF EXISTS {}").format(retired.ident),
@@ -876,230 +865,17 @@ def _capture_function(fname: QualifiedName, log: QualifiedName, pk: list[str]
         fname.ident, sql.Literal(body.as_string(None)))
 
 
-def _replay(conn: Connection, statements: list[str]) -> int:
-    """One replay in one REPEATABLE READ snapshot; returns how many log rows it consumed."""
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        for s in statements[:-1]:
-            conn.execute(s.encode())
-        return conn.execute(statements[-1].encode()).rowcount
 
 
-def _begun(conn: Connection, params: dict[str, Any]) -> bool:
-    if "begun" not in params:
-        return False
-    row = conn.execute(params["begun"].encode()).fetchone()
-    return bool(row and row[0])
 
 
-def _snapshot_id(conn: Connection) -> str:
-    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
-    assert row is not None
-    return str(row[0])
 
 
-def _on_side(ctx: ActionContext, fn: Callable[[Connection], T]) -> Callable[[], T]:
-    """Start ``fn`` on a second connection in a thread; the returned function waits for it
-    and returns its result (or raises its exception). The connection is closed either way."""
-    side = ctx.connect("carve-side")
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["out"] = fn(side)
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["exc"] = exc
-
-    th = threading.Thread(target=run, name="pgcleave-carve-side", daemon=True)
-    th.start()
-
-    def wait() -> T:
-        th.join()
-        side.close()
-        if "exc" in box:
-            raise box["exc"]
-        out: T = box["out"]
-        return out
-
-    return wait
 
 
-def _build_indexes(ctx: ActionContext, p: dict[str, Any]) -> None:
-    """Each leaf's indexes (and ANALYZE) in one transaction, the leaves shared out between
-    two connections as they free up; a leaf that has an index already was done by a killed
-    run. Then the holder's indexes, which attach the leaves' ones (catalog only)."""
-    conn = ctx.conn
-    queue = list(p["leaf_jobs"])
-    lock = threading.Lock()
-
-    def worker(c: Connection) -> None:
-        while True:
-            with lock:
-                if not queue:
-                    return
-                leaf, stmts = queue.pop(0)
-            row = c.execute("SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = "
-                            "to_regclass(%s))", [leaf]).fetchone()
-            if row and row[0]:
-                continue
-            with c.transaction():
-                for stmt in stmts:
-                    c.execute(stmt.encode())
-
-    wait = _on_side(ctx, worker)
-    try:
-        worker(conn)
-    finally:
-        wait()
-    with conn.transaction():
-        for stmt in p["index_top"]:
-            conn.execute(stmt.encode())
-        ctx.save({**ctx.load(), "indexed": True})
 
 
-@action("carve-copy")
-def _copy(ctx: ActionContext) -> None:
-    """The bulk copy (one statement, its progress saved in its transaction so a resumed job
-    does not copy twice), the index builds (two connections), then replays of the key log
-    until fewer than ``catchup_rows`` keys changed during the last one."""
-    conn = ctx.conn
-    p = ctx.params
-    if _begun(conn, p):
-        return
-    state = ctx.load()
-    t0 = time.monotonic()
-    if "copied" not in state:
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            n = conn.execute(p["copy"].encode()).rowcount
-            state = {"copied": n}
-            ctx.save(state)
-        s = time.monotonic() - t0
-        ctx.progress(f"copied {n:,} rows in {s:.1f} s ({n / max(s, 1e-6):,.0f} rows/s)",
-                     copied=n, final=True)
-    if not state.get("indexed"):
-        t1 = time.monotonic()
-        if "leaf_jobs" in p:
-            _build_indexes(ctx, p)
-        else:  # a job planned by an earlier version
-            with conn.transaction():
-                for stmt in p["index"]:
-                    conn.execute(stmt.encode())
-                ctx.save({**state, "indexed": True})
-        state = {**state, "indexed": True}
-        what = (f"the indexes of {len(p['leaf_jobs'])} table(s) (2 connections), analyzed "
-                "them," if "leaf_jobs" in p else f"{len(p['index'])} index(es)")
-        ctx.progress(f"built {what} in {time.monotonic() - t1:.1f} s", final=True)
-    for _ in range(20):
-        n = _replay(conn, p["replay"])
-        ctx.progress(f"replayed {n:,} logged key(s)", replayed=n)
-        if n < int(p.get("catchup_rows", 1000)):
-            break
-    ctx.progress(f"copied {state['copied']:,} rows and caught up in "
-                 f"{time.monotonic() - t0:.1f} s", copied=state["copied"], final=True)
 
 
-@action("carve-verify")
-def _verify(ctx: ActionContext) -> None:
-    conn = ctx.conn
-    p = ctx.params
-    if _begun(conn, p):
-        return
-    if p["ddl"]:
-        ctx.run_ddl(list(p["ddl"]), transactional=False)
-    # After a replay in the same snapshot the copies hold exactly the source's rows (see
-    # _swap_steps), so the counts must match. The source is counted on a second connection
-    # that imports this transaction's snapshot (it sees the source as this one does; only the
-    # copies, which the replay changes, must be counted here), while the replay runs.
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        if "count_source" in p:
-            snap = _snapshot_id(conn)
-
-            def count(side: Connection) -> int:
-                with side.transaction():
-                    side.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                    side.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
-                        sql.Literal(snap)))
-                    r = side.execute(p["count_source"].encode()).fetchone()
-                assert r is not None
-                return int(r[0])
-
-            wait = _on_side(ctx, count)
-            try:
-                for s in p["replay"]:
-                    conn.execute(s.encode())
-                r = conn.execute(p["count_copies"].encode()).fetchone()
-            finally:
-                n_src = wait()
-            assert r is not None
-            row: tuple[int, int] = (n_src, int(r[0]))
-        else:  # a job planned by an earlier version
-            for s in p["replay"]:
-                conn.execute(s.encode())
-            r = conn.execute(p["count"].encode()).fetchone()
-            assert r is not None
-            row = (int(r[0]), int(r[1]))
-    if row[0] != row[1]:
-        raise StepFailed(f"the copies hold {row[1]:,} rows but the source {row[0]:,}",
-                         job_id=ctx.job_id,
-                         hint=f"nothing was swapped; `pgcleave rollback {ctx.job_id}` removes "
-                              "the copies")
-    ctx.progress(f"verified: {row[0]:,} rows in the source and in the copies", final=True)
 
 
-@action("carve-swap")
-def _swap(ctx: ActionContext) -> None:
-    """The swap transactions, each a cut-over under a short lock_timeout, retried quickly
-    (see SWAP_LOCK_TIMEOUT_MS). Each one's effect is visible in the catalog, which is what a
-    resumed job checks to skip it."""
-    conn = ctx.conn
-    p = ctx.params
-
-    def holds(q: str) -> bool:
-        row = conn.execute(q.encode()).fetchone()
-        return bool(row and row[0])
-
-    timeout = max(1, min(int(ctx.settings.lock_timeout_ms), SWAP_LOCK_TIMEOUT_MS))
-
-    def run(statements: list[str]) -> tuple[float, float]:
-        """(ms waited for the locks, ms ACCESS EXCLUSIVE was held until the commit)."""
-        times: list[float] = []
-
-        def attempt() -> float:
-            t0 = time.monotonic()
-            t_locked = t0
-            with conn.transaction():
-                conn.execute(f"SET LOCAL lock_timeout = {timeout}")
-                for stmt in statements:
-                    conn.execute(stmt.encode())
-                    if stmt.startswith("LOCK TABLE") and t_locked == t0:
-                        t_locked = time.monotonic()
-            t1 = time.monotonic()
-            times[:] = [(t_locked - t0) * 1000, (t1 - t_locked) * 1000]
-            return (t1 - t0) * 1000
-
-        ctx.executor._with_retry(conn, attempt, ctx.step, [], cap=SWAP_RETRY_CAP_S)
-        return times[0], times[1]
-
-    total = 1 + len(p["groups"])
-    held: list[float] = []
-    if not holds(p["first_done"]):
-        # Catch up outside any exclusive lock first: the replay inside the first swap
-        # transaction then handles only the keys written in the last moments.
-        if p.get("replay"):
-            for _ in range(5):
-                if _replay(conn, p["replay"]) < int(p.get("catchup_rows", FINAL_REPLAY_ROWS)):
-                    break
-        wait, ms = run(list(p["first"]))
-        held.append(ms)
-        ctx.progress(f"swap 1/{total}: source detached, copies attached: ACCESS EXCLUSIVE held "
-                     f"{ms:.0f} ms (lock wait {wait:.0f} ms)", held_ms=ms, final=True)
-    for i, g in enumerate(p["groups"], start=2):
-        if holds(g["done"]):
-            continue
-        wait, ms = run(list(g["sql"]))
-        held.append(ms)
-        ctx.progress(f"swap {i}/{total}: attached {g['what']}: ACCESS EXCLUSIVE held "
-                     f"{ms:.0f} ms (lock wait {wait:.0f} ms)", held_ms=ms, final=True)
-    ctx.save({"held_ms": held})

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .. import levels as lv
 from .. import policy as pol
 from .. import schemes
 from ..catalog import snapshot
@@ -93,13 +94,13 @@ def check_table(conn: Connection, table: str, *, now: datetime | None = None,
             h.add("default-rows", f"{n} rows in DEFAULT partition {d.name} (values with no "
                                   "branch yet; `maintain` gives them one)")
 
-    for level in pol.levels(conn, policy, info):
-        mk = (pol.max_key(conn, level.parent, level.key)
+    for level in lv.levels(conn, policy, info):
+        mk = (lv.max_key(conn, level.parent, level.key)
               if level.kind in ("integer", "numeric") else None)
-        now_v = pol.now_value(conn, level.kind, policy.time_zone, now, mk)
-        cut = pol.cutoff(level, now_v, policy.retention)
+        now_v = lv.now_value(conn, level.kind, policy.time_zone, now, mk)
+        cut = lv.cutoff(level, now_v, policy.retention)
         live = [rp for rp in level.parts if not rp.part.detach_pending]
-        view = pol.Level(**{**level.__dict__, "parts": live})
+        view = lv.Level(**{**level.__dict__, "parts": live})
         if now_v is not None:
             horizon = view.horizon(now_v)
             cur = view.period(now_v)
@@ -117,7 +118,7 @@ def check_table(conn: Connection, table: str, *, now: datetime | None = None,
                 h.add("premake", f"{level.parent}: {have}; the policy asks for "
                                  f"{policy.premake} ahead")
         if view.default is not None:
-            periods = pol.default_periods(conn, view)
+            periods = lv.default_periods(conn, view)
             late = sum(n for k, n in periods.items() if k is not None and cut is not None
                        and schemes.add(k, view.interval) <= cut)
             nulls = periods.get(None, 0)
@@ -135,7 +136,7 @@ def check_table(conn: Connection, table: str, *, now: datetime | None = None,
             if nulls:
                 h.add("default-rows", f"{nulls} rows with NULL {view.key} in DEFAULT partition "
                                       f"{view.default.name}: no partition can hold them")
-        overdue = pol.retired(view, cut)
+        overdue = lv.retired(view, cut)
         if overdue:
             h.overdue += len(overdue)
             h.add("overdue", f"retention overdue: {len(overdue)} partition(s) of {level.parent} "

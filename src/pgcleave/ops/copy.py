@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -51,178 +51,56 @@ from psycopg.types.json import Jsonb
 from ..catalog import TableInfo, Trigger, relation_exists, relation_exists_sql, snapshot
 from ..connection import Connection
 from ..ddl import dependents
-from ..ddl.tables import parse_indexdef
+from ..ddl.bounds import parse_by
+from ..ddl.tables import collist, parse_indexdef
 from ..errors import NotFound, Refused
-from ..journal import schema_exists
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step
 from ..schemes import (
-    Interval,
-    KeyKind,
     add,
     as_key_value,
-    check_fits,
     floor,
-    key_kind,
     literal,
-    suffix,
+)
+from .copy_capture import (
+    capture_statements,
+    drop_capture_statements,
+    drop_functions,
+)
+from .copy_state import (
+    TRIGGER,
+    TRIGGER_BACK,
+    TRIGGER_TRUNCATE,
+    Spec,
+    load_state,
+    make_spec,
+    resolve_copy,
+    set_state,
+    state_where,
 )
 
 AE = Lock.ACCESS_EXCLUSIVE
 SRE = Lock.SHARE_ROW_EXCLUSIVE
 SUE = Lock.SHARE_UPDATE_EXCLUSIVE
 
-TRIGGER = "pgcleave_capture"
-TRIGGER_BACK = "pgcleave_capture_back"
-TRIGGER_TRUNCATE = "pgcleave_capture_truncate"
 MAX_PARTITIONS = 5000
-FILL_LOCK_BASE = 0x7067_636C_0000_0000  # 'pgcl' << 32, plus the table's OID
 
 
-# -- the shape of one copy ------------------------------------------------------------------------
-@dataclass
-class CopyState:
-    """The row of ``pgcleave.copies`` for one table (None when the table was never prepped)."""
-
-    table: QualifiedName
-    table_oid: int
-    intermediate: QualifiedName
-    retired: QualifiedName
-    by: str
-    interval: str
-    time_zone: str
-    state: str
-    deferred: list[dict[str, Any]]
-    fill_where: str | None
-    filled_at: datetime | None
-    default_rows: int | None
-    verified_at: datetime | None
 
 
-def load_state(conn: Connection, table: QualifiedName) -> CopyState | None:
-    if not schema_exists(conn):
-        return None
-    row = conn.execute("SELECT to_regclass('pgcleave.copies') IS NOT NULL").fetchone()
-    if not (row and row[0]):
-        return None
-    r = conn.execute(
-        'SELECT table_oid, intermediate, retired, by_column, "interval", time_zone, state,'
-        " deferred, fill_where, filled_at, default_rows, verified_at FROM pgcleave.copies"
-        " WHERE table_schema = %s AND table_name = %s", [table.schema, table.name]).fetchone()
-    if r is None:
-        return None
-    return CopyState(table, int(r[0]), table.sibling(r[1]), table.sibling(r[2]), r[3], r[4], r[5],
-                     r[6], list(r[7] or []), r[8], r[9], r[10], r[11])
 
 
-def _state_where(table: QualifiedName) -> sql.Composable:
-    return sql.SQL("table_schema = {} AND table_name = {}").format(
-        sql.Literal(table.schema), sql.Literal(table.name))
 
 
-def _set_state(table: QualifiedName, assignments: str) -> sql.Composable:
-    return sql.SQL("UPDATE pgcleave.copies SET {} WHERE {}").format(
-        sql.SQL(assignments), _state_where(table))
 
 
-@dataclass
-class Spec:
-    """Everything the statements of a copy need, derived from the old table's snapshot."""
-
-    table: QualifiedName  # the name the application uses
-    oid: int  # the old table's OID (stable across renames): names the capture functions
-    intermediate: QualifiedName
-    retired: QualifiedName
-    by: str
-    key_type: str
-    kind: KeyKind
-    interval: Interval
-    time_zone: str
-    pk: list[str]  # the old table's primary key
-    match: list[str]  # the new table's key: pk + partition key
-    columns: list[str]  # insertable columns (generated columns are recomputed)
-    column_types: dict[str, str]
-    identity_always: list[str]
-    default: QualifiedName = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.default = self.table.sibling(child_name(self.table.name, "default"))
-
-    def partition_name(self, lower: Any) -> QualifiedName:
-        return self.table.sibling(child_name(self.table.name, suffix(lower, self.interval)))
-
-    @property
-    def fill_lock(self) -> int:
-        """The advisory lock key that fill batches (exclusive) and the capture trigger's
-        not-found path (shared) use; derived from the old table's OID."""
-        return FILL_LOCK_BASE + self.oid
-
-    @property
-    def fn_forward(self) -> QualifiedName:
-        return QualifiedName("pgcleave", f"copy_capture_{self.oid}")
-
-    @property
-    def fn_back(self) -> QualifiedName:
-        return QualifiedName("pgcleave", f"copy_capture_back_{self.oid}")
-
-    @property
-    def fn_truncate(self) -> QualifiedName:
-        return QualifiedName("pgcleave", f"copy_truncate_{self.oid}")
 
 
-def make_spec(info: TableInfo, by: str, interval: str, time_zone: str = "UTC") -> Spec:
-    """Validate the old table for a copy by ``by`` and ``interval``; refuse what cannot work."""
-    if info.kind == "p":
-        raise Refused(f"{info.name} is already partitioned",
-                      hint="`pgcleave status` shows its partitions; `pgcleave maintain` adds more")
-    if info.kind != "r":
-        raise Refused(f"{info.name} is not a plain table")
-    if info.primary_key is None:
-        raise Refused(f"{info.name} has no primary key: the fill batches and the change capture "
-                      "match rows by it",
-                      hint="add one first (e.g. ALTER TABLE ... ADD PRIMARY KEY USING INDEX "
-                           "after CREATE UNIQUE INDEX CONCURRENTLY)")
-    col = info.column(by)
-    if col.generated:
-        raise Refused(f"column {by} is generated; partition by a stored column")
-    kind = key_kind(col.type)
-    iv = Interval.parse(interval)
-    check_fits(kind, iv, by, col.type)
-    pk = list(info.primary_key.columns)
-    if not col.not_null and by not in pk:
-        raise Refused(f"column {by} allows NULL: range partitions cannot hold NULL keys and the "
-                      "new primary key must include it",
-                      hint=f"make it NOT NULL first (ADD CHECK ({by} IS NOT NULL) NOT VALID, "
-                           "VALIDATE, then SET NOT NULL)")
-    match = pk + ([by] if by not in pk else [])
-    columns = [c.name for c in info.columns if not c.generated]
-    types = {c.name: c.type for c in info.columns}
-    return Spec(
-        table=info.name, oid=info.oid,
-        intermediate=info.name.sibling(child_name(info.name.name, "intermediate")),
-        retired=info.name.sibling(child_name(info.name.name, "retired")),
-        by=by, key_type=col.type, kind=kind, interval=iv, time_zone=time_zone, pk=pk,
-        match=match, columns=columns, column_types=types,
-        identity_always=[c.name for c in info.columns if c.identity == "a"])
 
 
-def spec_from_state(info: TableInfo, st: CopyState) -> Spec:
-    s = make_spec(info, st.by, st.interval, st.time_zone)
-    s.oid = st.table_oid
-    s.table = st.table
-    s.intermediate = st.intermediate
-    s.retired = st.retired
-    s.__post_init__()
-    return s
 
 
 # -- small SQL helpers -----------------------------------------------------------------------------
-def _idents(cols: list[str], prefix: str | None = None) -> sql.Composable:
-    if prefix is None:
-        return sql.SQL(", ").join(sql.Identifier(c) for c in cols)
-    return sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.SQL(prefix), sql.Identifier(c))
-                              for c in cols)
-
 
 def _exists(conn: Connection, q: sql.Composable) -> bool:
     row = conn.execute(sql.Composed([q])).fetchone()
@@ -239,92 +117,14 @@ def _st(stmts: list[sql.Composable]) -> list[Statement]:
     return list(stmts)
 
 
-# -- the capture trigger ---------------------------------------------------------------------------
-def capture_function(fn: QualifiedName, target: QualifiedName, spec: Spec,
-                     conflict: list[str]) -> sql.Composable:
-    """An AFTER ROW trigger function applying each change to ``target``.
-
-    ``conflict`` is the target's unique key the upsert uses; deletes match the old primary key
-    *and* the partition key, so the DELETE and INSERT events of a cross-partition UPDATE on a
-    partitioned source remove the right row in either order. SECURITY DEFINER: the application's
-    role has no privileges on the target, and must not need any. A fixed search_path, and every
-    name qualified.
-    """
-    cols = spec.columns
-    new_vals = _idents(cols, "NEW")
-    set_cols = [c for c in cols if c not in conflict and c not in spec.identity_always]
-    if set_cols:
-        on_conflict = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
-            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
-            for c in set_cols))
-    else:
-        on_conflict = sql.Composed([sql.SQL("DO NOTHING")])
-    upsert = sql.SQL("INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE VALUES ({vals}) "
-                     "ON CONFLICT ({conflict}) {action};").format(
-        t=target.ident, cols=_idents(cols), vals=new_vals, conflict=_idents(conflict),
-        action=on_conflict)
-    match_old = sql.SQL(" AND ").join(
-        sql.SQL("{} = OLD.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in spec.match)
-    # A fill batch may hold (or be about to copy) the row being deleted: wait for the running
-    # batch to commit before deleting, and keep the next one from starting until this
-    # transaction ends, so its snapshot no longer sees the row. See the module docstring.
-    delete = sql.SQL(
-        "PERFORM pg_catalog.pg_advisory_xact_lock_shared({k});\n"
-        "    DELETE FROM {t} WHERE {m};").format(t=target.ident, m=match_old,
-                                              k=sql.Literal(spec.fill_lock))
-    moved = sql.SQL("ROW({}) IS DISTINCT FROM ROW({})").format(
-        _idents(spec.match, "OLD"), _idents(spec.match, "NEW"))
-    body = sql.SQL(
-        "\nBEGIN\n"
-        "  IF TG_OP = 'INSERT' THEN\n    {upsert}\n"
-        "  ELSIF TG_OP = 'UPDATE' THEN\n"
-        "    IF {moved} THEN\n    {delete}\n    END IF;\n"
-        "    {upsert}\n"
-        "  ELSE\n    {delete}\n  END IF;\n"
-        "  RETURN NULL;\nEND\n").format(upsert=upsert, moved=moved, delete=delete)
-    return sql.SQL(
-        "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
-        "SET search_path = pg_catalog, pg_temp AS {body}").format(
-        fn=fn.ident, body=sql.Literal(body.as_string(None)))
 
 
-def truncate_function(fn: QualifiedName, target: QualifiedName) -> sql.Composable:
-    body = sql.SQL("\nBEGIN\n  TRUNCATE {};\n  RETURN NULL;\nEND\n").format(target.ident)
-    return sql.SQL(
-        "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
-        "SET search_path = pg_catalog, pg_temp AS {body}").format(
-        fn=fn.ident, body=sql.Literal(body.as_string(None)))
 
 
-def capture_statements(spec: Spec, source: QualifiedName, target: QualifiedName, *,
-                       back: bool) -> list[sql.Composable]:
-    fn = spec.fn_back if back else spec.fn_forward
-    trg = TRIGGER_BACK if back else TRIGGER
-    conflict = spec.pk if back else spec.match
-    return [
-        capture_function(fn, target, spec, conflict),
-        sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW "
-                "EXECUTE FUNCTION {}()").format(sql.Identifier(trg), source.ident, fn.ident),
-        truncate_function(spec.fn_truncate, target),
-        sql.SQL("CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT "
-                "EXECUTE FUNCTION {}()").format(sql.Identifier(TRIGGER_TRUNCATE), source.ident,
-                                                spec.fn_truncate.ident),
-    ]
 
 
-def drop_capture_statements(spec: Spec, source: QualifiedName, *, back: bool
-                            ) -> list[sql.Composable]:
-    trg = TRIGGER_BACK if back else TRIGGER
-    return [
-        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trg), source.ident),
-        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER_TRUNCATE),
-                                                          source.ident),
-    ]
 
 
-def drop_functions(spec: Spec) -> list[sql.Composable]:
-    return [sql.SQL("DROP FUNCTION IF EXISTS {}()").format(f.ident)
-            for f in (spec.fn_forward, spec.fn_back, spec.fn_truncate)]
 
 
 # -- indexes of the new table ----------------------------------------------------------------------
@@ -518,7 +318,7 @@ def partition_statements(spec: Spec, parent: QualifiedName, lo: Any, hi: Any, *,
     if not has_default:
         return [create]
     tmp = sql.Identifier("pgcleave_moving")
-    cols = _idents(spec.columns)
+    cols = collist(spec.columns)
     return [
         # the parent first, then the DEFAULT: the order in which writes lock them
         sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(parent.ident),
@@ -600,7 +400,7 @@ def prep_steps(conn: Connection, info: TableInfo, spec: Spec, *, defer_indexes: 
                 "INCLUDING IDENTITY INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS "
                 "INCLUDING STATISTICS INCLUDING COMPRESSION) PARTITION BY RANGE ({by})").format(
             new=new.ident, old=t.ident, by=sql.Identifier(spec.by)),
-        sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(new.ident, _idents(spec.match)),
+        sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(new.ident, collist(spec.match)),
     ]
     deferred: list[NewIndex] = []
     for ix in indexes:
@@ -616,7 +416,7 @@ def prep_steps(conn: Connection, info: TableInfo, spec: Spec, *, defer_indexes: 
             notes.append(f"foreign key {fk.name} is NOT VALID on {t} and is not copied")
             continue
         stmts.append(sql.SQL("ALTER TABLE {} ADD FOREIGN KEY ({}) {}").format(
-            new.ident, _idents(fk.columns), sql.SQL(fk.definition[fk.definition.index(
+            new.ident, collist(fk.columns), sql.SQL(fk.definition[fk.definition.index(
                 "REFERENCES"):])))
     stmts.append(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
         spec.default.ident, new.ident))
@@ -634,7 +434,7 @@ def prep_steps(conn: Connection, info: TableInfo, spec: Spec, *, defer_indexes: 
         "and DEFAULT partition", _st(stmts), locks=[LockTaken(Lock.ACCESS_SHARE, str(t))],
         guard=relation_exists_sql(new),
         undo=[sql.SQL("DROP TABLE IF EXISTS {}").format(new.ident),
-              sql.SQL("DELETE FROM pgcleave.copies WHERE {}").format(_state_where(t))])
+              sql.SQL("DELETE FROM pgcleave.copies WHERE {}").format(state_where(t))])
     return [step], deferred
 
 
@@ -654,7 +454,7 @@ def plan_prep(conn: Connection, table: str, *, by: str, interval: str, time_zone
     """``pgcleave prep``: create ``T_intermediate`` and start change capture into it. With
     ``past``/``future``, also create partitions (as ``add-partitions`` would)."""
     info = snapshot(conn, table)
-    spec = make_spec(info, by, interval, time_zone)
+    spec = make_spec(info, _key_column(by), interval, time_zone)
     _check_fresh(conn, info, spec)
     notes: list[str] = []
     steps, deferred = prep_steps(conn, info, spec, defer_indexes=defer_indexes, notes=notes)
@@ -672,23 +472,12 @@ def plan_prep(conn: Connection, table: str, *, by: str, interval: str, time_zone
                                             "defer_indexes": defer_indexes}, steps, notes=notes)
 
 
-# -- add-partitions --------------------------------------------------------------------------------
-def _resolve_copy(conn: Connection, table: str) -> tuple[TableInfo, CopyState, Spec]:
-    """The copy state of ``table`` (the name the application uses), and the spec built from the
-    old table (``table`` before the swap, ``T_retired`` after)."""
-    info = snapshot(conn, table)
-    st = load_state(conn, info.name)
-    if st is None:
-        raise NotFound(f"{info.name} is not being copied (no prep)",
-                       hint=f"start with `pgcleave prep {table} --by COLUMN --interval ...`")
-    old = info if st.state == "prepped" else snapshot(conn, st.retired.quoted)
-    return info, st, spec_from_state(old, st)
 
 
 def plan_add_partitions(conn: Connection, table: str, *, past: int = 0, future: int = 0) -> Plan:
     """``pgcleave add-partitions``: partitions for ``past`` intervals before the current one and
     ``future`` after, on ``T_intermediate`` before the swap and on ``T`` after it."""
-    info, st, spec = _resolve_copy(conn, table)
+    info, st, spec = resolve_copy(conn, table)
     parent = spec.intermediate if st.state == "prepped" else spec.table
     pinfo = snapshot(conn, parent.quoted)
     assert pinfo.partitioning is not None
@@ -750,8 +539,8 @@ def fill_steps(spec: Spec, deferred: list[dict[str, Any]], *, batch_size: int, s
                     order=order)
     cond: sql.Composable
     if order == "key":
-        cond = sql.SQL("({}) > ($last) AND ({}) <= ($upper)").format(_idents(spec.pk),
-                                                                    _idents(spec.pk))
+        cond = sql.SQL("({}) > ($last) AND ({}) <= ($upper)").format(collist(spec.pk),
+                                                                    collist(spec.pk))
         how = f"by ({', '.join(spec.pk)})"
     else:
         cond = sql.SQL("ctid >= '($block,0)' AND ctid < '($block + n,0)'")
@@ -760,14 +549,14 @@ def fill_steps(spec: Spec, deferred: list[dict[str, Any]], *, batch_size: int, s
         "BEGIN; SELECT pg_advisory_xact_lock({lock}); INSERT INTO {t} ({c}) OVERRIDING SYSTEM "
         "VALUE SELECT {c} FROM ONLY {s} WHERE {cond}{w} [ON CONFLICT DO NOTHING]; COMMIT"
     ).format(lock=sql.Literal(spec.fill_lock), t=spec.intermediate.ident,
-             c=_idents(spec.columns), s=spec.table.ident, cond=cond,
+             c=collist(spec.columns), s=spec.table.ident, cond=cond,
              w=sql.SQL(f" AND ({where})" if where else ""))
     steps = [Step(name="fill", description=f"copy the rows of {spec.table} into "
                   f"{spec.intermediate} in batches of ~{batch_size} rows {how}",
                   statements=[shown.as_string(None)],
                   locks=[LockTaken(Lock.ACCESS_SHARE, str(spec.table)),
                          LockTaken(Lock.ROW_EXCLUSIVE, str(spec.intermediate))],
-                  action="copy-fill", params=p, ddl=False)]
+                  action="copy.fill", params=p, ddl=False)]
     if deferred:
         steps.append(Step(
             name="build-indexes", description=f"build {len(deferred)} secondary index(es) of "
@@ -777,7 +566,7 @@ def fill_steps(spec: Spec, deferred: list[dict[str, Any]], *, batch_size: int, s
                         for d in deferred] + ["-- then CREATE INDEX CONCURRENTLY on each "
                                               "partition and ALTER INDEX ... ATTACH PARTITION"],
             locks=[LockTaken(SUE, f"each partition of {spec.intermediate}")],
-            transactional=False, action="copy-build-indexes",
+            transactional=False, action="copy.build_indexes",
             params={"parent": [spec.intermediate.schema, spec.intermediate.name],
                     "indexes": deferred}, ddl=False))
     return steps
@@ -789,7 +578,7 @@ def plan_fill(conn: Connection, table: str, *, batch_size: int = 10000, sleep: f
     """``pgcleave fill``: copy the old table's rows into the intermediate table, batch by batch,
     resumable after a kill. ``order``: ``physical`` (block ranges; PG14+, the default there) or
     ``key`` (keyset on the primary key, any key type)."""
-    info, st, spec = _resolve_copy(conn, table)
+    info, st, spec = resolve_copy(conn, table)
     if st.state != "prepped":
         raise Refused(f"{info.name} was swapped already; nothing to fill",
                       hint=f"`pgcleave unswap {table}` goes back to the old table")
@@ -821,7 +610,7 @@ def analyze_step(target: QualifiedName) -> Step:
 
 
 def plan_analyze(conn: Connection, table: str) -> Plan:
-    info, st, spec = _resolve_copy(conn, table)
+    info, st, spec = resolve_copy(conn, table)
     target = spec.intermediate if st.state == "prepped" else spec.table
     return Plan("analyze", info.name.quoted, {}, [analyze_step(target)])
 
@@ -836,8 +625,8 @@ def verify_step(spec: Spec) -> Step:
                     "sum(hashtextextended(ROW(...)::text, 0)) ... GROUP BY 1"],
         locks=[LockTaken(Lock.ACCESS_SHARE, f"{spec.table}, {spec.intermediate}")],
         guard=sql.SQL("SELECT EXISTS (SELECT FROM pgcleave.copies WHERE {} AND verified_at IS "
-                      "NOT NULL)").format(_state_where(spec.table)).as_string(None),
-        action="copy-verify", params={"table": [spec.table.schema, spec.table.name]}, ddl=False)
+                      "NOT NULL)").format(state_where(spec.table)).as_string(None),
+        action="copy.verify", params={"table": [spec.table.schema, spec.table.name]}, ddl=False)
 
 
 # -- swap ------------------------------------------------------------------------------------------
@@ -877,8 +666,8 @@ def _fk_moves(info: TableInfo, to: QualifiedName) -> tuple[list[sql.Composable],
             fk.table.ident, sql.Identifier(fk.name)))
         stmts.append(sql.SQL(
             "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}){} NOT VALID"
-        ).format(fk.table.ident, sql.Identifier(fk.name), _idents(fk.columns), to.ident,
-                 _idents(fk.ref_columns), sql.SQL(tail)))
+        ).format(fk.table.ident, sql.Identifier(fk.name), collist(fk.columns), to.ident,
+                 collist(fk.ref_columns), sql.SQL(tail)))
         if fk.validated:
             steps.append(Step.sql(
                 f"validate {fk.name}", f"validate foreign key {fk.name} of {fk.table}",
@@ -914,7 +703,7 @@ def swap_steps(conn: Connection, old: TableInfo, spec: Spec) -> list[Step]:
         *dependents.views(old),
         *fk_stmts,
         *capture_statements(spec, t, retired, back=True),
-        _set_state(t, "state = 'swapped', swapped_at = now()"),
+        set_state(t, "state = 'swapped', swapped_at = now()"),
     ]
     locks = [LockTaken(AE, str(t)), LockTaken(AE, str(new))]
     locks += [LockTaken(SRE, str(fk.table)) for fk in old.foreign_keys_in]
@@ -922,7 +711,7 @@ def swap_steps(conn: Connection, old: TableInfo, spec: Spec) -> list[Step]:
         "swap", f"swap {t} and {new} (the old table stays as {retired}, kept in sync)", _st(stmts),
         locks=locks,
         guard=sql.SQL("SELECT EXISTS (SELECT FROM pgcleave.copies WHERE {} AND state = "
-                      "'swapped')").format(_state_where(t)))
+                      "'swapped')").format(state_where(t)))
     return [swap, *fk_steps]
 
 
@@ -933,7 +722,7 @@ def _user_triggers(info: TableInfo) -> list[Trigger]:
 
 def plan_swap(conn: Connection, table: str) -> Plan:
     """``pgcleave swap``: verify, then make the partitioned table the one the application uses."""
-    info, st, spec = _resolve_copy(conn, table)
+    info, st, spec = resolve_copy(conn, table)
     if st.state == "swapped":
         raise Refused(f"{info.name} is swapped already", hint=f"`pgcleave unswap {table}` reverts")
     if st.filled_at is None:
@@ -970,7 +759,7 @@ def unswap_steps(new: TableInfo, old: TableInfo, spec: Spec) -> list[Step]:
         *dependents.views(new),
         *fk_stmts,
         *capture_statements(spec, t, inter, back=False),
-        _set_state(t, "state = 'prepped', swapped_at = NULL"),
+        set_state(t, "state = 'prepped', swapped_at = NULL"),
     ]
     locks = [LockTaken(AE, str(t)), LockTaken(AE, str(retired))]
     locks += [LockTaken(SRE, str(fk.table)) for fk in new.foreign_keys_in]
@@ -978,14 +767,14 @@ def unswap_steps(new: TableInfo, old: TableInfo, spec: Spec) -> list[Step]:
         "unswap", f"swap back: {retired} becomes {t} again, the partitioned table {inter}",
         _st(stmts), locks=locks,
         guard=sql.SQL("SELECT EXISTS (SELECT FROM pgcleave.copies WHERE {} AND state = "
-                      "'prepped')").format(_state_where(t)))
+                      "'prepped')").format(state_where(t)))
     return [step, *fk_steps]
 
 
 def plan_unswap(conn: Connection, table: str) -> Plan:
     """``pgcleave unswap``: the old table takes its name back, with every change made since the
     swap (capture ran the other way); capture into the partitioned table resumes."""
-    info, st, spec = _resolve_copy(conn, table)
+    info, st, spec = resolve_copy(conn, table)
     if st.state != "swapped":
         raise Refused(f"{info.name} is not swapped", hint="nothing to undo")
     if not relation_exists(conn, spec.retired):
@@ -1003,8 +792,8 @@ def plan_unswap(conn: Connection, table: str) -> Plan:
 def plan_unprep(conn: Connection, table: str) -> Plan:
     """``pgcleave unprep``: before the swap, stop capture and drop the intermediate table. After
     the swap, stop the capture into ``T_retired`` (which is kept, and from then on goes stale)."""
-    info, st, spec = _resolve_copy(conn, table)
-    forget = sql.SQL("DELETE FROM pgcleave.copies WHERE {}").format(_state_where(spec.table))
+    info, st, spec = resolve_copy(conn, table)
+    forget = sql.SQL("DELETE FROM pgcleave.copies WHERE {}").format(state_where(spec.table))
     if st.state == "swapped":
         steps = [Step.sql(
             "stop-capture", f"stop capturing changes of {spec.table} into {spec.retired}",
@@ -1026,23 +815,17 @@ def plan_unprep(conn: Connection, table: str) -> Plan:
 
 
 # -- the whole chain -------------------------------------------------------------------------------
-_BY = re.compile(r"^\s*(range|list|hash)\s*\(\s*(.+?)\s*\)\s*$", re.I | re.S)
-
-
 def _key_column(by: str) -> str:
-    """``created_at``, ``range(created_at)`` or ``range("Ordered On")`` -> the column name (a
-    bare name is taken as written; inside ``range(...)`` SQL's folding and quoting apply)."""
-    m = _BY.match(by)
-    if not m:
+    """``created_at``, ``range(created_at)`` or ``range("Ordered On")`` -> the column name. The
+    ``range(...)`` form is read by the one parser (SQL's folding and quoting apply); a bare
+    name, the shorthand ``prep --by`` has always taken, is taken as written."""
+    if "(" not in by:
         return by
-    if m.group(1).lower() != "range":
-        raise Refused(f"the copy strategy partitions by range; {m.group(1).lower()} "
-                      "partitioning is not supported by it yet",
-                      hint="use --by 'range(column)' with --interval")
-    col = m.group(2)
-    if len(col) >= 2 and col[0] == col[-1] == '"':
-        return col[1:-1].replace('""', '"')
-    return col.lower()
+    method, col = parse_by(by)
+    if method != "range":
+        raise Refused(f"the copy strategy partitions by range; {method} partitioning is not "
+                      "supported by it yet", hint="use --by 'range(column)' with --interval")
+    return col
 
 
 def plan_partition_copy(conn: Connection, table: str, *, by: str, interval: str | None,
@@ -1086,9 +869,5 @@ def plan_partition_copy(conn: Connection, table: str, *, by: str, interval: str 
                  "past": past, "batch_size": batch_size}, steps, notes=notes)
 
 
-# Register the actions (fill, verify, build-indexes) with the executor.
-from .copy_run import fill as _copy_run  # noqa: E402
-
 __all__ = ["plan_add_partitions", "plan_analyze", "plan_fill", "plan_partition_copy",
            "plan_prep", "plan_swap", "plan_unprep", "plan_unswap"]
-_ = _copy_run

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,13 +23,11 @@ from psycopg import sql
 
 from ..catalog import snapshot
 from ..connection import Connection
-from ..errors import LockContention, Refused
-from ..execute import RETRYABLE, ActionContext, action, backoff
+from ..ddl.tables import collist
+from ..errors import Refused
+from ..execute import ActionContext
 from ..names import QualifiedName, child_name
-
-
-def _idents(cols: list[str]) -> sql.Composable:
-    return sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+from .copy_state import resolve_copy
 
 
 def _row_param(types: list[str]) -> sql.Composable:
@@ -54,11 +53,11 @@ class _FillQueries:
     physical: dict[bool, sql.Composed] = field(default_factory=dict)
 
 
-def _fill_queries(p: dict[str, Any]) -> _FillQueries:
+def _fill_queries(p: Mapping[str, Any]) -> _FillQueries:
     src = sql.Identifier(*p["source"])
     tgt = sql.Identifier(*p["target"])
-    cols = _idents(p["columns"])
-    pk = _idents(p["pk"])
+    cols = collist(p["columns"])
+    pk = collist(p["pk"])
     row = _row_param(p["pk_types"])
     # aliased: an output column named like the key would make ORDER BY sort the text
     pk_text = sql.SQL(", ").join([sql.SQL("{}::text AS {}").format(
@@ -89,7 +88,7 @@ def _fill_queries(p: dict[str, Any]) -> _FillQueries:
     return q
 
 
-def _estimate(conn: Connection, p: dict[str, Any]) -> int | None:
+def _estimate(conn: Connection, p: Mapping[str, Any]) -> int | None:
     row = conn.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)",
                        [QualifiedName(*p["source"]).quoted]).fetchone()
     if row is None or row[0] is None or row[0] < 0:
@@ -101,7 +100,7 @@ def _begin_batch(ctx: ActionContext, timeout_ms: int) -> None:
     """In the batch's transaction: give way quickly to application transactions (lock_timeout,
     then retry), and take the copy's advisory lock that makes the capture trigger's second
     DELETE wait for this batch (see ``pgcleave.ops.copy``)."""
-    ctx.conn.execute(f"SET LOCAL lock_timeout = {timeout_ms}")
+    ctx.set_lock_timeout(ctx.conn, timeout_ms)
     ctx.conn.execute("SELECT pg_advisory_xact_lock(%s)", [int(ctx.params["advisory"])])
 
 
@@ -156,14 +155,14 @@ def _physical_batch(ctx: ActionContext, q: _FillQueries, pos: dict[str, Any], ti
     return n, new
 
 
-def _blocks(conn: Connection, p: dict[str, Any]) -> int:
+def _blocks(conn: Connection, p: Mapping[str, Any]) -> int:
     row = conn.execute("SELECT pg_relation_size(to_regclass(%s)) /"
                        " current_setting('block_size')::bigint",
                        [QualifiedName(*p["source"]).quoted]).fetchone()
     return int(row[0]) if row else 0
 
 
-def _start(conn: Connection, p: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+def _start(conn: Connection, p: Mapping[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
     """The position to start from: the saved one, or the beginning (for a physical fill: the
     blocks to read, and how many per batch for about ``batch_size`` rows)."""
     pos = {"done": 0, "batches": 0, "finished": False, **saved}
@@ -178,7 +177,6 @@ def _start(conn: Connection, p: dict[str, Any], saved: dict[str, Any]) -> dict[s
     return pos
 
 
-@action("copy-fill")
 def fill(ctx: ActionContext) -> None:
     """Copy the rows in keyset batches; see the module docstring for why this cannot lose or
     resurrect a row while the application writes."""
@@ -197,27 +195,22 @@ def fill(ctx: ActionContext) -> None:
     run_batches = 0
     careful = 0  # batches left to run with ON CONFLICT DO NOTHING after a conflict
     while not pos["finished"]:
-        attempt = 0
-        deadline = time.monotonic() + ctx.settings.lock_retry_limit_s
-        while True:
-            try:
-                inserted, pos = batch(ctx, q, pos, timeout_ms, conflict=careful > 0)
-                careful = max(careful - 1, 0)
-                break
-            except pgerrors.UniqueViolation:
-                # The capture trigger wrote a row of this range before the batch got to it:
-                # redo the batch letting the (newer) captured row win, and stay careful a while.
-                careful = 20
-            except RETRYABLE as exc:
-                attempt += 1
-                pause = backoff(attempt)
-                if time.monotonic() + pause > deadline:
-                    raise LockContention(
-                        f"fill batch gave up after {attempt} attempts: {str(exc).strip()}",
-                        hint="a long transaction holds rows of the table; resume the job "
-                             "later") from None
-                ctx.progress(f"waiting for an application transaction, retry {attempt}")
-                time.sleep(pause)
+        def one_batch(pos: dict[str, Any] = pos) -> tuple[int, dict[str, Any]]:
+            nonlocal careful
+            while True:
+                try:
+                    out = batch(ctx, q, pos, timeout_ms, conflict=careful > 0)
+                    careful = max(careful - 1, 0)
+                    return out
+                except pgerrors.UniqueViolation:
+                    # The capture trigger wrote a row of this range before the batch got to
+                    # it: redo the batch letting the (newer) captured row win, and stay
+                    # careful a while.
+                    careful = 20
+
+        inserted, pos = ctx.retry_locks(
+            one_batch, what="fill batch",
+            hint="a long transaction holds rows of the table; resume the job later")
         done = int(pos["done"])
         run_rows += inserted
         run_batches += 1
@@ -253,7 +246,6 @@ def fill(ctx: ActionContext) -> None:
                  default_rows=in_default)
 
 
-@action("copy-build-indexes")
 def build_indexes(ctx: ActionContext) -> None:
     """Secondary indexes deferred by ``prep --defer-indexes``: ``CREATE INDEX ON ONLY`` the
     parent, ``CREATE INDEX CONCURRENTLY`` on each partition (SHARE UPDATE EXCLUSIVE: the captured
@@ -338,9 +330,9 @@ def verify_copy(conn: Connection, table: str, *, record: bool = True) -> VerifyR
     partition range (rows outside every range compared as the DEFAULT partition), both read in
     one REPEATABLE READ snapshot. Capture is synchronous, so under live writes the two are equal
     in every snapshot once the fill is done. Read-only, apart from recording the verification."""
-    from .copy import _resolve_copy
 
-    _info, st, spec = _resolve_copy(conn, table)
+
+    _info, st, spec = resolve_copy(conn, table)
     if st.state == "prepped":
         old, new = spec.table, spec.intermediate
     else:
@@ -353,7 +345,7 @@ def verify_copy(conn: Connection, table: str, *, record: bool = True) -> VerifyR
     typ = sql.SQL(spec.key_type)
     started = time.monotonic()
     hash_expr = sql.SQL("hashtextextended(ROW({})::text, 0)::numeric").format(
-        _idents(spec.columns))
+        collist(spec.columns))
     where = sql.SQL(" WHERE ({})").format(sql.SQL(st.fill_where)) if st.fill_where else sql.SQL("")
     by = sql.Identifier(spec.by)
     with conn.transaction():
@@ -408,7 +400,6 @@ def verify_copy(conn: Connection, table: str, *, record: bool = True) -> VerifyR
     return result
 
 
-@action("copy-verify")
 def verify(ctx: ActionContext) -> None:
     table = QualifiedName(*ctx.params["table"])
     result = verify_copy(ctx.conn, table.quoted)

@@ -33,13 +33,14 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 
 from .. import journal, schemes, servers
+from .. import levels as lv
 from .. import policy as pol
 from ..catalog import Partition, TableInfo, snapshot
 from ..connection import Connection
 from ..ddl.bounds import Bound
 from ..ddl.shards import ddl_guard_step, is_superuser, refuse_parent_keys, shard_table_step
 from ..errors import Refused
-from ..execute import ActionContext, action
+from ..execute import ActionContext
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step, render
 from .carve import Piece, Sub, plan_carve
@@ -106,7 +107,7 @@ def plan_maintain(conn: Connection, table: str, *, now: datetime | None = None
     summary = Summary(info.name.quoted)
     steps: list[Step] = []
     notes: list[str] = [f"policy: {policy.summary()}"]
-    taken = pol.relation_names(conn, info.name.schema)
+    taken = lv.relation_names(conn, info.name.schema)
     assert info.partitioning is not None
 
     if policy.strategy != "range":
@@ -116,7 +117,7 @@ def plan_maintain(conn: Connection, table: str, *, now: datetime | None = None
                 steps.append(detach_step(info.name, part.name, concurrently=True, pending=True))
                 summary.finalized.append(part.name.quoted)
 
-    for level in pol.levels(conn, policy, info):
+    for level in lv.levels(conn, policy, info):
         steps += _level_steps(conn, policy, info, level, now, summary, notes, taken)
 
     if policy.strategy in ("list", "hash") and policy.sub_strategy == "range":
@@ -131,15 +132,15 @@ def plan_maintain(conn: Connection, table: str, *, now: datetime | None = None
     return plan, summary
 
 
-def _level_steps(conn: Connection, policy: pol.Policy, info: TableInfo, level: pol.Level,
+def _level_steps(conn: Connection, policy: pol.Policy, info: TableInfo, level: lv.Level,
                  now: datetime | None, summary: Summary, notes: list[str], taken: set[str]
                  ) -> list[Step]:
     steps: list[Step] = []
-    max_key = (pol.max_key(conn, level.parent, level.key)
+    max_key = (lv.max_key(conn, level.parent, level.key)
                if level.kind in ("integer", "numeric") else None)
-    now_v = pol.now_value(conn, level.kind, policy.time_zone, now, max_key)
-    cut = pol.cutoff(level, now_v, policy.retention)
-    retired = pol.retired(level, cut)
+    now_v = lv.now_value(conn, level.kind, policy.time_zone, now, max_key)
+    cut = lv.cutoff(level, now_v, policy.retention)
+    retired = lv.retired(level, cut)
     retired_names = {rp.part.name for rp in retired}
 
     for p in level.pending:
@@ -148,8 +149,8 @@ def _level_steps(conn: Connection, policy: pol.Policy, info: TableInfo, level: p
             summary.finalized.append(p.name.quoted)
 
     live = [rp for rp in level.parts if not rp.part.detach_pending]
-    view = pol.Level(**{**level.__dict__, "parts": live})
-    dperiods = pol.default_periods(conn, view) if view.default is not None else {}
+    view = lv.Level(**{**level.__dict__, "parts": live})
+    dperiods = lv.default_periods(conn, view) if view.default is not None else {}
 
     # premake: gaps from the current period up to the horizon asked for
     wanted: list[tuple[Any, Any]] = []
@@ -209,7 +210,7 @@ def _level_steps(conn: Connection, policy: pol.Policy, info: TableInfo, level: p
     return steps
 
 
-def _range_target(level: pol.Level, name: QualifiedName, lo: Any, hi: Any, rows: int
+def _range_target(level: lv.Level, name: QualifiedName, lo: Any, hi: Any, rows: int
                   ) -> Target:
     return Target(name=name, bound=_range_bound(lo, hi), rows=rows)
 
@@ -230,7 +231,7 @@ class NewPart:
     server: str | None = None
 
 
-def premake_steps(level: pol.Level, ranges: list[tuple[Any, Any]], taken: set[str],
+def premake_steps(level: lv.Level, ranges: list[tuple[Any, Any]], taken: set[str],
                   summary: Summary, *, placed: list[str | None] | None = None,
                   conn: Connection | None = None, info: TableInfo | None = None
                   ) -> list[Step]:
@@ -347,8 +348,7 @@ def create_steps(parent: QualifiedName, default: Partition | None, items: list[N
     return steps
 
 
-@action("maintain.premake_validate")
-def _premake_validate(ctx: ActionContext) -> None:
+def premake_validate(ctx: ActionContext) -> None:
     """VALIDATE the CHECK excluding the new ranges from the DEFAULT. Rows for one of them may
     have reached the DEFAULT after planning (a writer ahead of premake): VALIDATE then fails.
     Instead of failing the job (and failing again on every resume), those ranges are dropped
@@ -389,8 +389,7 @@ def _premake_validate(ctx: ActionContext) -> None:
     ctx.save({"skip": skip})
 
 
-@action("maintain.premake_create")
-def _premake_create(ctx: ActionContext) -> None:
+def premake_create(ctx: ActionContext) -> None:
     """Create the new partitions the validated CHECK covers (all of them, unless the
     validation step left some to the drain); drop the shard tables of skipped placed ones."""
     p = ctx.params
@@ -551,15 +550,15 @@ def _new_branches(conn: Connection, policy: pol.Policy, info: TableInfo, now: da
     targets: list[Target] = []
     for value, days in sorted(by_value.items(), key=lambda kv: str(kv[0])):
         bname = info.name.sibling(_fresh(child_name(info.name.name, _slug(value)), taken))
-        dummy = pol.Level(parent=bname, partitioning=p, key=sub, key_type=sub_col.type,
+        dummy = lv.Level(parent=bname, partitioning=p, key=sub, key_type=sub_col.type,
                           kind=kind, interval=iv, tz=tz, parts=[], default=None)
-        now_v = pol.now_value(conn, kind, tz, now)
-        cut = pol.cutoff(dummy, now_v, policy.retention)
+        now_v = lv.now_value(conn, kind, tz, now)
+        cut = lv.cutoff(dummy, now_v, policy.retention)
         periods: dict[Any, int] = {}
         for d, n in days.items():
             v: Any = d
             if kind == "timestamptz":
-                v = datetime.combine(d, datetime.min.time(), tzinfo=schemes._zone(tz))
+                v = datetime.combine(d, datetime.min.time(), tzinfo=schemes.time_zone_info(tz))
             elif kind == "timestamp":
                 v = datetime.combine(d, datetime.min.time())
             per = dummy.period(v)

@@ -28,18 +28,15 @@ cut-over commits the application writes to the local rows only; after it, to the
 
 from __future__ import annotations
 
-import threading
-import time
-import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from .. import servers
 from ..catalog import Partition, TableInfo, relation_exists, snapshot
-from ..connection import Connection
+from ..connection import Connection, redact
 from ..ddl.exclusion import default_exclusion, drop_default_exclusion
 from ..ddl.shards import (
     BOUND_CHECK,
@@ -53,20 +50,15 @@ from ..ddl.shards import (
     shard_table_step,
 )
 from ..ddl.tables import parse_indexdef
-from ..errors import LockContention, NotFound, Refused, StepFailed
-from ..execute import RETRYABLE, ActionContext, Event, action, backoff
+from ..errors import NotFound, Refused, StepFailed
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step
 
 # synchronous_commit = on: the rows a subscriber applied survive its crash (an asynchronous
 # apply can lose its last commits, and the initial copy's progress with them)
-_SUBSCRIBE = ("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}"
+SUBSCRIBE_SQL = ("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}"
               " WITH (synchronous_commit = on)")
 
-#: Session settings that make ``ROW(...)::text`` identical on both servers for the hash.
-_HASH_SETTINGS = ["SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, MDY'",
-                  "SET IntervalStyle = 'postgres'", "SET extra_float_digits = 3",
-                  "SET bytea_output = 'hex'"]
 
 
 @dataclass
@@ -173,7 +165,7 @@ def _plan_out(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool,
     steps.append(Step(
         name="subscribe", description=f"subscribe {srv} to the publication (initial copy, then "
         "every write)",
-        statements=[servers.remote_sql(dbl, srv, sql.SQL(_SUBSCRIBE).format(
+        statements=[servers.remote_sql(dbl, srv, sql.SQL(SUBSCRIBE_SQL).format(
             sql.Identifier(c.tag), sql.Literal(_shown_origin(conn, origin_dsn)),
             sql.Identifier(c.tag)), durable=False).as_string(None)],
         action="move.subscribe",
@@ -184,8 +176,6 @@ def _plan_out(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool,
         undo=[servers.remote_sql(dbl, srv, sql.SQL("DROP SUBSCRIPTION IF EXISTS {}").format(
             sql.Identifier(c.tag)), durable=False).as_string(None)],
         transactional=False, ddl=False))
-    if origin_dsn:
-        _ORIGIN_DSNS[c.tag] = origin_dsn
     steps += _common_tail(conn, c, dbl, staging, local_aside, drop_source, info)
     plan = Plan("move", tname, {"partition": part.name.quoted, "to": srv,
                                 "drop_source": drop_source}, steps)
@@ -270,7 +260,7 @@ def _plan_back(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool) ->
         transactional=False, ddl=False))
     steps.append(Step(
         name="subscribe", description=f"subscribe this database to {srv}'s publication",
-        statements=[sql.SQL(_SUBSCRIBE).format(
+        statements=[sql.SQL(SUBSCRIBE_SQL).format(
             sql.Identifier(c.tag), sql.Literal(f"<server {srv}: options and user mapping>"),
             sql.Identifier(c.tag)).as_string(None)],
         action="move.subscribe", params={"side": "local", "server": srv, "name": c.tag},
@@ -324,7 +314,7 @@ def _common_tail(conn: Connection, c: _Ctx, dbl: str, incoming: QualifiedName,
         sql.SQL("LOCK TABLE ONLY {} IN EXCLUSIVE MODE").format(parent.name.ident),
         sql.SQL("-- marker round trip; count + hash of the rows on both servers must match"),
     ]
-    swap += _swap_sql_from_params(p, parent.name, part.name, incoming, aside)
+    swap += swap_sql(p, parent.name, part.name, incoming, aside)
     steps.append(Step(
         name="cutover", description=f"cut over: swap the {'local' if out else 'foreign'} "
         f"partition for the {'foreign' if out else 'local'} one after verifying every row",
@@ -457,228 +447,37 @@ def _plan_connect(conn: Connection, server: str) -> Connection:
 
 
 
-_ORIGIN_DSNS: dict[str, str] = {}
+#: The key under which the CLI (or a library caller) hands ``--origin-dsn`` to the run.
+ORIGIN_DSN_SECRET = "origin_dsn"
 
 
 def _shown_origin(conn: Connection, origin_dsn: str | None) -> str:
-    from ..connection import redact
-
     return redact(origin_dsn or servers.origin_conninfo(conn))
 
 
-# -- actions -----------------------------------------------------------------------------------
-@action("move.subscribe")
-def _subscribe(ctx: ActionContext) -> None:
-    """CREATE SUBSCRIPTION, run here so the connection string (which may hold a password) is
-    built at run time and never journaled."""
-    p = ctx.params
-    if p["side"] == "remote":
-        with servers.connect_remote(ctx.conn, p["server"], purpose="move") as rc:
-            _create_subscription(ctx, rc)
-    else:
-        ctx.conn.execute("SET synchronous_commit = on")
-        try:
-            _create_subscription(ctx, ctx.conn)
-        finally:
-            ctx.conn.execute("RESET synchronous_commit")
 
 
-def _create_subscription(ctx: ActionContext, subscriber: Connection) -> None:
-    p = ctx.params
-    name = sql.Identifier(p["name"])
-    if p["side" if "side" in p else "direction"] in ("remote", "out"):
-        origin = _ORIGIN_DSNS.get(p["name"]) or servers.origin_conninfo(ctx.conn)
-    else:
-        origin = servers.remote_dsn(ctx.conn, p["server"])
-    if subscriber.execute("SELECT count(*) FROM pg_subscription WHERE subname = %s",
-                          [p["name"]]).fetchone() == (0,):
-        subscriber.execute(sql.SQL(_SUBSCRIBE).format(name, sql.Literal(origin), name))
 
 
-class _Sides:
-    """The two connections of a move: where the rows come from and where they go."""
-
-    def __init__(self, ctx: ActionContext) -> None:
-        p = ctx.params
-        self.remote = servers.connect_remote(ctx.conn, p["server"], purpose="move")
-        self.writer = ctx.connect("move-marker")
-        if p["direction"] == "out":
-            self.publisher, self.subscriber = self.writer, self.remote
-        else:
-            self.publisher, self.subscriber = self.remote, self.writer
-        # the walsender only sends WAL that is flushed: a marker committed asynchronously
-        # would wait for the WAL writer (up to wal_writer_delay)
-        self.publisher.execute("SET synchronous_commit = on")
-
-    def close(self) -> None:
-        for c in (self.remote, self.writer):
-            if not c.closed:
-                c.close()
 
 
-def _sync_state(sub: Connection, name: str) -> tuple[bool, str]:
-    rows = sub.execute(
-        "SELECT sr.srrelid::regclass::text, sr.srsubstate::text FROM pg_subscription_rel sr"
-        " JOIN pg_subscription s ON s.oid = sr.srsubid WHERE s.subname = %s"
-        " AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        [name]).fetchall()
-    ready = bool(rows) and all(r[1] == "r" for r in rows)
-    return ready, ", ".join(f"{r[0]}={r[1]}" for r in rows)
 
 
-def _sub_errors(sub: Connection, name: str) -> str:
-    row = sub.execute("SELECT apply_error_count, sync_error_count FROM"
-                      " pg_stat_subscription_stats WHERE subname = %s", [name]).fetchone()
-    if row and (row[0] or row[1]):
-        return f" (subscription errors so far: apply {row[0]}, sync {row[1]}; see the " \
-               "subscriber's server log)"
-    return ""
 
 
-def _marker_round_trip(sides: _Sides, timeout_s: float) -> float:
-    """Write a marker on the publisher, wait until the subscriber has applied it. Returns ms."""
-    token = uuid.uuid4().hex
-    t0 = time.monotonic()
-    sides.publisher.execute("INSERT INTO pgcleave.move_markers (token) VALUES (%s)", [token])
-    delay = 0.001
-    while True:
-        row = sides.subscriber.execute(
-            "SELECT EXISTS (SELECT 1 FROM pgcleave.move_markers WHERE token = %s)",
-            [token]).fetchone()
-        if row and row[0]:
-            return (time.monotonic() - t0) * 1000
-        if time.monotonic() - t0 > timeout_s:
-            raise StepFailed(f"the subscriber did not apply a marker within {timeout_s:.0f}s",
-                             hint="check the subscriber's log; then `pgcleave resume JOB`")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
 
 
-@action("move.catch_up")
-def _catch_up(ctx: ActionContext) -> None:
-    p = ctx.params
-    timeout = float(p.get("timeout_s", 3600))
-    sides = _Sides(ctx)
-    try:
-        _heal_subscription(ctx, sides)
-        t0 = time.monotonic()
-        while True:
-            ready, state = _sync_state(sides.subscriber, p["name"])
-            if ready:
-                break
-            if time.monotonic() - t0 > timeout:
-                raise StepFailed(f"initial copy not done after {timeout:.0f}s: {state}"
-                                 + _sub_errors(sides.subscriber, p["name"]),
-                                 hint="check the subscriber's log; then `pgcleave resume JOB`")
-            ctx.progress(f"initial copy: {state}{_sub_errors(sides.subscriber, p['name'])}"
-                         f" ({time.monotonic() - t0:.0f}s)")
-            time.sleep(0.1)
-        lag = _marker_round_trip(sides, timeout)
-        ctx.progress(f"subscriber caught up (marker applied in {lag:.0f} ms)", final=True)
-    finally:
-        sides.close()
 
 
-def _heal_subscription(ctx: ActionContext, sides: _Sides) -> None:
-    """A subscriber that crashed right after CREATE SUBSCRIPTION may have lost it (its commit
-    was not yet flushed). Start the copy again from scratch: empty the receiving table, drop
-    the publisher's orphaned slot, subscribe again."""
-    p = ctx.params
-    if sides.subscriber.execute("SELECT count(*) FROM pg_subscription WHERE subname = %s",
-                                [p["name"]]).fetchone() != (0,):
-        return
-    ctx.progress("the subscription is missing on the subscriber (lost in a crash?): "
-                 "copying again from the start", final=True)
-    receiving = QualifiedName(*p["remote"])
-    sides.subscriber.execute(sql.SQL("TRUNCATE {}").format(receiving.ident))
-    sides.publisher.execute("SELECT pg_drop_replication_slot(slot_name) FROM"
-                            " pg_replication_slots WHERE slot_name = %s AND NOT active",
-                            [p["name"]])
-    if p["direction"] == "back":
-        sides.subscriber.execute("SET synchronous_commit = on")
-    _create_subscription(ctx, sides.subscriber)
 
 
-def _hash_query(table: QualifiedName, columns: list[str], binary: bool = False
-                ) -> sql.Composed:
-    """count + order-independent sum of row hashes. ``binary`` hashes the values themselves
-    (hash_record_extended, PG14+, about twice as fast as hashing the row's text); it needs a
-    hash function for every column type, else the text form is hashed."""
-    row = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    fn = "hash_record_extended(ROW({}), 0)" if binary else "hashtextextended(ROW({})::text, 0)"
-    return sql.SQL("SELECT count(*), coalesce(sum(" + fn + "), 0)::text FROM ONLY {}").format(
-        row, table.ident)
 
 
-def _binary_hash_works(conns: list[Connection], tables: list[QualifiedName],
-                       columns: list[str]) -> bool:
-    for c, t in zip(conns, tables, strict=True):
-        if c.info.server_version < 140000:
-            return False
-        try:
-            with c.transaction():
-                c.execute(sql.SQL("SELECT hash_record_extended(ROW({}), 0) FROM ONLY {} LIMIT 1"
-                                  ).format(sql.SQL(", ").join(map(sql.Identifier, columns)),
-                                           t.ident))
-        except psycopg.Error:
-            return False
-    return True
 
 
-@action("move.cutover")
-def _cutover(ctx: ActionContext) -> None:
-    p = ctx.params
-    conn = ctx.conn
-    parent = QualifiedName(*p["parent"])
-    part = QualifiedName(*p["partition"])
-    remote = QualifiedName(*p["remote"])
-    incoming = QualifiedName(*p["incoming"])
-    aside = QualifiedName(*p["aside"])
-    out = p["direction"] == "out"
-    local_rows = part if out else incoming  # the local table holding the rows
-    swap = [s.as_string(None) for s in _swap_sql_from_params(p, parent, part, incoming, aside)]
-    lock_timeout = ctx.settings.lock_timeout_ms
-    deadline = time.monotonic() + ctx.settings.lock_retry_limit_s
-    sides = _Sides(ctx)
-    try:
-        for s in _HASH_SETTINGS:
-            conn.execute(s)
-            sides.remote.execute(s)
-        # catch up once more before locking, so the locked part only waits for the last writes
-        _marker_round_trip(sides, 600)
-        p = dict(p, binary_hash=_binary_hash_works([conn, sides.remote], [local_rows, remote],
-                                                   p["columns"]))
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                held, lag, n = _cutover_once(conn, sides, parent, local_rows, remote, p,
-                                             swap, lock_timeout)
-                ctx.save({"held_ms": held, "rows": n, "lag_ms": lag})
-                ctx.progress(f"cut-over done: {n} rows verified, writes waited {held:.0f} ms "
-                             f"(replication lag {lag:.0f} ms)", final=True, held_ms=held)
-                return
-            except RETRYABLE as exc:
-                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                    conn.rollback()
-                pause = backoff(attempt)
-                if time.monotonic() + pause > deadline:
-                    raise LockContention(
-                        f"gave up the cut-over after {attempt} attempts: {str(exc).strip()}",
-                        hint="a long transaction holds the table; find it in pg_stat_activity"
-                    ) from None
-                ctx.executor.emit(Event("retry", message=f"{type(exc).__name__}: retry "
-                                        f"{attempt} in {pause * 1000:.0f} ms", step=ctx.step))
-                time.sleep(pause)
-    finally:
-        for s in ("RESET TimeZone", "RESET DateStyle", "RESET IntervalStyle",
-                  "RESET extra_float_digits", "RESET bytea_output"):
-            if not conn.closed:
-                conn.execute(s)
-        sides.close()
 
 
-def _swap_sql_from_params(p: dict[str, Any], parent: QualifiedName, part: QualifiedName,
+def swap_sql(p: Mapping[str, Any], parent: QualifiedName, part: QualifiedName,
                           incoming: QualifiedName, aside: QualifiedName) -> list[sql.Composable]:
     bound = sql.SQL(p["bound"])
     if p["direction"] == "out":
@@ -705,67 +504,3 @@ def _swap_sql_from_params(p: dict[str, Any], parent: QualifiedName, part: Qualif
     return stmts
 
 
-def _cutover_once(conn: Connection, sides: _Sides, parent: QualifiedName,
-                  local_rows: QualifiedName, remote: QualifiedName, p: dict[str, Any],
-                  swap: list[str], lock_timeout: int) -> tuple[float, float, int]:
-    columns: list[str] = p["columns"]
-    with conn.transaction():
-        conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout)}")
-        conn.execute("SET LOCAL pgcleave.allow_ddl = 'on'")
-        # Writes through the parent take ROW EXCLUSIVE on it: EXCLUSIVE makes them wait while
-        # reads go on. Every write committed before we got the lock is in the WAL before the
-        # marker, and replication applies in commit order.
-        conn.execute(sql.SQL("LOCK TABLE ONLY {} IN EXCLUSIVE MODE").format(parent.ident))
-        if p["direction"] == "out":
-            conn.execute(sql.SQL("LOCK TABLE ONLY {} IN EXCLUSIVE MODE").format(
-                local_rows.ident))
-        t0 = time.monotonic()
-        lag = _marker_round_trip(sides, 60)
-        # count + hash on both servers at once
-        remote_result: list[Any] = []
-
-        def remote_hash() -> None:
-            try:
-                remote_result.append(sides.remote.execute(
-                    _hash_query(remote, columns, p["binary_hash"])).fetchone())
-            except psycopg.Error as exc:
-                remote_result.append(exc)
-
-        th = threading.Thread(target=remote_hash)
-        th.start()
-        here = conn.execute(_hash_query(local_rows, columns, p["binary_hash"])).fetchone()
-        th.join()
-        there = remote_result[0]
-        if isinstance(there, Exception):
-            raise there
-        assert here is not None and there is not None
-        if tuple(here) != tuple(there):
-            raise StepFailed(
-                f"verification failed: here {here[0]} rows (hash {here[1]}), on {p['server']} "
-                f"{there[0]} rows (hash {there[1]}); nothing was swapped",
-                hint="replication lost or changed rows (see the subscriber's log); "
-                     "`pgcleave rollback JOB` undoes the move")
-        # The subscriber applied the rows with asynchronous commits: make them durable before
-        # the local copy stops being the live one (a commit with synchronous_commit = on
-        # flushes all WAL before it).
-        if p["direction"] == "out":
-            with sides.remote.transaction():
-                sides.remote.execute("SET LOCAL synchronous_commit = on")
-                sides.remote.execute("INSERT INTO pgcleave.move_markers (token) VALUES ('flush')")
-        else:
-            conn.execute("SET LOCAL synchronous_commit = on")
-        for s in swap:
-            conn.execute(s.encode())
-        if p["direction"] == "out":
-            conn.execute(
-                "INSERT INTO pgcleave.sharded_tables (relid, columns) VALUES (%s::regclass,"
-                " pgcleave.columns_signature(%s::regclass)) ON CONFLICT (relid) DO UPDATE SET"
-                " columns = excluded.columns, updated_at = clock_timestamp()",
-                [parent.quoted, parent.quoted])
-        else:
-            conn.execute(
-                "DELETE FROM pgcleave.sharded_tables WHERE relid = %s::regclass AND NOT EXISTS"
-                " (SELECT 1 FROM pg_partition_tree(%s::regclass) t JOIN pg_class c ON"
-                " c.oid = t.relid WHERE c.relkind = 'f')", [parent.quoted, parent.quoted])
-    held = (time.monotonic() - t0) * 1000  # from the lock to the commit: what writers waited
-    return held, lag, int(here[0])

@@ -21,7 +21,6 @@ scan), triggers, grants, comments, row-level security and the views that read th
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -64,6 +63,7 @@ from ..schemes import (
     ranges,
     suffix,
 )
+from . import copy as copy_ops
 
 CUTOFF_CHECK = "pgcleave_cutoff"
 STRATEGIES = ("legacy", "default", "copy")
@@ -99,7 +99,7 @@ class _Keys:
 
 
 def plan_partition(conn: Connection, table: str, *, by: str, interval: str | None = None,
-                   premake: int = 3, modulus: int | None = None, strategy: str | None = None,
+                   premake: int = 3, strategy: str | None = None,
                    then: str | None = None, then_interval: str | None = None,
                    cutoff: str | None = None, drop_inbound_fks: bool = False,
                    require_parent_key: bool = False, old_name: str | None = None) -> Plan:
@@ -107,9 +107,14 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
     method, col = parse_by(by)
     if strategy is not None and strategy not in STRATEGIES:
         raise Refused(f"unknown strategy {strategy!r}", hint="use legacy, default or copy")
-    if strategy == "copy" or (strategy is None and method == "hash"):
-        return _dispatch_copy(conn, table, by=by, interval=interval, premake=premake,
-                              auto=strategy is None)
+    if method == "hash":
+        raise Refused("pgcleave cannot partition a table by hash yet: no strategy does it "
+                      "(in place there is no DEFAULT or open-ended range to hold the old "
+                      "table, and the copy strategy copies range keys only); nothing was "
+                      "changed", hint="partition by 'range(COLUMN)' or 'list(COLUMN)'")
+    if strategy == "copy":
+        return copy_ops.plan_partition_copy(conn, table, by=by, interval=interval,
+                                            premake=premake)
     info = snapshot(conn, table)
     name = info.name
     if info.kind == "p":
@@ -127,10 +132,6 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
                            "them safely)")
     key = info.column(col)
     kind = key_kind(key.type)
-    if method == "hash":
-        raise Refused("hash partitioning cannot be done in place: a hash-partitioned table has "
-                      "no DEFAULT partition and no open-ended range to hold the old table",
-                      hint="use --strategy copy")
     iv: Interval | None = None
     if interval is not None:
         if method != "range":
@@ -306,22 +307,6 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
             "then": then, "then_interval": then_interval, "cutoff": str(cut_value)
             if cut_value is not None else None, "old_table": old.quoted}
     return Plan("partition", name.quoted, args, steps, notes=notes, warnings=warnings)
-
-
-def _dispatch_copy(conn: Connection, table: str, *, by: str, interval: str | None,
-                   premake: int, auto: bool) -> Plan:
-    try:
-        copy_mod: Any = importlib.import_module("pgcleave.ops.copy")
-    except ImportError:
-        copy_mod = None
-    fn = getattr(copy_mod, "plan_partition_copy", None)
-    if fn is None:
-        why = ("hash partitioning cannot be done in place and needs the copy strategy, "
-               if auto else "")
-        raise Refused(f"{why}the copy strategy is not available in this version of pgcleave",
-                      hint="use --strategy legacy or --strategy default (range or list)")
-    plan: Plan = fn(conn, table, by=by, interval=interval, premake=premake)
-    return plan
 
 
 def _classify_indexes(info: TableInfo, col: str, strategy: str) -> _Keys:

@@ -18,22 +18,21 @@ visible; ``check`` reports them and ``maintain`` never recreates a partition tha
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import errors as pgerrors
 from psycopg import sql
 
 from .. import archive as arch
 from ..ddl.exclusion import default_exclusion
-from ..errors import LockContention
-from ..execute import ActionContext, action, backoff
+from ..execute import ActionContext
+from ..levels import Level, RangePart
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step
-from ..policy import Level, Policy, RangePart
+from ..policy import Policy
 
 
 def _qn(d: dict[str, str]) -> QualifiedName:
@@ -106,60 +105,42 @@ def detach_step(parent: QualifiedName, part: QualifiedName, *, concurrently: boo
         name=f"detach:{part.name}", description=desc,
         statements=[detach_sql(parent, part, mode).as_string(None)], locks=locks,
         transactional=False, guard=attached_guard(parent, part).as_string(None),
-        action="retention:detach",
+        action="retention.detach",
         params={"parent": _qd(parent), "partition": _qd(part), "concurrently": mode != "plain"})
 
 
-@action("retention:detach")
-def _detach(ctx: ActionContext) -> None:
+def detach(ctx: ActionContext) -> None:
     """Detach, finalizing a pending detach whenever one is found (from this or an earlier
     run), retrying lock timeouts with jittered backoff up to the retry limit."""
     parent, part = _qn(ctx.params["parent"]), _qn(ctx.params["partition"])
     concurrently = bool(ctx.params["concurrently"])
     conn = ctx.conn
-    timeout = int(ctx.settings.lock_timeout_ms)
-    deadline = time.monotonic() + ctx.settings.lock_retry_limit_s
-    attempt = 0
-    while True:
+    hint = ("a long transaction holds the table; the next maintain run finishes the detach "
+            "(it is left pending or attached, never half-done)")
+
+    def once(how: str) -> None:
+        if how == "plain":
+            with conn.transaction():
+                ctx.set_lock_timeout(conn)
+                conn.execute(detach_sql(parent, part, how))
+            return
+        # FINALIZE and CONCURRENTLY refuse to run in a transaction block
+        ctx.set_lock_timeout(conn, local=False)
+        try:
+            conn.execute(detach_sql(parent, part, how))
+        finally:
+            conn.execute("RESET lock_timeout")
+
+    while True:  # re-read the state each time: done, or pending after an interrupted phase two
         row = conn.execute(
             "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = to_regclass(%s)"
             " AND inhparent = to_regclass(%s)", [part.quoted, parent.quoted]).fetchone()
         if row is None:
             return
-        pending = bool(row[0])
-        try:
-            if pending:
-                ctx.progress(f"finalizing the pending detach of {part}")
-                conn.execute(f"SET lock_timeout = {timeout}")
-                try:
-                    conn.execute(detach_sql(parent, part, "finalize"))
-                finally:
-                    conn.execute("RESET lock_timeout")
-            elif concurrently:
-                conn.execute(f"SET lock_timeout = {timeout}")
-                try:
-                    conn.execute(detach_sql(parent, part, "concurrently"))
-                finally:
-                    conn.execute("RESET lock_timeout")
-            else:
-                with conn.transaction():
-                    conn.execute(f"SET LOCAL lock_timeout = {timeout}")
-                    conn.execute(detach_sql(parent, part, "plain"))
-            continue  # re-read the state: done, or pending after an interrupted phase two
-        except (pgerrors.LockNotAvailable, pgerrors.DeadlockDetected) as exc:
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                conn.rollback()
-            attempt += 1
-            pause = backoff(attempt)
-            if time.monotonic() + pause > deadline:
-                raise LockContention(
-                    f"gave up detaching {part} after {attempt} attempts: {str(exc).strip()}",
-                    hint="a long transaction holds the table; the next maintain run finishes "
-                         "the detach (it is left pending or attached, never half-done)"
-                ) from None
-            ctx.progress(f"lock not available detaching {part}, retry {attempt} in "
-                         f"{pause * 1000:.0f} ms")
-            time.sleep(pause)
+        if row[0]:
+            ctx.progress(f"finalizing the pending detach of {part}")
+        how = "finalize" if row[0] else "concurrently" if concurrently else "plain"
+        ctx.retry_locks(functools.partial(once, how), what=f"detaching {part}", hint=hint)
 
 
 def archive_step(level: Level, rp: RangePart, archive_dir: str, fmt: str) -> Step:
@@ -180,7 +161,7 @@ def archive_step(level: Level, rp: RangePart, archive_dir: str, fmt: str) -> Ste
         statements=shown,
         locks=[LockTaken(Lock.SHARE, f"{part} (detached)"),
                LockTaken(Lock.ACCESS_EXCLUSIVE, f"{part} (detached, to drop it)")],
-        transactional=True, guard=gone_guard(part).as_string(None), action="retention:archive",
+        transactional=True, guard=gone_guard(part).as_string(None), action="retention.archive",
         params={"parent": _qd(level.parent), "partition": _qd(part), "bound": rp.part.bound,
                 "key_column": level.key, "key_type": level.key_type, "dir": archive_dir,
                 "format": fmt})
@@ -196,8 +177,7 @@ def record_sql(parent: QualifiedName, part: QualifiedName, bound: str, what: str
         sql.Literal(sha))
 
 
-@action("retention:archive")
-def _archive(ctx: ActionContext) -> None:
+def archive(ctx: ActionContext) -> None:
     p = ctx.params
     parent, part = _qn(p["parent"]), _qn(p["partition"])
     directory = Path(p["dir"])
@@ -208,13 +188,13 @@ def _archive(ctx: ActionContext) -> None:
     def attempt() -> float:
         t0 = time.monotonic()
         with conn.transaction():
-            conn.execute(f"SET LOCAL lock_timeout = {int(ctx.settings.lock_timeout_ms)}")
+            ctx.set_lock_timeout(conn)
             exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [part.quoted]
                                   ).fetchone()
             if not (exists and exists[0]):
                 return 0.0
             conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(part.ident))
-            conn.execute("SET LOCAL lock_timeout = 0")
+            ctx.set_lock_timeout(conn, 0)
             columns = arch.columns_of(conn, part)
             if p["format"] == "pg_dump":
                 cnt = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(part.ident)
@@ -243,15 +223,14 @@ def _archive(ctx: ActionContext) -> None:
                 sha256=sha, data_file=path.name, encoding=encoding, bytes=size,
                 server_version=int(ver[0]) if ver else 0)
             mpath = arch.write_manifest(m, directory, stem)
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
-                sql.Literal(int(ctx.settings.lock_timeout_ms))))
+            ctx.set_lock_timeout(conn)
             conn.execute(sql.SQL("DROP TABLE {}").format(part.ident))
             conn.execute(record_sql(parent, part, p["bound"], "archive", str(mpath), rows, sha))
             result.update(rows=rows, path=str(path), manifest=str(mpath), bytes=size)
             ctx.save({"rows": rows, "path": str(path), "manifest": str(mpath), "bytes": size})
         return (time.monotonic() - t0) * 1000
 
-    ctx.executor._with_retry(conn, attempt, ctx.step, [])
+    ctx.retry_locks(attempt)
     if result:
         ctx.progress(f"archived {result['rows']} rows of {part} to {result['path']}",
                      final=True)
@@ -264,7 +243,7 @@ def plan_restore(conn: Any, path: str, *, as_table: str | None = None) -> Plan:
     without any scan (and, with a DEFAULT partition, after an excluding CHECK on it is
     validated). ``as_table`` restores into a standalone table instead."""
     from ..catalog import snapshot
-    from ..catalog.table import _RANGE_RE, split_literals
+    from ..catalog.table import RANGE_BOUND_RE, split_literals
     from ..errors import Refused
     from ..policy import load as load_policy
 
@@ -283,7 +262,7 @@ def plan_restore(conn: Any, path: str, *, as_table: str | None = None) -> Plan:
     if exists and exists[0]:
         raise Refused(f"{target} already exists", hint="restore under another name with "
                       "--as-table NAME")
-    mt = _RANGE_RE.match(m.bound)
+    mt = RANGE_BOUND_RE.match(m.bound)
     if mt is None:
         raise Refused(f"unsupported bound in the manifest: {m.bound}")
     lo_s, hi_s = split_literals(mt.group(1))[0], split_literals(mt.group(2))[0]
@@ -318,7 +297,7 @@ def plan_restore(conn: Any, path: str, *, as_table: str | None = None) -> Plan:
             target.ident, sql.SQL(", ").join(map(sql.Identifier, cols))).as_string(None)
             + f"  -- from {data}"],
         locks=[LockTaken(Lock.ROW_EXCLUSIVE, f"{target} (new)")], transactional=True,
-        ddl=False, action="retention:load",
+        ddl=False, action="retention.load",
         params={"manifest": str(mpath), "table": _qd(target), "cols": cols}))
     if as_table is None:
         if info.partitioning is None or info.partitioning.strategy != "range":
@@ -372,8 +351,7 @@ def resolve_name(conn: Any, name: str, like: QualifiedName) -> QualifiedName:
     return QualifiedName(parts[0], parts[1]) if len(parts) == 2 else like.sibling(parts[0])
 
 
-@action("retention:load")
-def _load(ctx: ActionContext) -> None:
+def load(ctx: ActionContext) -> None:
     p = ctx.params
     m, mpath = arch.Manifest.read(p["manifest"])
     target = _qn(p["table"])

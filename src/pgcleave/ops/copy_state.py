@@ -1,0 +1,185 @@
+"""The state of one copy (pgslice's prep ... swap): its row in ``pgcleave.copies``, the
+``Spec`` every copy planner and action derives its names and ranges from, and the trigger
+names and advisory-lock base the fill and the capture trigger share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg import sql
+
+from ..catalog import TableInfo, snapshot
+from ..connection import Connection
+from ..errors import NotFound, Refused
+from ..journal import schema_exists
+from ..names import QualifiedName, child_name
+from ..schemes import (
+    Interval,
+    KeyKind,
+    check_fits,
+    key_kind,
+    suffix,
+)
+
+TRIGGER = "pgcleave_capture"
+
+
+TRIGGER_BACK = "pgcleave_capture_back"
+
+
+TRIGGER_TRUNCATE = "pgcleave_capture_truncate"
+
+
+FILL_LOCK_BASE = 0x7067_636C_0000_0000  # 'pgcl' << 32, plus the table's OID
+
+
+# -- the shape of one copy ------------------------------------------------------------------------
+@dataclass
+class CopyState:
+    """The row of ``pgcleave.copies`` for one table (None when the table was never prepped)."""
+
+    table: QualifiedName
+    table_oid: int
+    intermediate: QualifiedName
+    retired: QualifiedName
+    by: str
+    interval: str
+    time_zone: str
+    state: str
+    deferred: list[dict[str, Any]]
+    fill_where: str | None
+    filled_at: datetime | None
+    default_rows: int | None
+    verified_at: datetime | None
+
+
+def load_state(conn: Connection, table: QualifiedName) -> CopyState | None:
+    if not schema_exists(conn):
+        return None
+    row = conn.execute("SELECT to_regclass('pgcleave.copies') IS NOT NULL").fetchone()
+    if not (row and row[0]):
+        return None
+    r = conn.execute(
+        'SELECT table_oid, intermediate, retired, by_column, "interval", time_zone, state,'
+        " deferred, fill_where, filled_at, default_rows, verified_at FROM pgcleave.copies"
+        " WHERE table_schema = %s AND table_name = %s", [table.schema, table.name]).fetchone()
+    if r is None:
+        return None
+    return CopyState(table, int(r[0]), table.sibling(r[1]), table.sibling(r[2]), r[3], r[4], r[5],
+                     r[6], list(r[7] or []), r[8], r[9], r[10], r[11])
+
+
+def state_where(table: QualifiedName) -> sql.Composable:
+    return sql.SQL("table_schema = {} AND table_name = {}").format(
+        sql.Literal(table.schema), sql.Literal(table.name))
+
+
+def set_state(table: QualifiedName, assignments: str) -> sql.Composable:
+    return sql.SQL("UPDATE pgcleave.copies SET {} WHERE {}").format(
+        sql.SQL(assignments), state_where(table))
+
+
+@dataclass
+class Spec:
+    """Everything the statements of a copy need, derived from the old table's snapshot."""
+
+    table: QualifiedName  # the name the application uses
+    oid: int  # the old table's OID (stable across renames): names the capture functions
+    intermediate: QualifiedName
+    retired: QualifiedName
+    by: str
+    key_type: str
+    kind: KeyKind
+    interval: Interval
+    time_zone: str
+    pk: list[str]  # the old table's primary key
+    match: list[str]  # the new table's key: pk + partition key
+    columns: list[str]  # insertable columns (generated columns are recomputed)
+    column_types: dict[str, str]
+    identity_always: list[str]
+    default: QualifiedName = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.default = self.table.sibling(child_name(self.table.name, "default"))
+
+    def partition_name(self, lower: Any) -> QualifiedName:
+        return self.table.sibling(child_name(self.table.name, suffix(lower, self.interval)))
+
+    @property
+    def fill_lock(self) -> int:
+        """The advisory lock key that fill batches (exclusive) and the capture trigger's
+        not-found path (shared) use; derived from the old table's OID."""
+        return FILL_LOCK_BASE + self.oid
+
+    @property
+    def fn_forward(self) -> QualifiedName:
+        return QualifiedName("pgcleave", f"copy_capture_{self.oid}")
+
+    @property
+    def fn_back(self) -> QualifiedName:
+        return QualifiedName("pgcleave", f"copy_capture_back_{self.oid}")
+
+    @property
+    def fn_truncate(self) -> QualifiedName:
+        return QualifiedName("pgcleave", f"copy_truncate_{self.oid}")
+
+
+def make_spec(info: TableInfo, by: str, interval: str, time_zone: str = "UTC") -> Spec:
+    """Validate the old table for a copy by ``by`` and ``interval``; refuse what cannot work."""
+    if info.kind == "p":
+        raise Refused(f"{info.name} is already partitioned",
+                      hint="`pgcleave status` shows its partitions; `pgcleave maintain` adds more")
+    if info.kind != "r":
+        raise Refused(f"{info.name} is not a plain table")
+    if info.primary_key is None:
+        raise Refused(f"{info.name} has no primary key: the fill batches and the change capture "
+                      "match rows by it",
+                      hint="add one first (e.g. ALTER TABLE ... ADD PRIMARY KEY USING INDEX "
+                           "after CREATE UNIQUE INDEX CONCURRENTLY)")
+    col = info.column(by)
+    if col.generated:
+        raise Refused(f"column {by} is generated; partition by a stored column")
+    kind = key_kind(col.type)
+    iv = Interval.parse(interval)
+    check_fits(kind, iv, by, col.type)
+    pk = list(info.primary_key.columns)
+    if not col.not_null and by not in pk:
+        raise Refused(f"column {by} allows NULL: range partitions cannot hold NULL keys and the "
+                      "new primary key must include it",
+                      hint=f"make it NOT NULL first (ADD CHECK ({by} IS NOT NULL) NOT VALID, "
+                           "VALIDATE, then SET NOT NULL)")
+    match = pk + ([by] if by not in pk else [])
+    columns = [c.name for c in info.columns if not c.generated]
+    types = {c.name: c.type for c in info.columns}
+    return Spec(
+        table=info.name, oid=info.oid,
+        intermediate=info.name.sibling(child_name(info.name.name, "intermediate")),
+        retired=info.name.sibling(child_name(info.name.name, "retired")),
+        by=by, key_type=col.type, kind=kind, interval=iv, time_zone=time_zone, pk=pk,
+        match=match, columns=columns, column_types=types,
+        identity_always=[c.name for c in info.columns if c.identity == "a"])
+
+
+def spec_from_state(info: TableInfo, st: CopyState) -> Spec:
+    s = make_spec(info, st.by, st.interval, st.time_zone)
+    s.oid = st.table_oid
+    s.table = st.table
+    s.intermediate = st.intermediate
+    s.retired = st.retired
+    s.__post_init__()
+    return s
+
+
+# -- add-partitions --------------------------------------------------------------------------------
+def resolve_copy(conn: Connection, table: str) -> tuple[TableInfo, CopyState, Spec]:
+    """The copy state of ``table`` (the name the application uses), and the spec built from the
+    old table (``table`` before the swap, ``T_retired`` after)."""
+    info = snapshot(conn, table)
+    st = load_state(conn, info.name)
+    if st is None:
+        raise NotFound(f"{info.name} is not being copied (no prep)",
+                       hint=f"start with `pgcleave prep {table} --by COLUMN --interval ...`")
+    old = info if st.state == "prepped" else snapshot(conn, st.retired.quoted)
+    return info, st, spec_from_state(old, st)
