@@ -65,9 +65,9 @@ def test_backoff_cap() -> None:
 def test_cutover_retries_with_short_pauses(db: Any, conn: Any) -> None:
     """A cut-over blocked by a long transaction retries every few hundred ms at most."""
     conn.execute("CREATE TABLE x (id int)")
-    ex = Executor(Settings(dsn=db.dsn, lock_timeout_ms=20, lock_retry_limit_s=1.5))
     pauses: list[float] = []
-    ex._progress = lambda ev: pauses.append(ev.data["pause_s"]) if ev.kind == "retry" else None
+    ex = Executor(Settings(dsn=db.dsn, lock_timeout_ms=20, lock_retry_limit_s=1.5),
+                  lambda ev: pauses.append(ev.data["pause_s"]) if ev.kind == "retry" else None)
     with psycopg.connect(db.dsn) as blocker, psycopg.connect(db.dsn, autocommit=True) as c:
         blocker.execute("LOCK TABLE x IN ACCESS SHARE MODE")
 
@@ -78,7 +78,7 @@ def test_cutover_retries_with_short_pauses(db: Any, conn: Any) -> None:
             return 0.0
 
         with pytest.raises(Exception, match="gave up"):
-            ex._with_retry(c, attempt, None, [], cap=0.2)
+            ex.retry_locks(c, attempt, cap=0.2)
     assert len(pauses) >= 5 and max(pauses) <= 0.2, pauses
 
 

@@ -18,7 +18,6 @@ visible; ``check`` reports them and ``maintain`` never recreates a partition tha
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import time
 from pathlib import Path
@@ -118,29 +117,33 @@ def detach(ctx: ActionContext) -> None:
     hint = ("a long transaction holds the table; the next maintain run finishes the detach "
             "(it is left pending or attached, never half-done)")
 
-    def once(how: str) -> None:
+    def once() -> bool:
+        """One detach statement for the state the partition is in now; True once it is gone.
+        Read again on every attempt: a CONCURRENTLY that gave up in its second phase leaves
+        the partition pending, and what it needs next is FINALIZE."""
+        row = conn.execute(
+            "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = to_regclass(%s)"
+            " AND inhparent = to_regclass(%s)", [part.quoted, parent.quoted]).fetchone()
+        if row is None:
+            return True
+        if row[0]:
+            ctx.progress(f"finalizing the pending detach of {part}")
+        how = "finalize" if row[0] else "concurrently" if concurrently else "plain"
         if how == "plain":
             with conn.transaction():
                 ctx.set_lock_timeout(conn)
                 conn.execute(detach_sql(parent, part, how))
-            return
+            return False
         # FINALIZE and CONCURRENTLY refuse to run in a transaction block
         ctx.set_lock_timeout(conn, local=False)
         try:
             conn.execute(detach_sql(parent, part, how))
         finally:
             conn.execute("RESET lock_timeout")
+        return False
 
-    while True:  # re-read the state each time: done, or pending after an interrupted phase two
-        row = conn.execute(
-            "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = to_regclass(%s)"
-            " AND inhparent = to_regclass(%s)", [part.quoted, parent.quoted]).fetchone()
-        if row is None:
-            return
-        if row[0]:
-            ctx.progress(f"finalizing the pending detach of {part}")
-        how = "finalize" if row[0] else "concurrently" if concurrently else "plain"
-        ctx.retry_locks(functools.partial(once, how), what=f"detaching {part}", hint=hint)
+    while not ctx.retry_locks(once, what=f"detaching {part}", hint=hint):
+        pass  # done, or pending after an interrupted phase two: look again
 
 
 def archive_step(level: Level, rp: RangePart, archive_dir: str, fmt: str) -> Step:
