@@ -154,21 +154,33 @@ class Step:
         return cls(**d)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    """What an operation will do to one target table, in order."""
+    """What an operation will do to one target table, in order. Immutable: a planner that
+    learns more after building it makes a new one (``add``)."""
 
     operation: str
     target: str
-    args: dict[str, Any]
-    steps: list[Step]
-    notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    args: Mapping[str, Any]
+    steps: Sequence[Step]
+    notes: Sequence[str] = ()
+    warnings: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        for f in ("steps", "notes", "warnings"):
+            object.__setattr__(self, f, tuple(getattr(self, f)))
+        object.__setattr__(self, "args", dict(self.args))
+
+    def add(self, *, steps: Sequence[Step] = (), notes: Sequence[str] = (),
+            warnings: Sequence[str] = ()) -> Plan:
+        """This plan with more steps, notes or warnings at the end."""
+        return Plan(self.operation, self.target, self.args, (*self.steps, *steps),
+                    (*self.notes, *notes), (*self.warnings, *warnings))
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "operation": self.operation, "target": self.target, "args": self.args,
-            "notes": self.notes, "warnings": self.warnings,
+            "operation": self.operation, "target": self.target, "args": dict(self.args),
+            "notes": list(self.notes), "warnings": list(self.warnings),
             "steps": [s.to_json() for s in self.steps],
         }
 

@@ -23,7 +23,7 @@ import os
 import re
 import signal
 import uuid
-from typing import Any
+from typing import NotRequired, TypedDict, cast
 
 import psycopg
 from psycopg import sql
@@ -35,6 +35,20 @@ from ..errors import Refused, StepFailed
 from ..execute import RETRYABLE, ActionContext
 from ..names import QualifiedName
 from ..plan import Lock, LockTaken, Plan, Step
+
+
+class ShardChange(TypedDict):
+    server: str
+    partition: str  # the foreign partition, quoted
+    remote: list[str]  # [schema, name] of its table on the shard
+    statement: NotRequired[str]  # the ALTER TABLE run there
+
+
+class AlterParams(TypedDict):
+    table: list[str]
+    target: str
+    statement: str  # the ALTER TABLE run here
+    shards: list[ShardChange]
 
 _REFUSED_ACTIONS = re.compile(r"^\s*(ATTACH|DETACH)\s+PARTITION\b", re.I)
 
@@ -58,7 +72,7 @@ def plan_alter(conn: Connection, table: str, change: str) -> Plan:
     if info.parent is not None:
         raise Refused(f"{info.name} is a partition; alter the partitioned table "
                       f"{info.parent} instead")
-    shards: list[dict[str, Any]] = []
+    shards: list[ShardChange] = []
     if info.partitioning is not None:
         for leaf in info.partitioning.leaves():
             if leaf.kind != "f":
@@ -72,9 +86,9 @@ def plan_alter(conn: Connection, table: str, change: str) -> Plan:
             if row[1] != "postgres_fdw":
                 raise Refused(f"partition {leaf.name} uses {row[1]}, not postgres_fdw")
             opts = dict(o.split("=", 1) for o in (row[2] or []))
-            shards.append({"server": row[0], "partition": leaf.name.quoted,
-                           "remote": [opts.get("schema_name", leaf.name.schema),
-                                      opts.get("table_name", leaf.name.name)]})
+            shards.append(ShardChange(server=row[0], partition=leaf.name.quoted,
+                                      remote=[opts.get("schema_name", leaf.name.schema),
+                                              opts.get("table_name", leaf.name.name)]))
     stmt = sql.SQL("ALTER TABLE {} {}").format(info.name.ident, sql.SQL(text))
     steps: list[Step] = []
     if shards:
@@ -92,8 +106,8 @@ def plan_alter(conn: Connection, table: str, change: str) -> Plan:
             name="alter", description=f"prepare the change on {len(shards)} shard table(s), "
             f"then apply it to {info.name} and decide (two-phase commit)",
             statements=shown, action="alter.apply",
-            params={"table": [info.name.schema, info.name.name], "target": str(info.name),
-                    "statement": stmt.as_string(None), "shards": shards},
+            params=AlterParams(table=[info.name.schema, info.name.name], target=str(info.name),
+                               statement=stmt.as_string(None), shards=shards),
             locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, str(info.name))]))
         steps.append(Step(
             name="commit-prepared", description="commit the prepared change on every shard",
@@ -107,10 +121,10 @@ def plan_alter(conn: Connection, table: str, change: str) -> Plan:
                                           "servers": sorted({s["server"] for s in shards})},
                 steps)
     if shards:
-        plan.notes.append("remote partitions on: " + ", ".join(
-            f"{s['partition']} ({s['server']})" for s in shards))
+        plan = plan.add(notes=["remote partitions on: " + ", ".join(
+            f"{s['partition']} ({s['server']})" for s in shards)])
     else:
-        plan.notes.append(f"{info.name} has no remote partition: this is a plain ALTER TABLE")
+        plan = plan.add(notes=[f"{info.name} has no remote partition: this is a plain ALTER TABLE"])
     return plan
 
 
@@ -134,7 +148,7 @@ def _gid_prefix(conn: Connection) -> str:
 
 
 def apply(ctx: ActionContext) -> None:
-    p = ctx.params
+    p = cast(AlterParams, ctx.params)
     conn = ctx.conn
     decided = conn.execute("SELECT count(*) FROM pgcleave.twophase WHERE job_id = %s AND"
                            " state IN ('commit', 'done')", [ctx.job_id]).fetchone()
@@ -150,7 +164,7 @@ def apply(ctx: ActionContext) -> None:
 
 
 def _attempt(ctx: ActionContext, side: Connection, table: QualifiedName) -> None:
-    p = ctx.params
+    p = cast(AlterParams, ctx.params)
     conn = ctx.conn
     prefix = _gid_prefix(conn)
     remotes: list[tuple[str, str, Connection]] = []  # gid, server, connection

@@ -29,7 +29,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from psycopg import sql
 
@@ -48,11 +48,46 @@ from ..ddl.bounds import (
     same_bound,
     same_value,
 )
+from ..ddl.capture import key_log_function
 from ..ddl.exclusion import run_exclusion
 from ..ddl.tables import collist, index_tail, insert_columns, is_partition_of, overriding
 from ..errors import Refused
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step, render
+
+
+# -- the parameters of carve's actions (carve_run.py), as journaled ----------------------------
+class CopyParams(TypedDict):
+    copy: str  # the bulk INSERT ... SELECT
+    index: list[str]  # every index statement (shown; jobs of 0.1.0 before leaf_jobs ran these)
+    leaf_jobs: NotRequired[list[tuple[str, list[str]]]]  # (leaf, its index + ANALYZE statements)
+    index_top: NotRequired[list[str]]  # the holder's indexes, attaching the leaves' ones
+    replay: list[str]  # SET LOCALs, then the statements that apply the key log
+    catchup_rows: int
+    begun: str  # guard: true once the swap has begun
+
+
+class VerifyParams(TypedDict):
+    ddl: list[str]  # VALIDATE of foreign keys, ANALYZE of branches
+    replay: list[str]
+    count_source: NotRequired[str]
+    count_copies: NotRequired[str]
+    count: NotRequired[str]  # one query for both counts (jobs of earlier versions)
+    begun: str
+
+
+class SwapGroup(TypedDict):
+    sql: list[str]  # one short transaction
+    done: str  # guard: true once this transaction committed
+    what: str
+
+
+class SwapParams(TypedDict):
+    first: list[str]  # detach the source, attach the holder (and more, see _swap_steps)
+    first_done: str
+    groups: list[SwapGroup]
+    replay: NotRequired[list[str]]
+    catchup_rows: NotRequired[int]
 
 # The direct method holds ACCESS EXCLUSIVE on the parent while it moves the carved rows and
 # PostgreSQL scans the rest of the DEFAULT. Measured on the reference machine (2 cores, PG 15,
@@ -621,7 +656,7 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
     prepare += [
         sql.SQL("CREATE TABLE {} AS SELECT {} FROM ONLY {} WITH NO DATA").format(
             log.ident, pk_ids, S.ident),
-        _capture_function(fname, log, pk),
+        key_log_function(fname, log, pk),
         sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW "
                 "EXECUTE FUNCTION {}()").format(trig, S.ident, fname.ident)]
     undo_prepare: list[Statement] = [
@@ -678,12 +713,12 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
     # A rollback refused once the swap had begun may have marked this step undone; a resume
     # then runs it again: it sees the swap begun and does nothing.
     done_first = sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(retired.literal)
-    copy_step = dataclasses.replace(copy_step, action="carve.copy", params={
-        "copy": render(copy_sql), "index": [render(x) for x in index_sql],
-        "leaf_jobs": [[leaf.quoted, [render(x) for x in stmts]] for leaf, stmts in leaf_jobs],
-        "index_top": [render(x) for x in index_top],
-        "replay": [render(x) for x in replay], "catchup_rows": catchup_rows,
-        "begun": render(done_first)})
+    copy_step = dataclasses.replace(copy_step, action="carve.copy", params=CopyParams(
+        copy=render(copy_sql), index=[render(x) for x in index_sql],
+        leaf_jobs=[(leaf.quoted, [render(x) for x in stmts]) for leaf, stmts in leaf_jobs],
+        index_top=[render(x) for x in index_top],
+        replay=[render(x) for x in replay], catchup_rows=catchup_rows,
+        begun=render(done_first)))
     steps.append(copy_step)
 
     verify_stmts: list[Statement] = []
@@ -702,10 +737,10 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
         f"on a second connection that imports the snapshot) that {names} hold exactly the "
         f"rows of {S}", [*verify_stmts, *replay, count_src, count_copies],
         locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, names)], ddl=False)
-    verify = dataclasses.replace(verify, action="carve.verify", params={
-        "ddl": [render(x) for x in verify_stmts], "replay": [render(x) for x in replay],
-        "count_source": render(count_src), "count_copies": render(count_copies),
-        "begun": render(done_first)})
+    verify = dataclasses.replace(verify, action="carve.verify", params=VerifyParams(
+        ddl=[render(x) for x in verify_stmts], replay=[render(x) for x in replay],
+        count_source=render(count_src), count_copies=render(count_copies),
+        begun=render(done_first)))
     steps.append(verify)
 
     lock_parent = sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(parent.ident)
@@ -732,7 +767,7 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
             parent.ident, p.name.ident, (bound or p.bound).for_values()))
         return st
 
-    groups: list[dict[str, Any]] = []
+    groups: list[SwapGroup] = []
     batch = max(1, swap_batch)
     ordered = _order_ranges(conn, targets, t) if part.strategy == "range" else list(targets)
     span = _span(conn, part.strategy, ordered, t) if as_default else None
@@ -760,14 +795,14 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
             tail = (sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
                 parent.ident, hold.ident, _span_of(part.strategy, left).for_values())
                 if left else sql.SQL("DROP TABLE {}").format(hold.ident))
-            groups.append({
-                "sql": [render(x) for x in [
+            groups.append(SwapGroup(
+                sql=[render(x) for x in [
                     lock_parent,
                     sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent.ident,
                                                                          hold.ident),
                     *[y for p in grp for y in move(p)], tail]],
-                "done": render(is_partition_of(grp[-1].name, parent)),
-                "what": ", ".join(p.name.name for p in grp)})
+                done=render(is_partition_of(grp[-1].name, parent)),
+                what=", ".join(p.name.name for p in grp)))
     elif as_default:
         # Pieces that are not one contiguous range (other partitions lie between them): the
         # holder becomes the DEFAULT for the time of the moves. Fine with tens of partitions;
@@ -779,18 +814,18 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
         # partition constraint; waiting on the parent, it routes after the commit instead.
         for i in range(0, len(targets), batch):
             grp = targets[i:i + batch]
-            groups.append({
-                "sql": [render(x) for x in [lock_parent, *[y for p in grp for y in move(p)]]],
-                "done": render(is_partition_of(grp[-1].name, parent)),
-                "what": ", ".join(p.name.name for p in grp)})
+            groups.append(SwapGroup(
+                sql=[render(x) for x in [lock_parent, *[y for p in grp for y in move(p)]]],
+                done=render(is_partition_of(grp[-1].name, parent)),
+                what=", ".join(p.name.name for p in grp)))
         last = [lock_parent,
                 sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent.ident, hold.ident),
                 *[x for p in rest for x in move(p)],
                 sql.SQL("DROP TABLE {}").format(hold.ident)]
-        groups.append({"sql": [render(x) for x in last],
-                       "done": render(sql.SQL("SELECT to_regclass({}) IS NULL").format(
-                           hold.literal)),
-                       "what": f"{rest[0].name.name} as the DEFAULT"})
+        groups.append(SwapGroup(sql=[render(x) for x in last],
+                                done=render(sql.SQL("SELECT to_regclass({}) IS NULL").format(
+                                    hold.literal)),
+                                what=f"{rest[0].name.name} as the DEFAULT"))
     else:
         first += [x for p in pieces for x in move(p)]
         first.append(sql.SQL("DROP TABLE {}").format(hold.ident))
@@ -811,10 +846,10 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
                       "WHERE inhrelid = to_regclass({}) AND inhparent = to_regclass({}))").format(
             hold.literal, targets[0].name.literal, parent.literal),
         undo=[])
-    swap = dataclasses.replace(swap, action="carve.swap", params={
-        "first": [render(x) for x in first], "first_done": render(done_first),
-        "groups": groups, "replay": [render(x) for x in replay],
-        "catchup_rows": min(catchup_rows, FINAL_REPLAY_ROWS)})
+    swap = dataclasses.replace(swap, action="carve.swap", params=SwapParams(
+        first=[render(x) for x in first], first_done=render(done_first),
+        groups=groups, replay=[render(x) for x in replay],
+        catchup_rows=min(catchup_rows, FINAL_REPLAY_ROWS)))
     steps.append(swap)
 
     drop_old: list[Statement] = [sql.SQL("DROP TABLE IF EXISTS {}").format(retired.ident),
@@ -845,24 +880,6 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
     return steps
 
 
-def _capture_function(fname: QualifiedName, log: QualifiedName, pk: list[str]
-                      ) -> sql.Composable:
-    """An AFTER ROW trigger function on the source: logs the primary key of the old row and
-    of the new one (once when the key did not change). Nothing else: the copies are brought
-    up to date by replaying the log, so writers pay one small insert per row they write."""
-    def row(r: str) -> sql.Composable:
-        return sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.SQL(r), sql.Identifier(c))
-                                  for c in pk)
-
-    def ins(r: str) -> sql.Composable:
-        return sql.SQL("INSERT INTO {} ({}) VALUES ({});").format(log.ident, collist(pk), row(r))
-
-    body = sql.SQL(
-        "BEGIN IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND ({o}) IS DISTINCT FROM ({n})) THEN "
-        "{io} END IF; IF TG_OP <> 'DELETE' THEN {inn} END IF; RETURN NULL; END").format(
-        o=row("OLD"), n=row("NEW"), io=ins("OLD"), inn=ins("NEW"))
-    return sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
-        fname.ident, sql.Literal(body.as_string(None)))
 
 
 

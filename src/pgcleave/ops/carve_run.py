@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from psycopg import sql
 
 from ..connection import Connection
 from ..errors import StepFailed
 from ..execute import ActionContext
-from .carve import FINAL_REPLAY_ROWS
+from .carve import FINAL_REPLAY_ROWS, CopyParams, SwapParams, VerifyParams
 
 T = TypeVar("T")
 
@@ -38,7 +38,7 @@ def _replay(conn: Connection, statements: list[str]) -> int:
         return conn.execute(statements[-1].encode()).rowcount
 
 
-def _begun(conn: Connection, params: Mapping[str, Any]) -> bool:
+def _begun(conn: Connection, params: CopyParams | VerifyParams) -> bool:
     if "begun" not in params:
         return False
     row = conn.execute(params["begun"].encode()).fetchone()
@@ -77,12 +77,12 @@ def _on_side(ctx: ActionContext, fn: Callable[[Connection], T]) -> Callable[[], 
     return wait
 
 
-def _build_indexes(ctx: ActionContext, p: Mapping[str, Any]) -> None:
+def _build_indexes(ctx: ActionContext, p: CopyParams) -> None:
     """Each leaf's indexes (and ANALYZE) in one transaction, the leaves shared out between
     two connections as they free up; a leaf that has an index already was done by a killed
     run. Then the holder's indexes, which attach the leaves' ones (catalog only)."""
     conn = ctx.conn
-    queue = list(p["leaf_jobs"])
+    queue = list(p.get("leaf_jobs", []))
     lock = threading.Lock()
 
     def worker(c: Connection) -> None:
@@ -105,7 +105,7 @@ def _build_indexes(ctx: ActionContext, p: Mapping[str, Any]) -> None:
     finally:
         wait()
     with conn.transaction():
-        for stmt in p["index_top"]:
+        for stmt in p.get("index_top", []):
             conn.execute(stmt.encode())
         ctx.save({**ctx.load(), "indexed": True})
 
@@ -115,7 +115,7 @@ def copy(ctx: ActionContext) -> None:
     does not copy twice), the index builds (two connections), then replays of the key log
     until fewer than ``catchup_rows`` keys changed during the last one."""
     conn = ctx.conn
-    p = ctx.params
+    p = cast(CopyParams, ctx.params)
     if _begun(conn, p):
         return
     state = ctx.load()
@@ -153,7 +153,7 @@ def copy(ctx: ActionContext) -> None:
 
 def verify(ctx: ActionContext) -> None:
     conn = ctx.conn
-    p = ctx.params
+    p = cast(VerifyParams, ctx.params)
     if _begun(conn, p):
         return
     if p["ddl"]:
@@ -204,7 +204,7 @@ def swap(ctx: ActionContext) -> None:
     (see SWAP_LOCK_TIMEOUT_MS). Each one's effect is visible in the catalog, which is what a
     resumed job checks to skip it."""
     conn = ctx.conn
-    p = ctx.params
+    p = cast(SwapParams, ctx.params)
 
     def holds(q: str) -> bool:
         row = conn.execute(q.encode()).fetchone()

@@ -71,6 +71,10 @@ from .copy_state import (
     TRIGGER,
     TRIGGER_BACK,
     TRIGGER_TRUNCATE,
+    BuildIndexesParams,
+    CopyVerifyParams,
+    DeferredIndex,
+    FillParams,
     Spec,
     load_state,
     make_spec,
@@ -197,11 +201,11 @@ def _index_stmt(name: str | None, table: QualifiedName, ix: NewIndex, *, only: b
         t=table.ident, tail=sql.SQL(ix.tail))
 
 
-def deferred_params(spec: Spec, deferred: list[NewIndex]) -> list[dict[str, Any]]:
+def deferred_params(spec: Spec, deferred: list[NewIndex]) -> list[DeferredIndex]:
     """Indexes built after the fill: the parent's index name, the suffix of each partition's,
     and the definition tail."""
-    return [{"name": child_name(spec.table.name, f"copyidx{i}"), "suffix": f"copyidx{i}",
-             "tail": ix.tail, "unique": ix.unique} for i, ix in enumerate(deferred)]
+    return [DeferredIndex(name=child_name(spec.table.name, f"copyidx{i}"), suffix=f"copyidx{i}",
+                          tail=ix.tail, unique=ix.unique) for i, ix in enumerate(deferred)]
 
 
 # -- partitions ------------------------------------------------------------------------------------
@@ -506,17 +510,17 @@ def _check_where(conn: Connection, table: QualifiedName, where: str) -> None:
 
 
 def fill_params(spec: Spec, *, batch_size: int, sleep: float, where: str | None,
-                max_rate: float | None, order: str) -> dict[str, Any]:
-    return {
-        "source": [spec.table.schema, spec.table.name],
-        "target": [spec.intermediate.schema, spec.intermediate.name],
-        "default": [spec.default.schema, spec.default.name],
-        "state": [spec.table.schema, spec.table.name],
-        "columns": spec.columns, "pk": spec.pk,
-        "pk_types": [spec.column_types[c] for c in spec.pk],
-        "advisory": spec.fill_lock, "order": order, "batch_size": batch_size, "sleep": sleep,
-        "where": where, "max_rate": max_rate,
-    }
+                max_rate: float | None, order: str) -> FillParams:
+    return FillParams(
+        source=[spec.table.schema, spec.table.name],
+        target=[spec.intermediate.schema, spec.intermediate.name],
+        default=[spec.default.schema, spec.default.name],
+        state=[spec.table.schema, spec.table.name],
+        columns=spec.columns, pk=spec.pk,
+        pk_types=[spec.column_types[c] for c in spec.pk],
+        advisory=spec.fill_lock, order=order, batch_size=batch_size, sleep=sleep,
+        where=where, max_rate=max_rate,
+    )
 
 
 def resolve_order(conn: Connection, order: str) -> str:
@@ -533,7 +537,7 @@ def resolve_order(conn: Connection, order: str) -> str:
     return order
 
 
-def fill_steps(spec: Spec, deferred: list[dict[str, Any]], *, batch_size: int, sleep: float,
+def fill_steps(spec: Spec, deferred: list[DeferredIndex], *, batch_size: int, sleep: float,
                where: str | None, max_rate: float | None, order: str) -> list[Step]:
     p = fill_params(spec, batch_size=batch_size, sleep=sleep, where=where, max_rate=max_rate,
                     order=order)
@@ -567,8 +571,9 @@ def fill_steps(spec: Spec, deferred: list[dict[str, Any]], *, batch_size: int, s
                                               "partition and ALTER INDEX ... ATTACH PARTITION"],
             locks=[LockTaken(SUE, f"each partition of {spec.intermediate}")],
             transactional=False, action="copy.build_indexes",
-            params={"parent": [spec.intermediate.schema, spec.intermediate.name],
-                    "indexes": deferred}, ddl=False))
+            params=BuildIndexesParams(
+                parent=[spec.intermediate.schema, spec.intermediate.name], indexes=deferred),
+            ddl=False))
     return steps
 
 
@@ -626,7 +631,8 @@ def verify_step(spec: Spec) -> Step:
         locks=[LockTaken(Lock.ACCESS_SHARE, f"{spec.table}, {spec.intermediate}")],
         guard=sql.SQL("SELECT EXISTS (SELECT FROM pgcleave.copies WHERE {} AND verified_at IS "
                       "NOT NULL)").format(state_where(spec.table)).as_string(None),
-        action="copy.verify", params={"table": [spec.table.schema, spec.table.name]}, ddl=False)
+        action="copy.verify", params=CopyVerifyParams(table=[spec.table.schema, spec.table.name]),
+        ddl=False)
 
 
 # -- swap ------------------------------------------------------------------------------------------

@@ -14,9 +14,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from psycopg import errors as pgerrors
 from psycopg import sql
@@ -27,7 +26,7 @@ from ..ddl.tables import collist
 from ..errors import Refused
 from ..execute import ActionContext
 from ..names import QualifiedName, child_name
-from .copy_state import resolve_copy
+from .copy_state import BuildIndexesParams, CopyVerifyParams, FillParams, resolve_copy
 
 
 def _row_param(types: list[str]) -> sql.Composable:
@@ -53,7 +52,7 @@ class _FillQueries:
     physical: dict[bool, sql.Composed] = field(default_factory=dict)
 
 
-def _fill_queries(p: Mapping[str, Any]) -> _FillQueries:
+def _fill_queries(p: FillParams) -> _FillQueries:
     src = sql.Identifier(*p["source"])
     tgt = sql.Identifier(*p["target"])
     cols = collist(p["columns"])
@@ -62,7 +61,7 @@ def _fill_queries(p: Mapping[str, Any]) -> _FillQueries:
     # aliased: an output column named like the key would make ORDER BY sort the text
     pk_text = sql.SQL(", ").join([sql.SQL("{}::text AS {}").format(
         sql.Identifier(c), sql.Identifier(f"pgcleave_k{i}")) for i, c in enumerate(p["pk"])])
-    where = sql.SQL(" AND ({})").format(sql.SQL(p["where"])) if p.get("where") else sql.SQL("")
+    where = sql.SQL(" AND ({})").format(sql.SQL(p["where"])) if p["where"] else sql.SQL("")
     n = int(p["batch_size"])
     upper = "SELECT {t} FROM ONLY {s} WHERE {cond}{w} ORDER BY {pk} OFFSET {off} LIMIT 1"
     q = _FillQueries(
@@ -88,7 +87,7 @@ def _fill_queries(p: Mapping[str, Any]) -> _FillQueries:
     return q
 
 
-def _estimate(conn: Connection, p: Mapping[str, Any]) -> int | None:
+def _estimate(conn: Connection, p: FillParams) -> int | None:
     row = conn.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)",
                        [QualifiedName(*p["source"]).quoted]).fetchone()
     if row is None or row[0] is None or row[0] < 0:
@@ -141,7 +140,7 @@ def _physical_batch(ctx: ActionContext, q: _FillQueries, pos: dict[str, Any], ti
     if node is not None and pos.get("filenode") not in (None, node[0]):
         ctx.progress("the table was rewritten during the fill: copying again from block 0")
         pos = {**pos, "block": 0, "filenode": node[0],
-               "blocks": _blocks(conn, ctx.params), "restarted": True}
+               "blocks": _blocks(conn, cast(FillParams, ctx.params)), "restarted": True}
     step = int(pos["step"])
     lo, hi = int(pos["block"]), int(pos["block"]) + step
     with conn.transaction():
@@ -155,14 +154,14 @@ def _physical_batch(ctx: ActionContext, q: _FillQueries, pos: dict[str, Any], ti
     return n, new
 
 
-def _blocks(conn: Connection, p: Mapping[str, Any]) -> int:
+def _blocks(conn: Connection, p: FillParams) -> int:
     row = conn.execute("SELECT pg_relation_size(to_regclass(%s)) /"
                        " current_setting('block_size')::bigint",
                        [QualifiedName(*p["source"]).quoted]).fetchone()
     return int(row[0]) if row else 0
 
 
-def _start(conn: Connection, p: Mapping[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+def _start(conn: Connection, p: FillParams, saved: dict[str, Any]) -> dict[str, Any]:
     """The position to start from: the saved one, or the beginning (for a physical fill: the
     blocks to read, and how many per batch for about ``batch_size`` rows)."""
     pos = {"done": 0, "batches": 0, "finished": False, **saved}
@@ -180,7 +179,7 @@ def _start(conn: Connection, p: Mapping[str, Any], saved: dict[str, Any]) -> dic
 def fill(ctx: ActionContext) -> None:
     """Copy the rows in keyset batches; see the module docstring for why this cannot lose or
     resurrect a row while the application writes."""
-    p = ctx.params
+    p = cast(FillParams, ctx.params)
     conn = ctx.conn
     q = _fill_queries(p)
     pos = _start(conn, p, ctx.load())
@@ -188,7 +187,7 @@ def fill(ctx: ActionContext) -> None:
     total = _estimate(conn, p)
     kill_after = _fault_batches()
     sleep_s = float(p.get("sleep") or 0)
-    max_rate = float(p["max_rate"]) if p.get("max_rate") else None
+    max_rate = float(p["max_rate"]) if p["max_rate"] else None
     timeout_ms = max(int(ctx.settings.lock_timeout_ms), 1)
     started = time.monotonic()
     run_rows = 0
@@ -252,12 +251,13 @@ def build_indexes(ctx: ActionContext) -> None:
     writes go on), then ``ATTACH PARTITION``; the parent's index turns valid with the last one.
     An index left INVALID by an interrupted build is dropped and built again."""
     conn = ctx.conn
-    parent = QualifiedName(*ctx.params["parent"])
+    bp = cast(BuildIndexesParams, ctx.params)
+    parent = QualifiedName(*bp["parent"])
     parts = [QualifiedName(r[0], r[1]) for r in conn.execute(
         "SELECT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
         " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE i.inhparent = to_regclass(%s)"
         " ORDER BY c.relname", [parent.quoted]).fetchall()]
-    indexes = ctx.params["indexes"]
+    indexes = bp["indexes"]
     for k, d in enumerate(indexes):
         pidx = parent.sibling(d["name"])
         unique = sql.SQL("UNIQUE " if d.get("unique") else "")
@@ -401,7 +401,7 @@ def verify_copy(conn: Connection, table: str, *, record: bool = True) -> VerifyR
 
 
 def verify(ctx: ActionContext) -> None:
-    table = QualifiedName(*ctx.params["table"])
+    table = QualifiedName(*cast(CopyVerifyParams, ctx.params)["table"])
     result = verify_copy(ctx.conn, table.quoted)
     rows = sum(r.old_rows for r in result.ranges)
     if not result.ok:

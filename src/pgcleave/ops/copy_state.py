@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from psycopg import sql
 
@@ -36,6 +36,15 @@ FILL_LOCK_BASE = 0x7067_636C_0000_0000  # 'pgcl' << 32, plus the table's OID
 
 
 # -- the shape of one copy ------------------------------------------------------------------------
+class DeferredIndex(TypedDict):
+    """An index built after the fill (``prep --defer-indexes``)."""
+
+    name: str  # the parent's index
+    suffix: str  # of each partition's index name
+    tail: str  # USING ... of its definition
+    unique: bool
+
+
 @dataclass
 class CopyState:
     """The row of ``pgcleave.copies`` for one table (None when the table was never prepped)."""
@@ -48,7 +57,7 @@ class CopyState:
     interval: str
     time_zone: str
     state: str
-    deferred: list[dict[str, Any]]
+    deferred: list[DeferredIndex]
     fill_where: str | None
     filled_at: datetime | None
     default_rows: int | None
@@ -183,3 +192,29 @@ def resolve_copy(conn: Connection, table: str) -> tuple[TableInfo, CopyState, Sp
                        hint=f"start with `pgcleave prep {table} --by COLUMN --interval ...`")
     old = info if st.state == "prepped" else snapshot(conn, st.retired.quoted)
     return info, st, spec_from_state(old, st)
+
+
+# -- the parameters of the copy's actions (copy_run.py), as journaled ---------------------------
+class FillParams(TypedDict):
+    source: list[str]  # [schema, name]
+    target: list[str]
+    default: list[str]
+    state: list[str]
+    columns: list[str]
+    pk: list[str]
+    pk_types: list[str]
+    advisory: int  # the lock a batch and the capture trigger's second DELETE share
+    order: str  # key or physical
+    batch_size: int
+    sleep: float
+    where: str | None
+    max_rate: float | None
+
+
+class BuildIndexesParams(TypedDict):
+    parent: list[str]
+    indexes: list[DeferredIndex]
+
+
+class CopyVerifyParams(TypedDict):
+    table: list[str]

@@ -25,6 +25,7 @@ the build steps drop such a leftover before building again.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -321,8 +322,8 @@ def plan_set_primary_key(conn: Connection, table: str, columns: list[str], *,
     plan = Plan("set-primary-key", str(info.name), args, [])
     if info.primary_key is not None:
         if info.primary_key.columns == cols:
-            plan.notes.append(f"{info.name} already has PRIMARY KEY ({', '.join(cols)}) "
-                              f"({info.primary_key.name}); nothing to do")
+            plan = plan.add(notes=[f"{info.name} already has PRIMARY KEY ({', '.join(cols)}) "
+                              f"({info.primary_key.name}); nothing to do"])
             return plan
         raise Refused(
             f"{info.name} already has a primary key {info.primary_key.name} on "
@@ -459,22 +460,23 @@ def plan_set_primary_key(conn: Connection, table: str, columns: list[str], *,
             locks=[LockTaken(AE, str(node.name)), LockTaken(SHARE, "its partitions")],
             guard=_g_pk(node.name, cols), undo=[]))
 
-    plan.steps = steps
-    plan.notes.append(f"{len(leaves)} partitions; no step reads the rows under a lock that "
+    plan = dataclasses.replace(plan, steps=steps)
+    plan = plan.add(notes=[f"{len(leaves)} partitions; no step reads the rows under a lock that "
                       "blocks writes: indexes are built CONCURRENTLY, NOT NULL is proven by "
-                      "validated CHECKs, the parent's key adopts the partitions' keys")
+                      "validated CHECKs, the parent's key adopts the partitions' keys"])
     if retired:
         msg = (f"the per-partition primary keys {', '.join(retired[:3])}"
                + (f" and {len(retired) - 3} more" if len(retired) > 3 else "")
                + " are replaced by the new key")
         if keep_old_key:
-            plan.notes.append(msg + "; they stay as UNIQUE constraints (--keep-old-key)")
+            plan = plan.add(notes=[msg + "; they stay as UNIQUE constraints (--keep-old-key)"])
         else:
-            plan.warnings.append(
-                msg + f": uniqueness of ({', '.join(facts[leaves[0][0].oid].pk_cols)}) alone "
+            pk = ", ".join(facts[leaves[0][0].oid].pk_cols)
+            plan = plan.add(warnings=[
+                msg + f": uniqueness of ({pk}) alone "
                 "within a partition is no longer enforced (it never was across partitions); "
                 "pass --keep-old-key to keep it as a UNIQUE constraint per partition (one more "
-                "index build per partition)")
+                "index build per partition)"])
     return plan
 
 
@@ -537,10 +539,11 @@ def plan_create_index(conn: Connection, table: str, columns: list[str], *, uniqu
             raise Refused(f"a relation named {parent_idx} already exists and is not this index",
                           hint="choose another name with --name")
         if existing[1]:
-            plan.notes.append(f"index {parent_idx} already exists and is valid; nothing to do")
+            plan = plan.add(notes=[
+                f"index {parent_idx} already exists and is valid; nothing to do"])
             return plan
-        plan.notes.append(f"index {parent_idx} exists but is not valid yet (an earlier run "
-                          "stopped): the missing partition indexes are built and attached")
+        plan = plan.add(notes=[f"index {parent_idx} exists but is not valid yet (an earlier run "
+                          "stopped): the missing partition indexes are built and attached"])
 
     taken: set[str] = {iname}
     sub_idx: dict[int, QualifiedName] = {nodes[0].oid: parent_idx}
@@ -601,14 +604,14 @@ def plan_create_index(conn: Connection, table: str, columns: list[str], *, uniqu
             for p in foreign:
                 steps.append(_remote_index_step(conn, p, cols, unique=False, where=where,
                                                 method=method))
-            plan.notes.append(f"foreign partitions ({names}) get the index on their shard's "
-                              "table, built concurrently there")
+            plan = plan.add(notes=[f"foreign partitions ({names}) get the index on their shard's "
+                              "table, built concurrently there"])
         else:
-            plan.notes.append(
+            plan = plan.add(notes=[
                 f"foreign partitions are skipped ({names}): dblink is not installed here, so "
                 "pgcleave cannot build the index on the shards' tables; `pgcleave server add` "
-                "installs it (or create the index on each shard yourself)")
-    plan.steps = steps
+                "installs it (or create the index on each shard yourself)"])
+    plan = dataclasses.replace(plan, steps=steps)
     return plan
 
 
@@ -731,7 +734,7 @@ def plan_add_foreign_key(conn: Connection, table: str, columns: list[str], ref_t
     plan = Plan("add-foreign-key", str(info.name), args, [])
     if clash is not None:
         if clash.type == "f" and clash.validated and clash.columns == cols:
-            plan.notes.append(f"{info.name} already has foreign key {fk_name}; nothing to do")
+            plan = plan.add(notes=[f"{info.name} already has foreign key {fk_name}; nothing to do"])
             return plan
         raise Refused(f"{info.name} already has a constraint named {fk_name}",
                       hint="choose another name with --name")
@@ -772,9 +775,9 @@ def plan_add_foreign_key(conn: Connection, table: str, columns: list[str], ref_t
             guard=_g_constraint(info.name, fk_name, validated=True),
             undo=[sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
                 info.name.ident, sql.Identifier(fk_name))]))
-    plan.steps = steps
-    plan.notes.append("rows are checked by VALIDATE, which lets writes continue; "
-                      "the statements that take write-blocking locks do not read rows")
+    plan = dataclasses.replace(plan, steps=steps)
+    plan = plan.add(notes=["rows are checked by VALIDATE, which lets writes continue; "
+                      "the statements that take write-blocking locks do not read rows"])
     return plan
 
 
@@ -811,21 +814,22 @@ def plan_drop_index(conn: Connection, index: str) -> Plan:
                       hint=f"drop {QualifiedName(nsp, parent)} instead")
     plan = Plan("drop-index", str(table), {"index": str(idx)}, [])
     if kind == "I":
-        plan.steps.append(Step.sql(
+        plan = plan.add(steps=[Step.sql(
             f"drop:{rel}", f"drop partitioned index {idx} and its partitions' indexes "
             "(catalog only; PostgreSQL has no DROP INDEX CONCURRENTLY for it)",
             [sql.SQL("DROP INDEX IF EXISTS {}").format(idx.ident)],
             locks=[LockTaken(AE, str(table)), LockTaken(AE, "its partitions")],
-            guard=_g_index_gone(idx), undo=[]))
-        plan.notes.append("dropping a partitioned index takes ACCESS EXCLUSIVE on the table and "
+            guard=_g_index_gone(idx), undo=[])])
+        plan = plan.add(notes=[
+            "dropping a partitioned index takes ACCESS EXCLUSIVE on the table and "
                           "its partitions for the few milliseconds the catalog change takes; "
-                          "it is tried under lock_timeout and retried")
+                          "it is tried under lock_timeout and retried"])
     else:
-        plan.steps.append(Step.sql(
+        plan = plan.add(steps=[Step.sql(
             f"drop:{rel}", f"drop index {idx} concurrently",
             [sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(idx.ident)],
             locks=[LockTaken(SUE, str(table))], transactional=False,
-            guard=_g_index_gone(idx), undo=[], ddl=False))
+            guard=_g_index_gone(idx), undo=[], ddl=False)])
     return plan
 
 
@@ -858,12 +862,12 @@ def plan_drop_constraint(conn: Connection, table: str, name: str) -> Plan:
         ref = next((f.ref_table for f in info.foreign_keys_out if f.name == name), None)
         if ref is not None:
             locks.append(LockTaken(AE, str(ref)))
-    plan.steps.append(Step.sql(
+    plan = plan.add(steps=[Step.sql(
         f"drop:{name}", f"drop constraint {name} of {info.name} (catalog only)",
         [sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
             info.name.ident, sql.Identifier(name))],
-        locks=locks, guard=_g_no_constraint(info.name, name), undo=[]))
+        locks=locks, guard=_g_no_constraint(info.name, name), undo=[])])
     if con.type in ("p", "u"):
-        plan.warnings.append(f"dropping {name} removes the uniqueness it enforces on "
-                             f"({', '.join(con.columns)})")
+        plan = plan.add(warnings=[f"dropping {name} removes the uniqueness it enforces on "
+                             f"({', '.join(con.columns)})"])
     return plan

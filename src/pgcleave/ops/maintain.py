@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -45,6 +45,27 @@ from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step, render
 from .carve import Piece, Sub, plan_carve
 from .retention import detach_step, retention_steps
+
+
+class CheckItem(TypedDict):
+    name: str  # the new partition, quoted
+    cond: str  # its rows, as a condition on the DEFAULT
+
+
+class PremakeValidateParams(TypedDict):
+    default: list[str]
+    items: list[CheckItem]
+
+
+class CreateItem(TypedDict):
+    name: str
+    sql: str  # CREATE TABLE ... PARTITION OF (or the foreign table for a placed one)
+    drop_remote: str | None  # drops the shard table of a placed partition that is skipped
+
+
+class PremakeCreateParams(TypedDict):
+    items: list[CreateItem]
+    extra: list[str]  # statements after the partitions (sharded_tables bookkeeping)
 
 PREMAKE_CHECK = "pgcleave_premake_guard"
 
@@ -285,9 +306,10 @@ def create_steps(parent: QualifiedName, default: Partition | None, items: list[N
             statements=[sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
                 d.ident, con).as_string(None)],
             action="maintain.premake_validate",
-            params={"default": [d.schema, d.name],
-                    "items": [{"name": it.name.quoted, "cond": it.cond.as_string(None)}
-                              for it in items]},
+            params=PremakeValidateParams(
+                default=[d.schema, d.name],
+                items=[CheckItem(name=it.name.quoted, cond=it.cond.as_string(None))
+                       for it in items]),
             locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, str(d))],
             guard=exists_all.as_string(None), transactional=False))
     creates: list[Statement] = []
@@ -327,13 +349,13 @@ def create_steps(parent: QualifiedName, default: Partition | None, items: list[N
         steps.append(Step(
             name="premake:create", description=what,
             statements=[render(c) for c in creates], action="maintain.premake_create",
-            params={"items": [
-                {"name": it.name.quoted, "sql": render(c),
-                 "drop_remote": servers.remote_sql(dbl, it.server, sql.SQL(
-                     "DROP TABLE IF EXISTS {}").format(it.name.ident)).as_string(None)
-                 if it.server else None}
+            params=PremakeCreateParams(items=[
+                CreateItem(name=it.name.quoted, sql=render(c),
+                           drop_remote=servers.remote_sql(dbl, it.server, sql.SQL(
+                               "DROP TABLE IF EXISTS {}").format(it.name.ident)).as_string(None)
+                           if it.server else None)
                 for it, c in zip(items, creates, strict=False)],
-                "extra": [render(c) for c in creates[len(items):]]},
+                extra=[render(c) for c in creates[len(items):]]),
             locks=locks, guard=exists_all.as_string(None),
             undo=[render(u) for u in reversed(undo)]))
     if remote and conn is not None and is_superuser(conn):
@@ -354,7 +376,7 @@ def premake_validate(ctx: ActionContext) -> None:
     Instead of failing the job (and failing again on every resume), those ranges are dropped
     from this run's premake: the CHECK is rebuilt without them (NOT VALID again, no scan) and
     validated; the next run sees their rows and drains them into their new partition."""
-    p = ctx.params
+    p = cast(PremakeValidateParams, ctx.params)
     d = QualifiedName(*p["default"])
     con = sql.Identifier(PREMAKE_CHECK)
     skip: list[str] = list(ctx.load().get("skip", []))
@@ -392,13 +414,13 @@ def premake_validate(ctx: ActionContext) -> None:
 def premake_create(ctx: ActionContext) -> None:
     """Create the new partitions the validated CHECK covers (all of them, unless the
     validation step left some to the drain); drop the shard tables of skipped placed ones."""
-    p = ctx.params
+    p = cast(PremakeCreateParams, ctx.params)
     skip = set(journal.load_progress(ctx.conn, ctx.job_id, ctx.index - 1).get("skip", []))
     stmts: list[str] = []
     for it in p["items"]:
         if it["name"] in skip:
-            if it.get("drop_remote"):
-                ctx.run_ddl([it["drop_remote"]], transactional=False)
+            if drop := it.get("drop_remote"):
+                ctx.run_ddl([drop], transactional=False)
             continue
         row = ctx.conn.execute("SELECT to_regclass(%s) IS NOT NULL", [it["name"]]).fetchone()
         if not (row and row[0]):
@@ -498,7 +520,7 @@ def drain_steps(conn: Connection, info: TableInfo, parent: QualifiedName,
                  " by carve's copy + key log + short swaps (rows stay visible, nothing is "
                  "scanned under an exclusive lock)")
     notes += plan.notes
-    return plan.steps
+    return list(plan.steps)
 
 
 def _fresh(name: str, taken: set[str]) -> str:

@@ -28,9 +28,8 @@ cut-over commits the application writes to the local rows only; after it, to the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from psycopg import sql
 
@@ -53,6 +52,33 @@ from ..ddl.tables import parse_indexdef
 from ..errors import NotFound, Refused, StepFailed
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step
+
+
+# -- the parameters of move's actions (move_run.py), as journaled -------------------------------
+class SubscribeParams(TypedDict):
+    side: NotRequired[str]  # remote: the shard subscribes; local: this database does
+    direction: NotRequired[str]  # what jobs of earlier versions journaled instead of side
+    server: str
+    name: str  # publication, subscription and slot
+    origin_dsn: NotRequired[bool]  # True: the run must be given --origin-dsn (a secret)
+
+
+class MoveParams(TypedDict):
+    direction: str  # out (to a server) or back
+    server: str
+    name: str
+    parent: list[str]
+    partition: list[str]
+    remote: list[str]
+    timeout_s: NotRequired[float]
+
+
+class CutoverParams(MoveParams):
+    incoming: list[str]
+    aside: list[str]
+    bound: str  # FOR VALUES ... of the partition
+    columns: list[str]
+    binary_hash: NotRequired[bool]  # set by the action: whether both servers hash row bytes
 
 # synchronous_commit = on: the rows a subscriber applied survive its crash (an asynchronous
 # apply can lose its last commits, and the initial copy's progress with them)
@@ -169,7 +195,8 @@ def _plan_out(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool,
             sql.Identifier(c.tag), sql.Literal(_shown_origin(conn, origin_dsn)),
             sql.Identifier(c.tag)), durable=False).as_string(None)],
         action="move.subscribe",
-        params={"side": "remote", "server": srv, "name": c.tag, "origin_dsn": bool(origin_dsn)},
+        params=SubscribeParams(side="remote", server=srv, name=c.tag,
+                               origin_dsn=bool(origin_dsn)),
         guard=servers.remote_exists(dbl, srv, sql.SQL(
             "SELECT 1 FROM pg_subscription WHERE subname = {}").format(sql.Literal(c.tag))
         ).as_string(None),
@@ -179,10 +206,10 @@ def _plan_out(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool,
     steps += _common_tail(conn, c, dbl, staging, local_aside, drop_source, info)
     plan = Plan("move", tname, {"partition": part.name.quoted, "to": srv,
                                 "drop_source": drop_source}, steps)
-    plan.notes.append(f"rows of {pname} stay readable and writable through {tname} during the "
-                      "whole move; writes wait only during the cut-over")
+    plan = plan.add(notes=[f"rows of {pname} stay readable and writable through {tname} during the "
+                      "whole move; writes wait only during the cut-over"])
     if not any(p.kind == "f" for p in parent.partitioning.leaves()):  # type: ignore[union-attr]
-        plan.warnings += first_move_warnings(parent)
+        plan = plan.add(warnings=first_move_warnings(parent))
     return plan
 
 
@@ -263,7 +290,7 @@ def _plan_back(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool) ->
         statements=[sql.SQL(SUBSCRIBE_SQL).format(
             sql.Identifier(c.tag), sql.Literal(f"<server {srv}: options and user mapping>"),
             sql.Identifier(c.tag)).as_string(None)],
-        action="move.subscribe", params={"side": "local", "server": srv, "name": c.tag},
+        action="move.subscribe", params=SubscribeParams(side="local", server=srv, name=c.tag),
         guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = {})").format(
             sql.Literal(c.tag)).as_string(None),
         undo=[sql.SQL("DROP SUBSCRIPTION IF EXISTS {}").format(sql.Identifier(c.tag)
@@ -307,9 +334,12 @@ def _common_tail(conn: Connection, c: _Ctx, dbl: str, incoming: QualifiedName,
         if is_superuser(conn):
             steps.append(ddl_guard_step("ddl-guard"))
     kind = "f" if out else "r"
-    p = dict(_action_params(c), incoming=[incoming.schema, incoming.name],
-             aside=[aside.schema, aside.name], bound=part.bound,
-             columns=[col.name for col in info.columns if not col.generated])
+    m = _action_params(c)
+    p = CutoverParams(direction=m["direction"], server=m["server"], name=m["name"],
+                      parent=m["parent"], partition=m["partition"], remote=m["remote"],
+                      incoming=[incoming.schema, incoming.name],
+                      aside=[aside.schema, aside.name], bound=part.bound,
+                      columns=[col.name for col in info.columns if not col.generated])
     swap: list[sql.Composable] = [
         sql.SQL("LOCK TABLE ONLY {} IN EXCLUSIVE MODE").format(parent.name.ident),
         sql.SQL("-- marker round trip; count + hash of the rows on both servers must match"),
@@ -364,11 +394,11 @@ def _common_tail(conn: Connection, c: _Ctx, dbl: str, incoming: QualifiedName,
     return steps
 
 
-def _action_params(c: _Ctx) -> dict[str, Any]:
-    return {"direction": c.direction, "server": c.server, "name": c.tag,
-            "parent": [c.parent.name.schema, c.parent.name.name],
-            "partition": [c.part.name.schema, c.part.name.name],
-            "remote": [c.remote.schema, c.remote.name]}
+def _action_params(c: _Ctx) -> MoveParams:
+    return MoveParams(direction=c.direction, server=c.server, name=c.tag,
+                      parent=[c.parent.name.schema, c.parent.name.name],
+                      partition=[c.part.name.schema, c.part.name.name],
+                      remote=[c.remote.schema, c.remote.name])
 
 
 
@@ -477,7 +507,7 @@ def _shown_origin(conn: Connection, origin_dsn: str | None) -> str:
 
 
 
-def swap_sql(p: Mapping[str, Any], parent: QualifiedName, part: QualifiedName,
+def swap_sql(p: CutoverParams, parent: QualifiedName, part: QualifiedName,
                           incoming: QualifiedName, aside: QualifiedName) -> list[sql.Composable]:
     bound = sql.SQL(p["bound"])
     if p["direction"] == "out":

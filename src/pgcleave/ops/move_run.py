@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
@@ -17,7 +17,14 @@ from ..connection import Connection
 from ..errors import StepFailed
 from ..execute import ActionContext
 from ..names import QualifiedName
-from .move import ORIGIN_DSN_SECRET, SUBSCRIBE_SQL, swap_sql
+from .move import (
+    ORIGIN_DSN_SECRET,
+    SUBSCRIBE_SQL,
+    CutoverParams,
+    MoveParams,
+    SubscribeParams,
+    swap_sql,
+)
 
 #: Session settings that make ``ROW(...)::text`` identical on both servers for the hash.
 _HASH_SETTINGS = ["SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, MDY'",
@@ -29,8 +36,8 @@ _HASH_SETTINGS = ["SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, MDY'",
 def subscribe(ctx: ActionContext) -> None:
     """CREATE SUBSCRIPTION, run here so the connection string (which may hold a password) is
     built at run time and never journaled."""
-    p = ctx.params
-    if p["side"] == "remote":
+    p = cast(SubscribeParams, ctx.params)
+    if p.get("side", p.get("direction")) in ("remote", "out"):
         with servers.connect_remote(ctx.conn, p["server"], purpose="move") as rc:
             _create_subscription(ctx, rc)
     else:
@@ -42,9 +49,9 @@ def subscribe(ctx: ActionContext) -> None:
 
 
 def _create_subscription(ctx: ActionContext, subscriber: Connection) -> None:
-    p = ctx.params
+    p = cast(SubscribeParams, ctx.params)
     name = sql.Identifier(p["name"])
-    if p["side" if "side" in p else "direction"] in ("remote", "out"):
+    if p.get("side", p.get("direction")) in ("remote", "out"):
         origin = ctx.secret(ORIGIN_DSN_SECRET) if p.get("origin_dsn") else None
         if p.get("origin_dsn") and origin is None:
             raise StepFailed(
@@ -63,7 +70,7 @@ class _Sides:
     """The two connections of a move: where the rows come from and where they go."""
 
     def __init__(self, ctx: ActionContext) -> None:
-        p = ctx.params
+        p = cast(MoveParams, ctx.params)
         self.remote = servers.connect_remote(ctx.conn, p["server"], purpose="move")
         self.writer = ctx.connect("move-marker")
         if p["direction"] == "out":
@@ -119,7 +126,7 @@ def _marker_round_trip(sides: _Sides, timeout_s: float) -> float:
 
 
 def catch_up(ctx: ActionContext) -> None:
-    p = ctx.params
+    p = cast(MoveParams, ctx.params)
     timeout = float(p.get("timeout_s", 3600))
     sides = _Sides(ctx)
     try:
@@ -146,7 +153,7 @@ def _heal_subscription(ctx: ActionContext, sides: _Sides) -> None:
     """A subscriber that crashed right after CREATE SUBSCRIPTION may have lost it (its commit
     was not yet flushed). Start the copy again from scratch: empty the receiving table, drop
     the publisher's orphaned slot, subscribe again."""
-    p = ctx.params
+    p = cast(MoveParams, ctx.params)
     if sides.subscriber.execute("SELECT count(*) FROM pg_subscription WHERE subname = %s",
                                 [p["name"]]).fetchone() != (0,):
         return
@@ -189,7 +196,7 @@ def _binary_hash_works(conns: list[Connection], tables: list[QualifiedName],
 
 
 def cutover(ctx: ActionContext) -> None:
-    p = ctx.params
+    p = cast(CutoverParams, ctx.params)
     conn = ctx.conn
     parent = QualifiedName(*p["parent"])
     part = QualifiedName(*p["partition"])
@@ -206,8 +213,8 @@ def cutover(ctx: ActionContext) -> None:
             sides.remote.execute(s)
         # catch up once more before locking, so the locked part only waits for the last writes
         _marker_round_trip(sides, 600)
-        p = dict(p, binary_hash=_binary_hash_works([conn, sides.remote], [local_rows, remote],
-                                                   p["columns"]))
+        p = CutoverParams(**{**p, "binary_hash": _binary_hash_works(
+            [conn, sides.remote], [local_rows, remote], p["columns"])})
         held, lag, n = ctx.retry_locks(
             lambda: _cutover_once(ctx, sides, parent, local_rows, remote, p, swap),
             what="the cut-over",
@@ -224,7 +231,7 @@ def cutover(ctx: ActionContext) -> None:
 
 
 def _cutover_once(ctx: ActionContext, sides: _Sides, parent: QualifiedName,
-                  local_rows: QualifiedName, remote: QualifiedName, p: dict[str, Any],
+                  local_rows: QualifiedName, remote: QualifiedName, p: CutoverParams,
                   swap: list[str]) -> tuple[float, float, int]:
     conn = ctx.conn
     columns: list[str] = p["columns"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from psycopg import sql
 
@@ -34,12 +34,39 @@ from ..plan import Lock, LockTaken, Plan, Statement, Step
 from ..policy import Policy
 
 
-def _qn(d: dict[str, str]) -> QualifiedName:
+class Name(TypedDict):
+    schema: str
+    name: str
+
+
+class DetachParams(TypedDict):
+    parent: Name
+    partition: Name
+    concurrently: bool
+
+
+class ArchiveParams(TypedDict):
+    parent: Name
+    partition: Name
+    bound: str
+    key_column: str
+    key_type: str
+    dir: str
+    format: str  # copy or pg_dump
+
+
+class LoadParams(TypedDict):
+    manifest: str
+    table: Name
+    cols: list[str]
+
+
+def _qn(d: Name) -> QualifiedName:
     return QualifiedName(d["schema"], d["name"])
 
 
-def _qd(q: QualifiedName) -> dict[str, str]:
-    return {"schema": q.schema, "name": q.name}
+def _qd(q: QualifiedName) -> Name:
+    return Name(schema=q.schema, name=q.name)
 
 
 def attached_guard(parent: QualifiedName, part: QualifiedName) -> sql.Composable:
@@ -105,14 +132,16 @@ def detach_step(parent: QualifiedName, part: QualifiedName, *, concurrently: boo
         statements=[detach_sql(parent, part, mode).as_string(None)], locks=locks,
         transactional=False, guard=attached_guard(parent, part).as_string(None),
         action="retention.detach",
-        params={"parent": _qd(parent), "partition": _qd(part), "concurrently": mode != "plain"})
+        params=DetachParams(parent=_qd(parent), partition=_qd(part),
+                            concurrently=mode != "plain"))
 
 
 def detach(ctx: ActionContext) -> None:
     """Detach, finalizing a pending detach whenever one is found (from this or an earlier
     run), retrying lock timeouts with jittered backoff up to the retry limit."""
-    parent, part = _qn(ctx.params["parent"]), _qn(ctx.params["partition"])
-    concurrently = bool(ctx.params["concurrently"])
+    dp = cast(DetachParams, ctx.params)
+    parent, part = _qn(dp["parent"]), _qn(dp["partition"])
+    concurrently = dp["concurrently"]
     conn = ctx.conn
     hint = ("a long transaction holds the table; the next maintain run finishes the detach "
             "(it is left pending or attached, never half-done)")
@@ -165,9 +194,9 @@ def archive_step(level: Level, rp: RangePart, archive_dir: str, fmt: str) -> Ste
         locks=[LockTaken(Lock.SHARE, f"{part} (detached)"),
                LockTaken(Lock.ACCESS_EXCLUSIVE, f"{part} (detached, to drop it)")],
         transactional=True, guard=gone_guard(part).as_string(None), action="retention.archive",
-        params={"parent": _qd(level.parent), "partition": _qd(part), "bound": rp.part.bound,
-                "key_column": level.key, "key_type": level.key_type, "dir": archive_dir,
-                "format": fmt})
+        params=ArchiveParams(parent=_qd(level.parent), partition=_qd(part), bound=rp.part.bound,
+                             key_column=level.key, key_type=level.key_type, dir=archive_dir,
+                             format=fmt))
 
 
 def record_sql(parent: QualifiedName, part: QualifiedName, bound: str, what: str,
@@ -181,7 +210,7 @@ def record_sql(parent: QualifiedName, part: QualifiedName, bound: str, what: str
 
 
 def archive(ctx: ActionContext) -> None:
-    p = ctx.params
+    p = cast(ArchiveParams, ctx.params)
     parent, part = _qn(p["parent"]), _qn(p["partition"])
     directory = Path(p["dir"])
     stem = arch.base_name(part)
@@ -301,7 +330,7 @@ def plan_restore(conn: Any, path: str, *, as_table: str | None = None) -> Plan:
             + f"  -- from {data}"],
         locks=[LockTaken(Lock.ROW_EXCLUSIVE, f"{target} (new)")], transactional=True,
         ddl=False, action="retention.load",
-        params={"manifest": str(mpath), "table": _qd(target), "cols": cols}))
+        params=LoadParams(manifest=str(mpath), table=_qd(target), cols=cols)))
     if as_table is None:
         if info.partitioning is None or info.partitioning.strategy != "range":
             raise Refused(f"{info.name} is not range-partitioned any more",
@@ -355,7 +384,7 @@ def resolve_name(conn: Any, name: str, like: QualifiedName) -> QualifiedName:
 
 
 def load(ctx: ActionContext) -> None:
-    p = ctx.params
+    p = cast(LoadParams, ctx.params)
     m, mpath = arch.Manifest.read(p["manifest"])
     target = _qn(p["table"])
     conn = ctx.conn

@@ -4,6 +4,8 @@ handed to the run (never to the plan or the journal)."""
 
 from __future__ import annotations
 
+from typing import TypedDict, cast
+
 import psycopg
 from psycopg import conninfo, sql
 
@@ -20,6 +22,12 @@ from ..servers import (
     list_servers,
     options_sql,
 )
+
+
+class UserMappingParams(TypedDict):
+    server: str
+    user: str
+    password: bool  # the password itself is a secret handed to the run (password_secret)
 
 #: postgres_fdw options pgcleave sets on every server it adds, with why:
 #: - async_capable: an Append over several foreign partitions queries the shards concurrently;
@@ -116,8 +124,8 @@ def plan_server_add(conn: Connection, name: str, dsn: str, *, tune_database: boo
         + (" (password from the DSN, never shown)" if password else ""),
         statements=[sql.SQL("CREATE USER MAPPING FOR CURRENT_USER SERVER {} OPTIONS ({})").format(
             ident, options_sql(um_shown)).as_string(None)],
-        action="server.user_mapping", params={"server": name, "user": user,
-                                              "password": bool(password)},
+        action="server.user_mapping", params=UserMappingParams(server=name, user=user,
+                                                         password=bool(password)),
         guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_user_mappings WHERE srvname = {}"
                       " AND usename = current_user)").format(sql.Literal(name)).as_string(None),
         undo=[sql.SQL("DROP USER MAPPING IF EXISTS FOR CURRENT_USER SERVER {}").format(
@@ -141,10 +149,11 @@ def plan_server_add(conn: Connection, name: str, dsn: str, *, tune_database: boo
                 undo=[sql.SQL("ALTER DATABASE {} RESET {}").format(dbname, sql.Identifier(k))]))
     plan = Plan("server add", f"server:{name}", {"server": name, "dsn": describe_dsn(dsn),
                                                   "remote": rc.to_json()}, steps)
-    plan.notes.append(f"remote answers: {rc.version_text}, database {rc.database}, user {user}, "
+    plan = plan.add(notes=[
+        f"remote answers: {rc.version_text}, database {rc.database}, user {user}, "
                       f"wal_level={rc.settings['wal_level']}, max_prepared_transactions="
-                      f"{rc.settings['max_prepared_transactions']}")
-    plan.notes.extend(rc.problems)
+                      f"{rc.settings['max_prepared_transactions']}"])
+    plan = plan.add(notes=rc.problems)
     return plan
 
 
@@ -180,9 +189,10 @@ def plan_server_remove(conn: Connection, name: str) -> Plan:
 
 
 def user_mapping(ctx: ActionContext) -> None:
-    name = ctx.params["server"]
-    opts = {"user": ctx.params["user"]}
-    if ctx.params.get("password"):
+    p = cast(UserMappingParams, ctx.params)
+    name = p["server"]
+    opts = {"user": p["user"]}
+    if p.get("password"):
         pw = ctx.secret(password_secret(name))
         if pw is None:
             raise StepFailed(
