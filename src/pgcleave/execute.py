@@ -27,7 +27,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from . import journal
+from . import journal, preflight
 from .connection import Connection, Settings, connect
 from .errors import Busy, LockContention, PgcleaveError, Refused, StepFailed
 from .plan import Plan, Step
@@ -178,6 +178,8 @@ class Executor:
     def run(self, plan: Plan) -> int:
         """Journal ``plan`` as a new job and run it to the end. Returns the job id."""
         with connect(self.settings, purpose="job") as conn:
+            preflight.refuse_missing(conn, [preflight.journal_schema(), *plan.requires],
+                                     f"{plan.operation} {plan.target}")
             journal.ensure_schema(conn)
             with self._table_lock(conn, plan.target):
                 journal.refuse_unfinished(conn, plan.target)
@@ -234,6 +236,7 @@ class Executor:
                 raise Refused(f"job {job_id} is already {job_state}; nothing to {verb}",
                               hint="an operation that finished has its own reverse command"
                               if verb == "roll back" and job_state == "done" else None)
+            preflight.refuse_missing(conn, plan.requires, f"{verb} job {job_id}")
             self.registry.recover(conn)
             yield plan, states
 
@@ -275,6 +278,13 @@ class Executor:
                     exc.hint = (f"the job stays resumable: pgcleave resume {job_id} "
                                 f"(or pgcleave rollback {job_id})")
                 raise
+            except OSError as exc:  # an action's file (an archive) could not be written
+                msg = str(exc).strip()
+                self._fail(conn, job_id, idx, msg)
+                raise StepFailed(f"job {job_id}, step {idx + 1}/{total} ({step.name}: "
+                                 f"{step.description}) failed: {msg}", job_id=job_id,
+                                 hint=f"fix the cause, then `pgcleave resume {job_id}`; or "
+                                      f"`pgcleave rollback {job_id}`") from exc
             except psycopg.Error as exc:
                 msg = str(exc).strip()
                 self._fail(conn, job_id, idx, msg)

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from .connection import Connection
 from .errors import Busy
 from .plan import Plan, Step
+from .preflight import Requirement
 
 SCHEMA = "pgcleave"
 
@@ -178,7 +179,10 @@ def ensure_schema(conn: Connection) -> None:
     """Create or upgrade the ``pgcleave`` schema. Safe under concurrency (advisory xact lock)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('pgcleave:schema', 0))")
-        conn.execute("CREATE SCHEMA IF NOT EXISTS pgcleave")
+        # CREATE SCHEMA IF NOT EXISTS checks CREATE on the database before it looks: a role
+        # that may only use a schema an administrator made for it would be refused
+        if conn.execute("SELECT to_regnamespace('pgcleave') IS NULL").fetchone() == (True,):
+            conn.execute("CREATE SCHEMA pgcleave")
         conn.execute("CREATE TABLE IF NOT EXISTS pgcleave.meta (migration text PRIMARY KEY,"
                      " applied_at timestamptz NOT NULL DEFAULT now())")
         done = {r[0] for r in conn.execute("SELECT migration FROM pgcleave.meta")}
@@ -272,7 +276,8 @@ def load_plan(conn: Connection, job_id: int) -> tuple[Plan, list[str], str]:
         "SELECT state FROM pgcleave.steps WHERE job_id = %s ORDER BY idx", [job_id])]
     plan = Plan(operation=data["operation"], target=data["target"], args=data["args"],
                 steps=[Step.from_json(s) for s in data["steps"]], notes=data.get("notes", []),
-                warnings=data.get("warnings", []))
+                warnings=data.get("warnings", []),
+                requires=[Requirement.from_json(r) for r in data.get("requires", [])])
     return plan, states, str(job_state)
 
 

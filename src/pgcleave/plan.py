@@ -17,6 +17,8 @@ from typing import Any
 
 from psycopg import sql
 
+from .preflight import Requirement
+
 
 class Lock(StrEnum):
     """Table lock levels, weakest first, as PostgreSQL names them."""
@@ -165,22 +167,26 @@ class Plan:
     steps: Sequence[Step]
     notes: Sequence[str] = ()
     warnings: Sequence[str] = ()
+    #: privileges and settings the steps need, checked before the first change (preflight)
+    requires: Sequence[Requirement] = ()
 
     def __post_init__(self) -> None:
-        for f in ("steps", "notes", "warnings"):
+        for f in ("steps", "notes", "warnings", "requires"):
             object.__setattr__(self, f, tuple(getattr(self, f)))
         object.__setattr__(self, "args", dict(self.args))
 
     def add(self, *, steps: Sequence[Step] = (), notes: Sequence[str] = (),
-            warnings: Sequence[str] = ()) -> Plan:
-        """This plan with more steps, notes or warnings at the end."""
+            warnings: Sequence[str] = (), requires: Sequence[Requirement] = ()) -> Plan:
+        """This plan with more steps, notes, warnings or requirements at the end."""
         return Plan(self.operation, self.target, self.args, (*self.steps, *steps),
-                    (*self.notes, *notes), (*self.warnings, *warnings))
+                    (*self.notes, *notes), (*self.warnings, *warnings),
+                    (*self.requires, *requires))
 
     def to_json(self) -> dict[str, Any]:
         return {
             "operation": self.operation, "target": self.target, "args": dict(self.args),
             "notes": list(self.notes), "warnings": list(self.warnings),
+            "requires": [r.to_json() for r in self.requires],
             "steps": [s.to_json() for s in self.steps],
         }
 
@@ -192,6 +198,8 @@ class Plan:
             out.append(f"-- note: {note}")
         for w in self.warnings:
             out.append(f"-- WARNING: {w}")
+        for r in self.requires:
+            out.append(f"-- requires: {r.what}")
         for i, step in enumerate(self.steps, 1):
             out.append("")
             mode = "one transaction" if step.transactional else "autocommit, not in a transaction"

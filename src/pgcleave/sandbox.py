@@ -246,6 +246,26 @@ class Sandbox:
             shutil.rmtree(self.dir, ignore_errors=True)
         self.servers = []
 
+    def password_role(self, role: str, password: str) -> None:
+        """A login role on every server that must authenticate with its password
+        (scram-sha-256), as on a managed service; other roles keep trust. Non-superuser
+        postgres_fdw and dblink connections need this: the shard must ask for a password."""
+        import psycopg
+        from psycopg import sql
+
+        for s in self.servers:
+            hba = Path(s.datadir) / "pg_hba.conf"
+            line = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+            text = hba.read_text()
+            if line not in text:
+                hba.write_text(line + text)  # first match wins: before the trust lines
+            with psycopg.connect(s.dsn, autocommit=True) as c:
+                exists = c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
+                c.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                    sql.SQL("ALTER" if exists else "CREATE"), sql.Identifier(role),
+                    sql.Literal(password)))
+                c.execute("SELECT pg_reload_conf()")
+
     def env_lines(self) -> list[str]:
         lines: list[str] = []
         for i, s in enumerate(self.servers):

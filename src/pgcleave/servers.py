@@ -191,9 +191,12 @@ def check_remote(dsn: str, *, timeout: int = 5) -> RemoteCheck:
                 " current_database(), current_user,"
                 " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)").fetchone()
     except psycopg.OperationalError as exc:
-        raise Refused(f"cannot reach the remote server at {describe_dsn(dsn)}: "
-                      f"{redact(str(exc)).strip().splitlines()[0]}",
-                      hint="check the DSN (host, port, dbname, user) and that the server runs "
+        why = redact(str(exc)).strip().splitlines()[0]
+        raise Refused(f"cannot reach the remote server at {describe_dsn(dsn)}: {why}",
+                      hint="the server asks for a password: put the password in the DSN (it "
+                           "goes into the user mapping only, never into the journal); nothing "
+                           "was changed" if "password" in why else
+                           "check the DSN (host, port, dbname, user) and that the server runs "
                            "and accepts connections from this machine; nothing was changed"
                       ) from None
     except psycopg.Error as exc:

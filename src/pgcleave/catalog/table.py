@@ -366,7 +366,9 @@ def _rows(q: _Query, oid: int, reltuples: float, size: int) -> int | None:
     """The planner's estimate; a small table never analyzed is counted exactly instead."""
     if reltuples >= 0:
         return int(reltuples)
-    if size <= EXACT_COUNT_BYTES:
+    readable = q.one(sql.SQL("SELECT has_table_privilege({}::oid, 'SELECT')").format(
+        sql.Literal(oid)))[0]
+    if size <= EXACT_COUNT_BYTES and readable:
         row = q.one(sql.SQL("SELECT count(*) FROM ONLY {}").format(_regclass_ident(q, oid)))
         return int(row[0])
     return None

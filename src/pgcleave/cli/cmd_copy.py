@@ -10,8 +10,8 @@ from ..errors import Refused
 from ..ops import copy as ops
 from ..ops.copy_run import verify_copy
 from . import common
+from .app import app
 from .common import db, dry_run_option, json_option, out, print_json, yes_option
-from .main import app
 
 
 @app.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..demo import run_demo
-from .main import app
+from .app import app
 
 
 @app.command()

@@ -8,8 +8,8 @@ from rich.table import Table
 from .. import journal
 from ..execute import Executor
 from ..ops.move import ORIGIN_DSN_SECRET
+from .app import app
 from .common import STATE, Reporter, db, json_option, out, print_json
-from .main import app
 
 
 @app.command()

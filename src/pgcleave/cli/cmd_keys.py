@@ -8,8 +8,8 @@ import click
 from ..errors import UsageError
 from ..ops import keys
 from . import common
+from .app import app
 from .common import db, dry_run_option, json_option, yes_option
-from .main import app
 
 
 @app.command("set-primary-key")

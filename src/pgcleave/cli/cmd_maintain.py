@@ -21,6 +21,7 @@ from ..ops import maintain as maintain_ops
 from ..ops.check import MAX_PARTITIONS, check_tables, prometheus
 from ..ops.maintain import plan_maintain
 from ..ops.retention import plan_restore
+from .app import app
 from .common import (
     Reporter,
     db,
@@ -33,7 +34,6 @@ from .common import (
     settings,
     yes_option,
 )
-from .main import app
 
 
 def _parse_now(text: str | None) -> datetime | None:

@@ -10,8 +10,8 @@ from ..errors import UsageError
 from ..ops.carve import DIRECT_MAX_LOCK_MS, plan_carve
 from ..ops.partition import plan_add_partition, plan_partition, plan_unpartition
 from . import common
+from .app import app
 from .common import dry_run_option, json_option, yes_option
-from .main import app
 
 
 def _values(text: str | None) -> list[str] | None:

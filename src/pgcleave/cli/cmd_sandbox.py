@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from ..sandbox import Sandbox
+from .app import app
 from .common import out
-from .main import app
 
 dir_option = click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
                           help="State directory (default: one per user).")

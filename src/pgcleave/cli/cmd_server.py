@@ -7,8 +7,8 @@ from rich.table import Table
 
 from .. import servers
 from ..ops import server as server_ops
+from .app import app
 from .common import db, dry_run_option, execute, json_option, out, print_json, yes_option
-from .main import app
 
 
 @app.group()

@@ -8,8 +8,8 @@ import click
 # before `pgcleave resume` runs
 from ..ops import alter as _alter
 from ..ops import move as _move
+from .app import app
 from .common import db, dry_run_option, execute, json_option, out, print_json, yes_option
-from .main import app
 
 
 @app.command()

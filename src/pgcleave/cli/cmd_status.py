@@ -9,8 +9,8 @@ from rich.table import Table
 from rich.tree import Tree
 
 from ..status import table_status
+from .app import app
 from .common import db, json_option, out, print_json
-from .main import app
 
 
 @app.command()

@@ -28,8 +28,8 @@ from typing import NotRequired, TypedDict, cast
 import psycopg
 from psycopg import sql
 
-from .. import servers
-from ..catalog import snapshot
+from .. import preflight, servers
+from ..catalog import TableInfo, snapshot
 from ..connection import Connection
 from ..errors import Refused, StepFailed
 from ..execute import RETRYABLE, ActionContext
@@ -90,11 +90,26 @@ def plan_alter(conn: Connection, table: str, change: str) -> Plan:
                                       remote=[opts.get("schema_name", leaf.name.schema),
                                               opts.get("table_name", leaf.name.name)]))
     stmt = sql.SQL("ALTER TABLE {} {}").format(info.name.ident, sql.SQL(text))
+    for s in shards:
+        s["statement"] = sql.SQL("ALTER TABLE {} {}").format(
+            QualifiedName(*s["remote"]).ident, sql.SQL(text)).as_string(None)
+    dbl = servers.dblink_schema(conn) if shards else "pgcleave"
+    without_2pc = sorted({s["server"] for s in shards
+                          if _max_prepared(conn, dbl, s["server"]) == 0})
+    requires = [preflight.owner(info.name)]
+    for srv in sorted({s["server"] for s in shards}):
+        requires += [preflight.on_server(preflight.owner(QualifiedName(*s["remote"])), srv, dbl)
+                     for s in shards if s["server"] == srv]
+        if srv not in without_2pc:
+            requires.append(preflight.on_server(preflight.prepared_transactions(), srv, dbl))
     steps: list[Step] = []
-    if shards:
-        for s in shards:
-            s["statement"] = sql.SQL("ALTER TABLE {} {}").format(
-                QualifiedName(*s["remote"]).ident, sql.SQL(text)).as_string(None)
+    notes: list[str] = []
+    if shards and without_2pc:
+        steps = _steps_without_2pc(info, text, stmt, shards, dbl, without_2pc)
+        notes.append(f"{', '.join(without_2pc)} cannot prepare transactions "
+                     "(max_prepared_transactions = 0): the change is applied server by server, "
+                     "in the order that keeps every statement working between two steps")
+    elif shards:
         shown = [sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(
             info.name.ident).as_string(None)]
         for s in shards:
@@ -119,13 +134,93 @@ def plan_alter(conn: Connection, table: str, change: str) -> Plan:
             locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, str(info.name))]))
     plan = Plan("alter", str(info.name), {"table": info.name.quoted, "action": text,
                                           "servers": sorted({s["server"] for s in shards})},
-                steps)
+                steps, notes=notes, requires=requires)
     if shards:
         plan = plan.add(notes=["remote partitions on: " + ", ".join(
             f"{s['partition']} ({s['server']})" for s in shards)])
     else:
         plan = plan.add(notes=[f"{info.name} has no remote partition: this is a plain ALTER TABLE"])
     return plan
+
+
+_COLUMN_ACTION = re.compile(
+    r'^\s*(ADD|DROP)\s+(?:COLUMN\s+)?(?:IF\s+(?:NOT\s+)?EXISTS\s+)?("(?:[^"]|"")+"|[^\s"]+)(.*)$',
+    re.I | re.S)
+
+
+def _max_prepared(conn: Connection, dbl: str, server: str) -> int:
+    """max_prepared_transactions of the shard behind ``server``, asked through dblink."""
+    try:
+        row = conn.execute(sql.SQL(
+            "SELECT n FROM {}.dblink({}, 'SELECT current_setting(''max_prepared_transactions'')"
+            "::int') AS t(n int)").format(sql.Identifier(dbl), sql.Literal(server))).fetchone()
+    except psycopg.Error as exc:
+        raise Refused(f"cannot ask server {server} whether it can prepare transactions: "
+                      f"{str(exc).strip().splitlines()[0]}",
+                      hint="start the server or fix the network; nothing was changed") from None
+    return int(row[0]) if row else 0
+
+
+def _steps_without_2pc(info: TableInfo, text: str, stmt: sql.Composable,
+                       shards: list[ShardChange], dbl: str, servers_: list[str]) -> list[Step]:
+    """ADD COLUMN: the shards first, then here (the shard tables' extra column takes its
+    default on INSERTs through the foreign tables until then); DROP COLUMN: here first, then
+    the shards (their NOT NULL dropped first, so INSERTs that no longer name the column keep
+    working). Each step is guarded by the column's presence, so a resumed job skips what is
+    done. Other changes need two-phase commit: refused."""
+    m = _COLUMN_ACTION.match(text)
+    why = ("needs two-phase commit on " + ", ".join(servers_) + " (max_prepared_transactions "
+           "= 0 there): without it only ADD COLUMN and DROP COLUMN can be applied safely, one "
+           "server at a time")
+    fix = ("set max_prepared_transactions > 0 on " + ", ".join(servers_) + " and restart "
+           "(RDS: in the parameter group), or make the change as ADD/DROP COLUMN")
+    if (m is None or "," in _strip_literals(m.group(3)) or m.group(2).lower() in (
+            "constraint", "primary", "unique", "check", "foreign", "exclude")):
+        raise Refused(f"ALTER TABLE ... {text} {why}", hint=fix)
+    verb, col_text, tail = m.group(1).upper(), m.group(2), m.group(3)
+    col = (col_text[1:-1].replace('""', '"') if col_text.startswith('"') else col_text.lower())
+    if verb == "ADD" and re.search(r"\bNOT\s+NULL\b", tail, re.I) and not re.search(
+            r"\bDEFAULT\b", tail, re.I):
+        raise Refused(f"ADD COLUMN {col_text} NOT NULL without a DEFAULT {why}: rows inserted "
+                      "through the foreign tables before the last step would have no value",
+                      hint="give it a DEFAULT, or " + fix)
+
+    def has_col(table: QualifiedName) -> sql.Composable:
+        return sql.SQL("SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass({}) AND attname "
+                       "= {} AND attnum > 0 AND NOT attisdropped").format(
+            table.literal, sql.Literal(col))
+
+    here = Step.sql(
+        f"alter:{info.name.name}", f"apply the change to {info.name}",
+        [sql.SQL("SET LOCAL pgcleave.allow_ddl = 'on'"), stmt,
+         sql.SQL("UPDATE pgcleave.sharded_tables SET columns = pgcleave.columns_signature(relid),"
+                 " updated_at = clock_timestamp() WHERE relid = {}::regclass").format(
+             info.name.literal)],
+        locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, str(info.name))],
+        guard=sql.SQL("SELECT {} EXISTS ({})").format(
+            sql.SQL("" if verb == "ADD" else "NOT"), has_col(info.name)),
+        nothing_to_undo=True)
+    remote_steps: list[Step] = []
+    for s in shards:
+        remote = QualifiedName(*s["remote"])
+        todo: list[sql.Composable] = [sql.SQL(s["statement"])]
+        if verb == "DROP":
+            todo.insert(0, sql.SQL(
+                "DO $pgcleave$ BEGIN IF EXISTS ({}) THEN EXECUTE {}; END IF; END $pgcleave$"
+            ).format(sql.SQL("SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass({}) AND "
+                             "attname = {} AND attnotnull").format(remote.literal,
+                                                                   sql.Literal(col)),
+                     sql.Literal(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(
+                         remote.ident, sql.Identifier(col)).as_string(None))))
+        remote_steps.append(Step.sql(
+            f"alter:{s['server']}:{remote.name}", f"apply the change to {remote} on {s['server']}",
+            [servers.remote_sql(dbl, s["server"], sql.SQL("; ").join(todo))],
+            locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{remote} on {s['server']}")],
+            guard=servers.remote_exists(dbl, s["server"], has_col(remote)) if verb == "ADD"
+            else sql.SQL("SELECT NOT ({})").format(servers.remote_exists(
+                dbl, s["server"], has_col(remote))),
+            nothing_to_undo=True, transactional=False))
+    return [*remote_steps, here] if verb == "ADD" else [here, *remote_steps]
 
 
 def _strip_literals(text: str) -> str:

@@ -33,7 +33,7 @@ from typing import NotRequired, TypedDict
 
 from psycopg import sql
 
-from .. import journal
+from .. import journal, preflight
 from ..catalog import Partition, TableInfo, relation_exists, snapshot
 from ..connection import Connection
 from ..ddl import dependents
@@ -272,7 +272,8 @@ def plan_carve(conn: Connection, table: str, ranges_or_values: Sequence[PieceLik
         notes.append(f"needs free space for a copy of {source.name} ({_size(source.bytes)})")
     args = {"pieces": [b.describe() for b in bounds], "source": source.name.quoted,
             "method": method, "targets": [tg.name.quoted for tg in targets]}
-    return Plan("carve", parent.quoted, args, steps, notes=notes)
+    return Plan("carve", parent.quoted, args, steps, notes=notes,
+                requires=[*preflight.table_change(parent), preflight.owner(source.name)])
 
 
 def _size(n: int | None) -> str:

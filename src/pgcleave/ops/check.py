@@ -15,10 +15,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg
+from psycopg import sql
+
 from .. import levels as lv
 from .. import policy as pol
-from .. import schemes
-from ..catalog import snapshot
+from .. import schemes, servers
+from ..catalog import Partition, snapshot
+from ..catalog.table import foreign_target
 from ..connection import Connection
 from ..journal import schema_exists
 
@@ -27,7 +31,8 @@ MAX_PARTITIONS = 1000
 
 @dataclass
 class Problem:
-    kind: str  # premake, default-rows, late-rows, detach-pending, too-many, overdue, job, policy
+    kind: str  # premake, default-rows, late-rows, detach-pending, too-many, overdue, job, policy,
+    # drift (a shard's table no longer matches its foreign partition), shard-away
     message: str
 
 
@@ -42,6 +47,7 @@ class Health:
     periods_ahead: int | None = None
     periods_wanted: int | None = None
     overdue: int = 0
+    drift: int = 0
     problems: list[Problem] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -69,6 +75,9 @@ def check_table(conn: Connection, table: str, *, now: datetime | None = None,
             h.detach_pending += 1
             h.add("detach-pending", f"partition {part.name} is detach pending (an interrupted "
                                     "DETACH CONCURRENTLY); `pgcleave maintain` finalizes it")
+    for leaf in leaves:
+        if leaf.kind == "f":
+            _check_shard(conn, leaf, h)
     if schema_exists(conn):
         for jid, op, _state in conn.execute(
                 "SELECT id, operation, state FROM pgcleave.jobs WHERE target = %s"
@@ -145,6 +154,36 @@ def check_table(conn: Connection, table: str, *, now: datetime | None = None,
     return h
 
 
+_SIGNATURE = ("SELECT string_agg(quote_ident(attname) || ' ' || format_type(atttypid, atttypmod),"
+              " ', ' ORDER BY attnum) FROM pg_attribute WHERE attrelid = {} AND attnum > 0"
+              " AND NOT attisdropped")
+
+
+def _check_shard(conn: Connection, leaf: Partition, h: Health) -> None:
+    """The DDL guard where event triggers are not allowed: the columns and types of a foreign
+    partition must be those of its shard's table, or every INSERT and ``SELECT *`` through it
+    fails. Asked of the shard through dblink and the user mapping."""
+    remote = foreign_target(conn, leaf.oid)
+    here = conn.execute(sql.SQL(_SIGNATURE).format(sql.Literal(leaf.oid))).fetchone()
+    query = sql.SQL(_SIGNATURE).format(sql.SQL("to_regclass({})").format(remote.literal))
+    try:
+        with conn.transaction():
+            there = conn.execute(sql.SQL(
+                "SELECT s FROM {}.dblink({}, {}) AS t(s text)").format(
+                sql.Identifier(servers.dblink_schema(conn)), sql.Literal(leaf.server),
+                sql.Literal(query.as_string(None)))).fetchone()
+    except psycopg.Error as exc:
+        h.add("shard-away", f"cannot compare {leaf.name} with {remote} on {leaf.server}: "
+                            f"{str(exc).strip().splitlines()[0]}")
+        return
+    mine, theirs = (here[0] if here else None), (there[0] if there else None)
+    if mine != theirs:
+        h.drift += 1
+        h.add("drift", f"{leaf.name} has columns ({mine}) but {remote} on {leaf.server} has "
+                       f"({theirs}): queries through it fail; apply the change on every server "
+                       f"with `pgcleave alter`")
+
+
 def _all_partitions(p: Any) -> list[Any]:
     out = []
     for x in p.partitions:
@@ -155,7 +194,6 @@ def _all_partitions(p: Any) -> list[Any]:
 
 
 def _count(conn: Connection, table: Any) -> int:
-    from psycopg import sql
     row = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(table.ident)).fetchone()
     return int(row[0]) if row else 0
 
@@ -190,6 +228,8 @@ def prometheus(results: list[Health]) -> str:
          lambda h: h.periods_wanted),
         ("pgcleave_retention_overdue_partitions", "Partitions past retention still attached.",
          lambda h: h.overdue),
+        ("pgcleave_shard_drift", "Foreign partitions whose shard table has other columns.",
+         lambda h: h.drift),
     ]
     out: list[str] = []
     for name, help_, fn in fams:

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .. import schemes, servers
+from .. import preflight, schemes, servers
 from ..catalog import TableInfo, snapshot
 from ..connection import Connection
 from ..ddl.bounds import parse_by
@@ -100,7 +100,7 @@ def plan_config(conn: Connection, table: str, *, interval: str | None = None,
     step = Step.sql("policy", f"store the policy of {info.name}: {pol_.summary()}",
                     [pol_.upsert()], ddl=False)
     plan = Plan("config", info.name.quoted, {"policy": pol_.to_json()}, [step], notes=notes,
-                warnings=warnings)
+                warnings=warnings, requires=[preflight.owner(info.name)])
     return plan, pol_
 
 

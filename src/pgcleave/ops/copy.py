@@ -48,6 +48,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from .. import preflight
 from ..catalog import TableInfo, Trigger, relation_exists, relation_exists_sql, snapshot
 from ..connection import Connection
 from ..ddl import dependents
@@ -473,7 +474,8 @@ def plan_prep(conn: Connection, table: str, *, by: str, interval: str, time_zone
     notes.append(f"from now on every write to {spec.table} also writes {spec.intermediate} "
                  "(in the same transaction)")
     return Plan("prep", spec.table.quoted, {"by": by, "interval": interval,
-                                            "defer_indexes": defer_indexes}, steps, notes=notes)
+                                            "defer_indexes": defer_indexes}, steps, notes=notes,
+                requires=preflight.table_change(spec.table))
 
 
 
@@ -496,6 +498,7 @@ def plan_add_partitions(conn: Connection, table: str, *, past: int = 0, future: 
                                 has_default=pinfo.partitioning.default is not None)
     notes = [] if steps else ["every wanted partition exists already"]
     return Plan("add-partitions", info.name.quoted, {"past": past, "future": future}, steps,
+                requires=preflight.table_change(info.name),
                 notes=notes)
 
 
@@ -603,7 +606,8 @@ def plan_fill(conn: Connection, table: str, *, batch_size: int = 10000, sleep: f
                        max_rate=max_rate, order=order)
     return Plan("fill", info.name.quoted, {"batch_size": batch_size, "sleep": sleep,
                                            "where": where, "max_rate": max_rate,
-                                           "order": order}, steps, notes=notes)
+                                           "order": order}, steps, notes=notes,
+                requires=[preflight.owner(spec.intermediate)])
 
 
 # -- analyze ---------------------------------------------------------------------------------------
@@ -742,7 +746,8 @@ def plan_swap(conn: Connection, table: str) -> Plan:
         notes.append(f"the fill copied only rows matching {st.fill_where!r}: the others stay in "
                      f"{spec.retired} only")
     steps = [verify_step(spec), *swap_steps(conn, info, spec)]
-    return Plan("swap", info.name.quoted, {}, steps, notes=notes)
+    return Plan("swap", info.name.quoted, {}, steps, notes=notes,
+                requires=[*preflight.table_change(info.name), preflight.owner(spec.intermediate)])
 
 
 def unswap_steps(new: TableInfo, old: TableInfo, spec: Spec) -> list[Step]:
@@ -790,6 +795,7 @@ def plan_unswap(conn: Connection, table: str) -> Plan:
                       "back would lose them", hint="it was unprepped; unswap is not possible")
     old = snapshot(conn, spec.retired.quoted)
     return Plan("unswap", info.name.quoted, {}, unswap_steps(info, old, spec),
+                requires=[*preflight.table_change(info.name), preflight.owner(spec.retired)],
                 notes=[f"{spec.table} is the old table again; capture into {spec.intermediate} "
                        "resumes, `pgcleave swap` can run again"])
 
@@ -805,7 +811,8 @@ def plan_unprep(conn: Connection, table: str) -> Plan:
             "stop-capture", f"stop capturing changes of {spec.table} into {spec.retired}",
             [*drop_capture_statements(spec, spec.table, back=True), *drop_functions(spec),
              forget], locks=[LockTaken(SRE, str(spec.table))])]
-        return Plan("unprep", info.name.quoted, {}, steps, warnings=[
+        return Plan("unprep", info.name.quoted, {}, steps,
+                requires=[preflight.owner(spec.table)], warnings=[
             f"{spec.retired} is kept but no longer receives changes: `pgcleave unswap` will not "
             f"be possible; drop {spec.retired} when you no longer need it"])
     steps = [Step.sql(
@@ -817,6 +824,7 @@ def plan_unprep(conn: Connection, table: str) -> Plan:
                   *drop_functions(spec), forget],
                  locks=[LockTaken(AE, str(spec.intermediate))])]
     return Plan("unprep", info.name.quoted, {}, steps,
+                requires=[preflight.owner(spec.table)],
                 warnings=[f"{spec.intermediate} and every row copied into it are dropped"])
 
 
@@ -872,7 +880,8 @@ def plan_partition_copy(conn: Connection, table: str, *, by: str, interval: str 
                  f"{spec.table} is kept as {spec.retired}, in sync, until `pgcleave unprep`")
     return Plan("partition", spec.table.quoted,
                 {"strategy": "copy", "by": by, "interval": interval, "premake": premake,
-                 "past": past, "batch_size": batch_size}, steps, notes=notes)
+                 "past": past, "batch_size": batch_size}, steps, notes=notes,
+                requires=preflight.table_change(spec.table))
 
 
 __all__ = ["plan_add_partitions", "plan_analyze", "plan_fill", "plan_partition_copy",

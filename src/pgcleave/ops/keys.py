@@ -32,6 +32,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .. import preflight
 from ..catalog import Partition, Partitioning, TableInfo, snapshot
 from ..catalog.table import foreign_target
 from ..connection import Connection
@@ -319,7 +320,8 @@ def plan_set_primary_key(conn: Connection, table: str, columns: list[str], *,
             "key across servers",
             hint="move those partitions back first, or enforce the key on each shard's table")
     args: dict[str, Any] = {"columns": cols, "keep_old_key": keep_old_key}
-    plan = Plan("set-primary-key", str(info.name), args, [])
+    plan = Plan("set-primary-key", str(info.name), args, [],
+                requires=preflight.table_change(info.name))
     if info.primary_key is not None:
         if info.primary_key.columns == cols:
             plan = plan.add(notes=[f"{info.name} already has PRIMARY KEY ({', '.join(cols)}) "
@@ -532,7 +534,7 @@ def plan_create_index(conn: Connection, table: str, columns: list[str], *, uniqu
         [info.oid, info.name.schema, iname]).fetchone()
     args: dict[str, Any] = {"columns": cols, "unique": unique, "name": iname, "where": where,
                             "method": method}
-    plan = Plan("create-index", str(info.name), args, [])
+    plan = Plan("create-index", str(info.name), args, [], requires=[preflight.owner(info.name)])
     if existing is not None:
         same = bool(existing[0]) and existing[2] == unique and list(existing[3] or []) == cols
         if not same:
@@ -731,7 +733,8 @@ def plan_add_foreign_key(conn: Connection, table: str, columns: list[str], ref_t
     clash = next((c for c in info.constraints if c.name == fk_name), None)
     args: dict[str, Any] = {"columns": cols, "references": str(ref.name),
                             "ref_columns": ref_cols, "name": fk_name, "on_delete": on_delete}
-    plan = Plan("add-foreign-key", str(info.name), args, [])
+    plan = Plan("add-foreign-key", str(info.name), args, [],
+                requires=[preflight.owner(info.name), preflight.references(ref.name)])
     if clash is not None:
         if clash.type == "f" and clash.validated and clash.columns == cols:
             plan = plan.add(notes=[f"{info.name} already has foreign key {fk_name}; nothing to do"])
@@ -812,7 +815,8 @@ def plan_drop_index(conn: Connection, index: str) -> Plan:
         raise Refused(f"index {idx} is a partition of index {parent}; PostgreSQL drops it only "
                       "with its parent",
                       hint=f"drop {QualifiedName(nsp, parent)} instead")
-    plan = Plan("drop-index", str(table), {"index": str(idx)}, [])
+    plan = Plan("drop-index", str(table), {"index": str(idx)}, [],
+                requires=[preflight.owner(table)])
     if kind == "I":
         plan = plan.add(steps=[Step.sql(
             f"drop:{rel}", f"drop partitioned index {idx} and its partitions' indexes "
@@ -837,7 +841,8 @@ def plan_drop_constraint(conn: Connection, table: str, name: str) -> Plan:
     """Drop a constraint: one short catalog-only transaction (its index is dropped with it)."""
     info = snapshot(conn, table)
     con = next((c for c in info.constraints if c.name == name), None)
-    plan = Plan("drop-constraint", str(info.name), {"name": name}, [])
+    plan = Plan("drop-constraint", str(info.name), {"name": name}, [],
+                requires=[preflight.owner(info.name)])
     if con is None:
         raise NotFound(f"{info.name} has no constraint {name!r}",
                        hint="constraints: " + (", ".join(c.name for c in info.constraints)

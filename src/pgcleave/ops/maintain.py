@@ -32,7 +32,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from .. import journal, schemes, servers
+from .. import journal, preflight, schemes, servers
 from .. import levels as lv
 from .. import policy as pol
 from ..catalog import Partition, TableInfo, snapshot
@@ -149,7 +149,10 @@ def plan_maintain(conn: Connection, table: str, *, now: datetime | None = None
 
     plan = Plan("maintain", info.name.quoted,
                 {"now": now.isoformat() if now else None, "summary": summary.to_json()},
-                steps, notes=notes)
+                steps, notes=notes, requires=preflight.table_change(info.name)
+                + ([preflight.writable(policy.archive_dir)]
+                   if policy.archive_dir and any(s.action == "retention.archive" for s in steps)
+                   else []))
     return plan, summary
 
 

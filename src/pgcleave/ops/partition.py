@@ -27,7 +27,7 @@ from typing import Any
 
 from psycopg import sql
 
-from .. import journal
+from .. import journal, preflight
 from .. import policy as policy_mod
 from ..catalog import Index, TableInfo, relation_exists, snapshot
 from ..connection import Connection
@@ -306,7 +306,11 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
     args = {"by": by, "interval": interval, "premake": premake, "strategy": strategy,
             "then": then, "then_interval": then_interval, "cutoff": str(cut_value)
             if cut_value is not None else None, "old_table": old.quoted}
-    return Plan("partition", name.quoted, args, steps, notes=notes, warnings=warnings)
+    return Plan("partition", name.quoted, args, steps, notes=notes, warnings=warnings,
+                requires=[*preflight.table_change(name),
+                          *(preflight.owner(v.name) for v in info.views),
+                          *(preflight.owner(fk.table) for fk in info.foreign_keys_in
+                            if drop_inbound_fks)])
 
 
 def _classify_indexes(info: TableInfo, col: str, strategy: str) -> _Keys:
@@ -594,6 +598,7 @@ def plan_unpartition(conn: Connection, table: str) -> Plan:
     notes = [f"{old.name} becomes {name.name} again; partitions dropped: "
              + (", ".join(p.name.name for p in others) or "none")]
     return Plan("unpartition", name.quoted, {"old_table": old.name.quoted}, [step], notes=notes,
+                requires=preflight.table_change(name),
                 warnings=[f"the partitions {', '.join(p.name.name for p in others)} are "
                           "dropped after their rows are moved"] if others else [])
 
@@ -664,7 +669,11 @@ def plan_add_partition(conn: Connection, table: str, *, lower: str | None = None
             dflt.name, child_name("pgcleave_excl", part.name), b.predicate(colid, t),
             name="drop-exclusion-check"))
     return Plan("add-partition", parent.quoted, {"partition": part.quoted,
-                                                  "bound": b.describe()}, steps, notes=notes)
+                                                  "bound": b.describe()}, steps, notes=notes,
+                requires=[*preflight.table_change(parent),
+                          *(preflight.owner(p.name) for p in
+                            (info.partitioning.partitions if info.partitioning else [])
+                            if p.is_default)])
 
 
 

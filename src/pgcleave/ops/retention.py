@@ -26,6 +26,7 @@ from typing import Any, TypedDict, cast
 from psycopg import sql
 
 from .. import archive as arch
+from .. import preflight
 from ..ddl.exclusion import default_exclusion
 from ..execute import ActionContext
 from ..levels import Level, RangePart
@@ -373,7 +374,8 @@ def plan_restore(conn: Any, path: str, *, as_table: str | None = None) -> Plan:
             sql.Literal(m.partition_name.quoted), sql.Literal(str(mpath)))], ddl=False))
     return Plan("restore", info.name.quoted if as_table is None else target.quoted,
                 {"archive": str(mpath), "as_table": as_table}, steps, notes=notes,
-                warnings=warnings)
+                warnings=warnings, requires=preflight.table_change(
+                    info.name if as_table is None else target))
 
 
 def resolve_name(conn: Any, name: str, like: QualifiedName) -> QualifiedName:

@@ -9,7 +9,9 @@ from typing import TypedDict, cast
 import psycopg
 from psycopg import conninfo, sql
 
+from .. import preflight
 from ..connection import Connection, describe_dsn, redact
+from ..ddl.shards import is_superuser
 from ..errors import Refused, StepFailed
 from ..execute import ActionContext
 from ..plan import Lock, LockTaken, Plan, Step
@@ -147,8 +149,20 @@ def plan_server_add(conn: Connection, name: str, dsn: str, *, tune_database: boo
                               " WHERE d.datname = current_database() AND {} = ANY(s.setconfig))"
                               ).format(sql.Literal(f"{k}={v}")),
                 undo=[sql.SQL("ALTER DATABASE {} RESET {}").format(dbname, sql.Identifier(k))]))
+    if not password and not is_superuser(conn):
+        raise Refused(f"the DSN of {name} has no password, and postgres_fdw and dblink refuse a "
+                      "non-superuser's connection that does not use one (\"password is "
+                      "required\"); nothing was changed",
+                      hint="put the password in the DSN (it goes into the user mapping only, "
+                           "never into the journal), and make the shard ask for it "
+                           "(scram-sha-256 in its pg_hba.conf)")
+    requires = [preflight.fdw_usage(), preflight.extension("dblink")]
+    if tune_database:
+        requires.append(preflight.database_owner("to set partitionwise aggregation for its "
+                                                 "sessions; or pass --no-tune"))
     plan = Plan("server add", f"server:{name}", {"server": name, "dsn": describe_dsn(dsn),
-                                                  "remote": rc.to_json()}, steps)
+                                                  "remote": rc.to_json()}, steps,
+                requires=requires)
     plan = plan.add(notes=[
         f"remote answers: {rc.version_text}, database {rc.database}, user {user}, "
                       f"wal_level={rc.settings['wal_level']}, max_prepared_transactions="
@@ -181,7 +195,12 @@ def plan_server_remove(conn: Connection, name: str) -> Plan:
                       hint="move partitions back first: pgcleave move PARTITION --to local "
                            "(or drop the foreign tables you no longer need)")
     ident = sql.Identifier(name)
-    return Plan("server remove", f"server:{name}", {"server": name}, [
+    owns = preflight.Requirement(
+        f"owner of foreign server {name}",
+        sql.SQL("SELECT pg_has_role(current_user, srvowner, 'USAGE') FROM pg_foreign_server "
+                "WHERE srvname = {}").format(sql.Literal(name)).as_string(None),
+        f"run as the owner of server {name}, or: ALTER SERVER {name} OWNER TO {{user}}")
+    return Plan("server remove", f"server:{name}", {"server": name}, requires=[owns], steps=[
         Step.sql("drop-server", f"drop foreign server {name} and its user mappings",
                  [sql.SQL("DROP SERVER IF EXISTS {} CASCADE").format(ident)],
                  locks=[LockTaken(Lock.NONE, name)])],
