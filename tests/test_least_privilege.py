@@ -66,8 +66,8 @@ def fingerprint(conn: Any) -> list[Any]:
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
       UNION ALL SELECT 'con', conrelid::regclass::text || ':' || conname || ':'
-        || convalidated::text FROM pg_constraint WHERE connamespace NOT IN (SELECT oid FROM pg_namespace
-        WHERE nspname IN ('pg_catalog', 'information_schema'))
+        || convalidated::text FROM pg_constraint WHERE connamespace NOT IN (
+        SELECT oid FROM pg_namespace WHERE nspname IN ('pg_catalog', 'information_schema'))
       UNION ALL SELECT 'trg', tgrelid::regclass::text || ':' || tgname FROM pg_trigger
         WHERE NOT tgisinternal
       UNION ALL SELECT 'nsp', nspname FROM pg_namespace
