@@ -118,17 +118,18 @@ def test_shard_away(db, db2, remote, cli, sandbox):
     from tests.test_move import _restart
 
     conn = remote
-    # away before: refused cleanly, nothing changed here
+    # away before: refused while planning (exit 3), no job, nothing changed here
+    jobs_before = conn.execute("SELECT count(*) FROM pgcleave.jobs").fetchone()
     sandbox.stop("db2", mode="immediate")
     try:
         r = cli("--dsn", db.dsn, "alter", '"Ex"', "ADD difficulty SMALLINT", "--yes")
-        assert r.returncode != 0 and "cannot reach server db2" in r.stderr, r.stderr
+        assert r.returncode == 3 and "cannot ask server db2" in r.stderr, r.stderr
         cols = [c.name for c in conn.execute('SELECT * FROM "Ex_a" LIMIT 0').description or []]
         assert "difficulty" not in cols
+        assert conn.execute("SELECT count(*) FROM pgcleave.jobs").fetchone() == jobs_before
     finally:
         _restart(sandbox, conn)
-    job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
-    r = cli("--dsn", db.dsn, "resume", str(job))
+    r = cli("--dsn", db.dsn, "alter", '"Ex"', "ADD difficulty SMALLINT", "--yes")
     assert r.returncode == 0, r.stderr
     assert remote_columns(db2)[-1] == "difficulty"
     # away after the decision: the commit waits for it, then resume finishes

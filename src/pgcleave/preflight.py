@@ -78,8 +78,8 @@ def owner(table: QualifiedName) -> Requirement:
 def create_in(schema: str) -> Requirement:
     return Requirement(
         f"CREATE on schema {schema}",
-        _q("SELECT coalesce(has_schema_privilege(current_user, {}::regnamespace::oid, "
-           "'CREATE'), false)", sql.Literal(schema)),
+        _q("SELECT coalesce((SELECT has_schema_privilege(current_user, oid, 'CREATE') FROM "
+           "pg_namespace WHERE nspname = {}), false)", sql.Literal(schema)),
         f"GRANT CREATE ON SCHEMA {sql.Identifier(schema).as_string(None)} TO {{user}}")
 
 

@@ -1,5 +1,7 @@
 -- pgcleave add-foreign-key r
 -- note: rows are checked by VALIDATE, which lets writes continue; the statements that take write-blocking locks do not read rows
+-- requires: owner of r
+-- requires: REFERENCES on refs
 
 -- step 1/9 [fk-add:r_01]: add foreign key r_ref_fk on r_01 NOT VALID (no scan)
 --   locks: SHARE ROW EXCLUSIVE on r_01; SHARE ROW EXCLUSIVE on refs

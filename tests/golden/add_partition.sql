@@ -1,6 +1,9 @@
 -- pgcleave add-partition public."Metrics"
 -- note: "Metrics_default" is not scanned under the exclusive lock: the validated CHECK proves it holds no row of the new partition
 -- note: from the CHECK's creation until Metrics_1 exists (the validation reads "Metrics_default"), an INSERT of a row of the new range fails: it may not go to the DEFAULT and has no partition yet. For a range that is receiving rows, use `pgcleave carve`, which keeps accepting them
+-- requires: owner of "Metrics"
+-- requires: CREATE on schema public
+-- requires: owner of "Metrics_default"
 
 -- step 1/4 [add-exclusion-check]: add CHECK (NOT FOR VALUES FROM ('300') TO ('400')) NOT VALID on the DEFAULT "Metrics_default" (no scan)
 --   locks: ACCESS EXCLUSIVE on "Metrics_default" (brief, no scan)

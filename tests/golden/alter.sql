@@ -1,5 +1,8 @@
 -- pgcleave alter "Ex"
 -- note: remote partitions on: public."Ex d" (db2)
+-- requires: owner of "Ex"
+-- requires: owner of "Ex d" on server db2
+-- requires: max_prepared_transactions > 0 (two-phase commit) on server db2
 
 -- step 1/2 [alter]: prepare the change on 1 shard table(s), then apply it to "Ex" and decide (two-phase commit)
 --   locks: ACCESS EXCLUSIVE on "Ex"

@@ -1,5 +1,8 @@
 -- pgcleave carve public."Metrics"
 -- note: carve from "Metrics_default" (DEFAULT): method direct: chosen with --method direct
+-- requires: owner of "Metrics"
+-- requires: CREATE on schema public
+-- requires: owner of "Metrics_default"
 
 -- step 1/1 [carve-direct]: one transaction: move the rows into Metrics_1 and attach (PostgreSQL scans the rest of "Metrics_default" under the lock)
 --   locks: ACCESS EXCLUSIVE on "Metrics"; ACCESS EXCLUSIVE on "Metrics_default"

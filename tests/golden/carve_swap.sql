@@ -1,6 +1,9 @@
 -- pgcleave carve public."Metrics"
 -- note: carve from "Metrics_default" (DEFAULT): method swap: chosen with --method swap
 -- note: needs free space for a copy of "Metrics_default" (0.1 MB)
+-- requires: owner of "Metrics"
+-- requires: CREATE on schema public
+-- requires: owner of "Metrics_default"
 
 -- step 1/5 [carve-prepare]: create Metrics_1, Metrics_default_pgcleave_new (CHECKs of their bounds, no index yet) as partitions of a standalone Metrics_default_pgcleave_hold, a key log, and a capture trigger on "Metrics_default" that fills it
 --   locks: SHARE ROW EXCLUSIVE on "Metrics_default" (CREATE TRIGGER, brief)

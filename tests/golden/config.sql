@@ -1,5 +1,6 @@
 -- pgcleave config public.r
 -- note: adopting r (4 partitions, whatever their names: pgcleave orders them by their bounds)
+-- requires: owner of r
 
 -- step 1/1 [policy]: store the policy of r: range (d), every 1 month, premake 2, retention 2 months then drop
 --   locks: no table lock

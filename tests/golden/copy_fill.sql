@@ -1,4 +1,5 @@
 -- pgcleave fill public.ledger
+-- requires: owner of ledger_intermediate
 
 -- step 1/1 [fill]: copy the rows of ledger into ledger_intermediate in batches of ~500 rows by (id)
 --   locks: ACCESS SHARE on ledger; ROW EXCLUSIVE on ledger_intermediate

@@ -1,5 +1,7 @@
 -- pgcleave prep public.ledger
 -- note: from now on every write to ledger also writes ledger_intermediate (in the same transaction)
+-- requires: owner of ledger
+-- requires: CREATE on schema public
 
 -- step 1/5 [create-intermediate]: create ledger_intermediate partitioned by range (id), its key, indexes and DEFAULT partition
 --   locks: ACCESS SHARE on ledger

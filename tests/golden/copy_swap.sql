@@ -1,5 +1,8 @@
 -- pgcleave swap public.ledger
 -- note: ledger becomes ledger_retired; changes keep flowing into it until `pgcleave unprep ledger`, so `pgcleave unswap ledger` loses nothing
+-- requires: owner of ledger
+-- requires: CREATE on schema public
+-- requires: owner of ledger_intermediate
 
 -- step 1/2 [verify]: compare ledger and ledger_intermediate: row count and hash per partition range, in one snapshot
 --   locks: ACCESS SHARE on ledger, ledger_intermediate

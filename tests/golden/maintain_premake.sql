@@ -1,5 +1,7 @@
 -- pgcleave maintain public.r
 -- note: policy: range (d), every 1 month, premake 3, no retention
+-- requires: owner of r
+-- requires: CREATE on schema public
 
 -- step 1/1 [premake:create]: create 2 partition(s) of r: r_p2001_05, r_p2001_06
 --   locks: ACCESS EXCLUSIVE on r

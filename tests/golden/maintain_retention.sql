@@ -1,5 +1,8 @@
 -- pgcleave maintain public.r
 -- note: policy: range (d), every 1 month, premake 0, retention 2 months then archive (copy) to <archive_dir>
+-- requires: owner of r
+-- requires: CREATE on schema public
+-- requires: a writable archive directory <archive_dir>
 
 -- step 1/2 [detach:r_01]: detach r_01 from r concurrently
 --   locks: SHARE UPDATE EXCLUSIVE on r; ACCESS EXCLUSIVE on r_01 (waits for older snapshots)

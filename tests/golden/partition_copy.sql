@@ -1,5 +1,7 @@
 -- pgcleave partition public.ledger
 -- note: 5 partitions of 1000 plus a DEFAULT partition; ledger is kept as ledger_retired, in sync, until `pgcleave unprep`
+-- requires: owner of ledger
+-- requires: CREATE on schema public
 
 -- step 1/11 [create-intermediate]: create ledger_intermediate partitioned by range (id), its key, indexes and DEFAULT partition
 --   locks: ACCESS SHARE on ledger

@@ -1,6 +1,9 @@
 -- pgcleave partition public.orders
 -- note: strategy default: chosen with --strategy
 -- WARNING: the primary key (id) does not include the partition key region: the partitioned table orders gets no primary key; every partition keeps its own PRIMARY KEY (id), so values are unique within a partition but no longer across partitions, and `INSERT ... ON CONFLICT (id)` on orders fails (no unique index on the parent to infer)
+-- requires: owner of orders
+-- requires: CREATE on schema public
+-- requires: owner of big_orders
 
 -- step 1/1 [cut-over]: one short transaction: rename orders to orders_old, create the partitioned orders, attach orders_old as its DEFAULT partition (no scan)
 --   locks: ACCESS EXCLUSIVE on orders

@@ -1,6 +1,8 @@
 -- pgcleave partition "App Data"."Event Log"
 -- note: strategy legacy: chosen with --strategy
 -- note: cutoff 2001-03-01 00:00:00+00:00: rows with Created At below it stay in "App Data"."Event Log_legacy"; until the cut-over, rows with Created At >= 2001-03-01 00:00:00+00:00 are refused by the CHECK
+-- requires: owner of "App Data"."Event Log"
+-- requires: CREATE on schema App Data
 
 -- step 1/3 [add-cutoff-check]: add CHECK (Created At < 2001-03-01 00:00:00+00:00) NOT VALID on "App Data"."Event Log" (no scan)
 --   locks: ACCESS EXCLUSIVE on "App Data"."Event Log" (brief, no scan)

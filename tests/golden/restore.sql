@@ -1,6 +1,8 @@
 -- pgcleave restore public.r
 -- note: restore 123 rows of r_01 (FOR VALUES FROM ('2001-01-01') TO ('2001-02-01')) from <archive_dir>/public.r_01.copy.gz
 -- WARNING: the policy of r retires data older than 2 months: if this range is that old, the next `maintain` retires it again (change it with `pgcleave config --retention`, or restore with --as-table)
+-- requires: owner of r
+-- requires: CREATE on schema public
 
 -- step 1/4 [restore:create]: create r_01 like r, with a CHECK of its bound
 --   locks: no table lock

@@ -1,5 +1,7 @@
 -- pgcleave set-primary-key r
 -- note: 4 partitions; no step reads the rows under a lock that blocks writes: indexes are built CONCURRENTLY, NOT NULL is proven by validated CHECKs, the parent's key adopts the partitions' keys
+-- requires: owner of r
+-- requires: CREATE on schema public
 
 -- step 1/9 [build:r_01]: build unique index r_01_id_d_pkey on r_01 concurrently
 --   locks: SHARE UPDATE EXCLUSIVE on r_01

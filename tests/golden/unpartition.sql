@@ -1,5 +1,7 @@
 -- pgcleave unpartition public.orders
 -- note: orders_old becomes orders again; partitions dropped: none
+-- requires: owner of orders
+-- requires: CREATE on schema public
 
 -- step 1/1 [unpartition]: one transaction: detach orders_old, move 0 rows of 0 other partition(s) into it, give it back the name orders
 --   locks: ACCESS EXCLUSIVE on orders
