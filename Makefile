@@ -12,9 +12,8 @@ PG_NEW ?= 18
 # catalog). Tests that start no server (marker nodb) run once, in the $(PG_FULL) run; the golden
 # SQL tier is recorded on 15 and skips itself elsewhere.
 PG_NEW_TESTS := tests/test_partition.py tests/test_copy.py tests/test_carve.py \
-	tests/test_maintain.py tests/test_retention.py tests/test_drain.py tests/test_two_level.py \
-	tests/test_placement.py tests/test_keys.py tests/test_move.py tests/test_alter.py \
-	tests/test_catalog.py tests/test_check.py
+	tests/test_maintain.py tests/test_retention.py tests/test_keys.py tests/test_move.py \
+	tests/test_alter.py tests/test_catalog.py
 
 .PHONY: demo test setup postgres lint bench clean
 
