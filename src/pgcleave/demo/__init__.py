@@ -94,7 +94,8 @@ def chapters() -> list[Any]:
 
 
 def run_demo(*, servers: int = 2, directory: str | None = None, keep: bool = False,
-             only: Sequence[str] = (), console: Console | None = None) -> None:
+             only: Sequence[str] = (), console: Console | None = None,
+             version: int | None = None) -> None:
     if console is None:
         # Off a terminal (CI logs, `| less`), rich would crop tables at 80 columns.
         width = None if Console().is_terminal else 160
@@ -102,7 +103,9 @@ def run_demo(*, servers: int = 2, directory: str | None = None, keep: bool = Fal
     sb = Sandbox(directory or tempfile.mkdtemp(prefix="pgcleave-demo-"))
     console.print(f"Starting {servers} throwaway PostgreSQL servers in {sb.dir} ...",
                   markup=False)
-    sb.up(servers)
+    sb.up(servers, version=version)
+    if sb.installation is not None:
+        console.print(f"  using {sb.installation.describe()}", markup=False)
     for s in sb.servers:
         console.print(f"  {s.name} {s.dsn}", markup=False)
     demo = Demo(sb, console)

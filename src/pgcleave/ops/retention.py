@@ -114,6 +114,16 @@ def retention_steps(policy: Policy, level: Level, parts: list[RangePart],
     return steps
 
 
+def require_archive_tools(conn: Any, plan: Plan) -> None:
+    """Refuse, while planning and before anything is detached, a plan that archives with
+    pg_dump when no pg_dump as new as the server is found (pg_dump refuses a newer server, and
+    it would only say so after the detach)."""
+    if any(s.action == "retention.archive" and s.params.get("format") == "pg_dump"
+           for s in plan.steps):
+        arch.require_pg_dump(int(conn.info.server_version),
+                             server_bindir=arch.local_server_bindir(conn))
+
+
 def detach_step(parent: QualifiedName, part: QualifiedName, *, concurrently: bool,
                 pending: bool = False) -> Step:
     mode = "finalize" if pending else ("concurrently" if concurrently else "plain")
