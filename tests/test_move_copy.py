@@ -287,16 +287,17 @@ def test_copy_back_remote_stops_then_resume(db, db2, sharded, cli, sandbox, step
 @pytest.fixture(scope="module")
 def replica_server():
     """A server of its own with wal_level = replica (no logical decoding) and password
-    authentication for roles named mover_*."""
+    authentication for the members of pgc_movers (regular expressions in pg_hba.conf need
+    PostgreSQL 16)."""
     sb = Sandbox(tempfile.mkdtemp(prefix="pgcleave-replica-"))
     sb.up(1)
     try:
         s = sb.servers[0]
         with psycopg.connect(s.dsn, autocommit=True) as c:
             c.execute("ALTER SYSTEM SET wal_level = replica")
-            c.execute("SET password_encryption = 'scram-sha-256'")
+            c.execute("CREATE ROLE pgc_movers NOLOGIN")
         hba = Path(s.datadir) / "pg_hba.conf"
-        hba.write_text("host all /^mover_ 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        hba.write_text("host all +pgc_movers 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
         sb.stop(s.name)
         sb.start(s.name)
         yield sb.servers[0]
@@ -351,3 +352,55 @@ def test_blockers_of_an_ordinary_role(db, conn):
         assert got == []
     finally:
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_ordinary_role_moves_out_and_back(db, conn, replica_server, cli):
+    """No superuser anywhere: a role that owns the table here and the database on the shard
+    (which asks it for a password, as non-superuser postgres_fdw and dblink require) moves a
+    partition out and back; auto picks copy, naming why replication is not possible."""
+    role = "mover_" + uuid.uuid4().hex[:8]
+    shard_db = "s_" + uuid.uuid4().hex[:12]
+    pw = uuid.uuid4().hex
+    ident = sql.Identifier(role)
+    with psycopg.connect(replica_server.dsn, autocommit=True) as c:
+        c.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE pgc_movers").format(
+            ident, sql.Literal(pw)))
+        c.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(shard_db), ident))
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+    try:
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(db.name),
+                                                                     ident))
+        conn.execute(sql.SQL("CREATE SCHEMA pgcleave AUTHORIZATION {}").format(ident))
+        conn.execute("CREATE EXTENSION postgres_fdw")
+        conn.execute("CREATE EXTENSION dblink SCHEMA pgcleave")
+        conn.execute(sql.SQL("GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO {}").format(
+            ident))
+        mine = psycopg.conninfo.make_conninfo(db.dsn, user=role)
+        shard = psycopg.conninfo.make_conninfo(replica_server.dsn_for(shard_db), user=role,
+                                               password=pw)
+        with psycopg.connect(mine, autocommit=True) as mc:
+            make_table(mc)
+            before = snapshot_rows(mc)
+            r = cli("--dsn", mine, "server", "add", "db2", "--dsn", shard, "--yes")
+            assert r.returncode == 0, r.stdout + r.stderr
+            r = cli("--dsn", mine, "move", PART, "--to", "db2", "--yes")
+            assert r.returncode == 0, r.stderr
+            assert location(mc) == 'f:"Ex"' and snapshot_rows(mc) == before
+            notes = plan_notes(mc, last_job(mc))
+            assert any(n.startswith("method copy: ") and f"role {role} on server db2 may not "
+                       "create subscriptions" in n for n in notes), notes
+            mc.execute("INSERT INTO \"Ex\" (tenant, payload) VALUES ('Dora', 'remote')")
+            before = snapshot_rows(mc)
+            r = cli("--dsn", mine, "move", PART, "--to", "local", "--yes", "--drop-source")
+            assert r.returncode == 0, r.stderr
+            assert location(mc) == 'r:"Ex"' and snapshot_rows(mc) == before
+            with psycopg.connect(shard, autocommit=True) as rc:
+                assert capture_leftovers(mc, rc) == []
+    finally:
+        conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(ident))
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+        conn.execute(sql.SQL("DROP ROLE {}").format(ident))
+        with psycopg.connect(replica_server.dsn, autocommit=True) as c:
+            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(shard_db)))
+            c.execute(sql.SQL("DROP ROLE {}").format(ident))
