@@ -8,7 +8,8 @@ Measures
   settings (async_capable, fetch_size 10000, partitionwise aggregate), both a global aggregate
   and one grouped by the partition key;
 - bulk insert through the parent into a remote partition (batch_size 1 vs 100);
-- the move of one partition with 4 writers running: rows/s and the longest writer stall.
+- the move of one partition with 4 writers running, by logical replication and by copy (COPY
+  plus a key log): rows/s and the longest writer stall.
 """
 
 from __future__ import annotations
@@ -70,29 +71,40 @@ def main() -> None:
         for name, d in (("db2", dsn[1]), ("db3", dsn[2])):
             Executor(settings).run(plan_server_add(conn, name, d))
 
-        # -- the move of t1 with writers running ------------------------------------------
-        spec = Spec(table=sql.Identifier("public", "t"), key_col="tenant",
-                    make_key=lambda r: 1, payload_col="payload")
-        w = Workload(dsn[0], spec, writers=4, seed=7, pause_s=0.002).start()
-        time.sleep(1)
-        t0 = time.monotonic()
-        Executor(settings).run(plan_move(conn, "t1", to="db2"))
-        took = time.monotonic() - t0
-        time.sleep(0.5)
-        w.stop()
-        w.verify(conn)
-        lat = sorted(x for r in w.results for x in r.latencies_ms)
-        print(f"move t1 ({n:,} rows) to db2 with 4 writers: {took:.1f}s = {n / took:,.0f} rows/s;"
-              f" longest writer stall {w.max_stall_ms:.0f} ms, p99 {lat[int(len(lat) * .99)]:.1f}"
-              f" ms; {sum(w.ops.values()):,} writer ops, nothing lost")
-        cut = conn.execute("SELECT s.progress FROM pgcleave.steps s JOIN pgcleave.jobs j ON"
-                           " j.id = s.job_id WHERE j.operation = 'move' AND s.name = 'cutover'"
-                           " ORDER BY j.id DESC LIMIT 1").fetchone()
-        print(f"  cut-over: {cut[0] if cut else '?'}")
-        for part, srv in (("t2", "db3"), ("t3", "db2")):
+        # -- the moves of t1 (replication) and t2 (copy) with writers running ---------------
+        def move_with_writers(part: str, key: int, srv: str, method: str) -> float:
+            spec = Spec(table=sql.Identifier("public", "t"), key_col="tenant",
+                        make_key=lambda r: key, payload_col="payload")
+            w = Workload(dsn[0], spec, writers=4, seed=7 + key, pause_s=0.002).start()
+            time.sleep(1)
             t0 = time.monotonic()
-            Executor(settings).run(plan_move(conn, part, to=srv, drop_source=True))
-            print(f"move {part} to {srv} (no writers): {time.monotonic() - t0:.1f}s")
+            Executor(settings).run(plan_move(conn, part, to=srv, method=method,
+                                             drop_source=method == "copy"))
+            took = time.monotonic() - t0
+            time.sleep(0.5)
+            w.stop()
+            w.verify(conn)
+            lat = sorted(x for r in w.results for x in r.latencies_ms)
+            print(f"move {part} ({n:,} rows) to {srv} by {method} with 4 writers: {took:.1f}s = "
+                  f"{n / took:,.0f} rows/s; longest writer stall {w.max_stall_ms:.0f} ms, p99 "
+                  f"{lat[int(len(lat) * .99)]:.1f} ms; {sum(w.ops.values()):,} writer ops, "
+                  "nothing lost")
+            steps = conn.execute(
+                "SELECT s.name, s.duration_ms, s.progress FROM pgcleave.steps s JOIN"
+                " pgcleave.jobs j ON j.id = s.job_id WHERE j.id = (SELECT max(id) FROM"
+                " pgcleave.jobs WHERE operation = 'move') ORDER BY s.idx").fetchall()
+            for name, ms, progress in steps:
+                if name in ("copy", "catch-up", "cutover"):
+                    print(f"  {name}: {(ms or 0) / 1000:.1f}s {progress or ''}")
+            return n / took
+
+        repl = move_with_writers("t1", 1, "db2", "replication")
+        copy = move_with_writers("t2", 2, "db3", "copy")
+        print(f"copy mover throughput: {copy / repl:.2f}x the replication mover's "
+              f"(goal: at least 1/1.5 = 0.67x)")
+        t0 = time.monotonic()
+        Executor(settings).run(plan_move(conn, "t3", to="db2", drop_source=True))
+        print(f"move t3 to db2 (no writers): {time.monotonic() - t0:.1f}s")
         for s in (1, 2):
             with psycopg.connect(dsn[s], autocommit=True) as c:
                 c.execute("VACUUM ANALYZE")

@@ -1,5 +1,6 @@
 -- pgcleave move "Ex"
 -- note: rows of "Ex d" stay readable and writable through "Ex" during the whole move; writes wait only during the cut-over
+-- note: method replication: wal_level = logical and the roles may publish and subscribe; rows are replicated, then the cut-over swaps
 -- WARNING: "Ex" will have a partition on another server. From then on PostgreSQL refuses a PRIMARY KEY or UNIQUE constraint on "Ex" itself (per-partition keys remain), so `INSERT ... ON CONFLICT (col)` on "Ex" fails, and foreign keys to or from "Ex" are impossible
 -- WARNING: an UPDATE that changes the partition key of a row on the remote partition so that the row would leave it fails (the shard's CHECK refuses it) instead of moving the row
 -- WARNING: a transaction writing to local and remote partitions can commit on one server and not the other if a server fails at the wrong moment (no two-phase commit for DML)

@@ -24,17 +24,24 @@ from .common import db, dry_run_option, execute, json_option, out, print_json, y
 @click.option("--origin-dsn", default=None, metavar="DSN",
               help="How the shard reaches this database for replication, when it differs from "
                    "--dsn (e.g. another host name seen from the shard).")
+@click.option("--method", type=click.Choice(list(_move.METHODS)), default="auto",
+              show_default=True,
+              help="replication: logical replication (superuser or, on 16+, "
+                   "pg_create_subscription; wal_level = logical). copy: COPY between the "
+                   "servers plus a capture trigger and its key log (table ownership and the "
+                   "user mapping suffice). auto: replication where possible, else copy.")
 @dry_run_option
 @yes_option
 @json_option
-def move(partition: str, to: str, drop_source: bool, origin_dsn: str | None, dry_run: bool,
-         yes: bool, as_json: bool) -> None:
+def move(partition: str, to: str, drop_source: bool, origin_dsn: str | None, method: str,
+         dry_run: bool, yes: bool, as_json: bool) -> None:
     """Move PARTITION to another server (a postgres_fdw foreign partition), or back with
-    --to local, online: rows are replicated while the application writes, then a short
-    cut-over verifies them (count + hash) and swaps the partitions."""
+    --to local, online: rows are replicated (or copied, with the writes made meanwhile
+    replayed from a key log) while the application writes, then a short cut-over verifies
+    them (count + hash) and swaps the partitions."""
     with db() as conn:
         plan = _move.plan_move(conn, partition, to=to, drop_source=drop_source,
-                               origin_dsn=origin_dsn)
+                               origin_dsn=origin_dsn, method=method)
     execute(plan, dry_run=dry_run, yes=yes, as_json=as_json,
             secrets={_move.ORIGIN_DSN_SECRET: origin_dsn} if origin_dsn else None)
 

@@ -32,10 +32,12 @@ from dataclasses import dataclass
 from typing import NotRequired, TypedDict
 
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from .. import servers
 from ..catalog import Partition, TableInfo, relation_exists, snapshot
 from ..connection import Connection, redact
+from ..ddl.capture import CopyAcross, key_log_function
 from ..ddl.exclusion import default_exclusion, drop_default_exclusion
 from ..ddl.shards import (
     BOUND_CHECK,
@@ -48,7 +50,7 @@ from ..ddl.shards import (
     require_replica_identity,
     shard_table_step,
 )
-from ..ddl.tables import parse_indexdef
+from ..ddl.tables import collist, parse_indexdef
 from ..errors import NotFound, Refused, StepFailed
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step
@@ -80,11 +82,36 @@ class CutoverParams(MoveParams):
     columns: list[str]
     binary_hash: NotRequired[bool]  # set by the action: whether both servers hash row bytes
 
+
+class CopyFields(TypedDict):
+    """What the copy method's actions (move_copy_run.py) add: where the rows come from and go,
+    and the key log that the capture trigger on the source fills."""
+
+    source: str  # local (move out: the partition) or remote (move back: the shard's table)
+    src: list[str]
+    dst: list[str]
+    log: list[str]  # on the source's server, like the trigger
+    trigger: str
+    pk: list[str]
+    catchup_keys: NotRequired[int]  # replay until fewer keys than this were logged
+
+
+class CopyParams(MoveParams, CopyFields):
+    columns: list[str]
+
+
+class CopyCutoverParams(CutoverParams, CopyFields):
+    pass
+
+
+class RemoteDDLParams(TypedDict):
+    server: str
+    statements: list[str]  # run on the server in one transaction, under lock_timeout
+
 # synchronous_commit = on: the rows a subscriber applied survive its crash (an asynchronous
 # apply can lose its last commits, and the initial copy's progress with them)
 SUBSCRIBE_SQL = ("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}"
               " WITH (synchronous_commit = on)")
-
 
 
 @dataclass
@@ -101,8 +128,12 @@ class _Ctx:
 
 
 def plan_move(conn: Connection, partition: str, *, to: str, drop_source: bool = False,
-              origin_dsn: str | None = None) -> Plan:
-    """Plan moving ``partition`` to server ``to`` (or back with ``to='local'``)."""
+              origin_dsn: str | None = None, method: str = "auto") -> Plan:
+    """Plan moving ``partition`` to server ``to`` (or back with ``to='local'``), by logical
+    replication or by copy with a key log (``method``: auto, replication or copy; auto takes
+    replication where the roles and settings allow it)."""
+    if method not in METHODS:
+        raise Refused(f"unknown move method {method!r}", hint="use auto, replication or copy")
     info = snapshot(conn, partition)
     if info.parent is None:
         raise Refused(f"{info.name} is not a partition",
@@ -142,14 +173,99 @@ def plan_move(conn: Connection, partition: str, *, to: str, drop_source: bool = 
         remote = QualifiedName(opts.get("schema_name", info.name.schema),
                                opts.get("table_name", info.name.name))
         ctx = _Ctx(parent, part, str(srow[0]), "back", remote, cdef, tag)
-        return _plan_back(conn, ctx, info, drop_source)
+        chosen, why = _choose_method(conn, ctx, method, origin_dsn)
+        plan = (_plan_back(conn, ctx, info, drop_source) if chosen == "replication"
+                else _plan_copy_back(conn, ctx, info, drop_source))
+        return plan.add(notes=[why])
 
     server = servers.get_server(conn, to)
     if part.kind == "f":
         raise Refused(f"{info.name} is already on server {part.server}",
                       hint=f"move it back first: pgcleave move {info.name} --to local")
     ctx = _Ctx(parent, part, server.name, "out", info.name, cdef, tag)
-    return _plan_out(conn, ctx, info, drop_source, origin_dsn)
+    chosen, why = _choose_method(conn, ctx, method, origin_dsn)
+    plan = (_plan_out(conn, ctx, info, drop_source, origin_dsn) if chosen == "replication"
+            else _plan_copy_out(conn, ctx, info, drop_source))
+    return plan.add(notes=[why])
+
+
+# -- which method ----------------------------------------------------------------------------
+METHODS = ("auto", "replication", "copy")
+
+#: Replication slots and WAL senders a move's subscription uses on the publisher at most: its
+#: own, plus one per table during the initial copy (the partition and the marker table).
+_SLOTS_NEEDED = 3
+
+_COPY_HOW = ("rows are streamed with COPY between the servers in one snapshot, writes made "
+             "meanwhile are captured by a trigger into a key log and replayed")
+
+
+def replication_blockers(pub: Connection, sub: Connection, *, pub_where: str, sub_where: str,
+                         pub_password: bool) -> list[str]:
+    """Why a subscription on ``sub`` to a publication on ``pub`` cannot work (empty: it can):
+    wal_level, slot and sender headroom and the REPLICATION attribute on the publisher; the
+    right to create subscriptions on the subscriber (superuser, or on 16+
+    pg_create_subscription, which also needs a password to the publisher)."""
+    out: list[str] = []
+    row = pub.execute(
+        "SELECT current_setting('wal_level'), current_setting('max_replication_slots')::int"
+        " - (SELECT count(*) FROM pg_replication_slots), current_setting('max_wal_senders')::int"
+        " - (SELECT count(*) FROM pg_stat_replication), current_user,"
+        " (SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user)"
+    ).fetchone()
+    assert row is not None
+    wal, slots, senders, user, repl = row
+    if wal != "logical":
+        out.append(f"wal_level = {wal} on {pub_where} (logical replication needs logical)")
+    if int(slots) < _SLOTS_NEEDED:
+        out.append(f"{pub_where} has {slots} free replication slot(s) of max_replication_slots "
+                   f"(a move needs {_SLOTS_NEEDED})")
+    if int(senders) < _SLOTS_NEEDED:
+        out.append(f"{pub_where} has {senders} free WAL sender(s) of max_wal_senders "
+                   f"(a move needs {_SLOTS_NEEDED})")
+    if not repl:
+        out.append(f"role {user} on {pub_where} has neither SUPERUSER nor REPLICATION, so a "
+                   "subscription cannot connect as it")
+    row = sub.execute(
+        "SELECT current_user, (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),"
+        " EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'pg_create_subscription'"
+        " AND pg_has_role(current_user, r.oid, 'USAGE'))"
+        " AND has_database_privilege(current_database(), 'CREATE')").fetchone()
+    assert row is not None
+    user, superuser, may_subscribe = row
+    if not superuser and not may_subscribe:
+        out.append(f"role {user} on {sub_where} may not create subscriptions (superuser, or on "
+                   "PostgreSQL 16+ membership in pg_create_subscription, is needed)")
+    elif not superuser and not pub_password:
+        out.append(f"role {user} on {sub_where} is no superuser, so its subscription must log "
+                   f"in to {pub_where} with a password, and there is none")
+    return out
+
+
+def _choose_method(conn: Connection, c: _Ctx, method: str, origin_dsn: str | None
+                   ) -> tuple[str, str]:
+    if method == "copy":
+        return "copy", f"method copy (asked for): {_COPY_HOW}"
+    here, there = "this database", f"server {c.server}"
+    with _plan_connect(conn, c.server) as rc:
+        if c.direction == "out":
+            pw = "password" in conninfo_to_dict(origin_dsn or servers.origin_conninfo(conn))
+            blockers = replication_blockers(conn, rc, pub_where=here, sub_where=there,
+                                            pub_password=pw)
+        else:
+            pw = "password" in conninfo_to_dict(servers.remote_dsn(conn, c.server))
+            blockers = replication_blockers(rc, conn, pub_where=there, sub_where=here,
+                                            pub_password=pw)
+    if not blockers:
+        return "replication", ("method replication" + (" (asked for)" if method != "auto" else
+                               "") + ": wal_level = logical and the roles may publish and "
+                               "subscribe; rows are replicated, then the cut-over swaps")
+    if method == "replication":
+        raise Refused("the move cannot use logical replication: " + "; ".join(blockers),
+                      hint="use --method copy (it needs only ownership of the table and the "
+                           "user mapping), or fix the settings and roles named")
+    return "copy", (f"method copy: logical replication is not possible ({'; '.join(blockers)}), "
+                    f"so {_COPY_HOW}")
 
 
 # -- moving out ------------------------------------------------------------------------------
@@ -213,23 +329,12 @@ def _plan_out(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool,
     return plan
 
 
-
-
 # -- moving back -----------------------------------------------------------------------------
 def _plan_back(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool) -> Plan:
     parent, part, srv = c.parent, c.part, c.server
     aside = part.name.sibling(child_name(part.name.name, "pgc_remote"))
     target = c.remote  # the local table that receives the rows has the shard table's name
-    if target != part.name and relation_exists(conn, target):
-        raise Refused(f"{target} exists here, so the shard's table {c.remote} cannot be "
-                      "replicated into a new local table of that name",
-                      hint=f"rename or drop the local {target}")
-    if target.schema != part.name.schema:
-        raise Refused(f"the shard's table {c.remote} is in another schema than {part.name}",
-                      hint="move back supports shard tables in the partition's schema only")
-    if relation_exists(conn, aside):
-        raise Refused(f"{aside} already exists (left by an earlier move)",
-                      hint=f"drop it if it is no longer needed: DROP FOREIGN TABLE {aside}")
+    _refuse_back_names(conn, c, target, aside)
     with _plan_connect(conn, srv) as rc:
         require_logical(rc, f"server {srv} (the publisher of the rows)")
         rrow = rc.execute("SELECT c.oid, c.relreplident::text, EXISTS (SELECT 1 FROM pg_index i"
@@ -253,24 +358,7 @@ def _plan_back(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool) ->
                       hint=f"an earlier move left it: DROP SUBSCRIPTION {c.tag}")
     dbl = servers.dblink_schema(conn)
     pname = str(part.name)
-    steps: list[Step] = []
-    if target == part.name:
-        steps.append(Step.sql(
-            "rename-foreign", f"rename the foreign partition {pname} to {aside.name} so the "
-            "returning rows can land in a local table of its name",
-            [sql.SQL("ALTER FOREIGN TABLE {} RENAME TO {}").format(
-                part.name.ident, sql.Identifier(aside.name))],
-            locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, pname)],
-            guard=sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(aside.literal),
-            undo=[sql.SQL("ALTER FOREIGN TABLE {} RENAME TO {}").format(
-                aside.ident, sql.Identifier(part.name.name))]))
-    steps.append(Step.sql(
-        "local-table", f"create the local table {target} from the parent's and the shard's "
-        f"definitions, with CHECK ({c.constraint_def})",
-        _local_ddl(c, target, remote_defs),
-        guard=sql.SQL("SELECT to_regclass({}) IS NOT NULL AND (SELECT relkind = 'r' FROM pg_class"
-                      " WHERE oid = to_regclass({}))").format(target.literal, target.literal),
-        undo=[sql.SQL("DROP TABLE IF EXISTS {}").format(target.ident)]))
+    steps = _back_first_steps(c, target, aside, remote_defs)
     steps.append(Step.sql(
         "publish", f"publish {c.remote} (and pgcleave.move_markers) on {srv}",
         [servers.remote_sql(dbl, srv, sql.SQL("; ").join([
@@ -303,19 +391,241 @@ def _plan_back(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool) ->
                        "during the whole move; writes wait only during the cut-over"])
 
 
+def _refuse_back_names(conn: Connection, c: _Ctx, target: QualifiedName,
+                       aside: QualifiedName) -> None:
+    part = c.part
+    if target != part.name and relation_exists(conn, target):
+        raise Refused(f"{target} exists here, so the shard's table {c.remote} cannot be "
+                      "copied into a new local table of that name",
+                      hint=f"rename or drop the local {target}")
+    if target.schema != part.name.schema:
+        raise Refused(f"the shard's table {c.remote} is in another schema than {part.name}",
+                      hint="move back supports shard tables in the partition's schema only")
+    if relation_exists(conn, aside):
+        raise Refused(f"{aside} already exists (left by an earlier move)",
+                      hint=f"drop it if it is no longer needed: DROP FOREIGN TABLE {aside}")
+
+
+def _back_first_steps(c: _Ctx, target: QualifiedName, aside: QualifiedName,
+                      remote_defs: _RemoteDefs) -> list[Step]:
+    """Rename the foreign partition out of the way (when the local table takes its name) and
+    create the local table that receives the rows."""
+    part, pname = c.part, str(c.part.name)
+    steps: list[Step] = []
+    if target == part.name:
+        steps.append(Step.sql(
+            "rename-foreign", f"rename the foreign partition {pname} to {aside.name} so the "
+            "returning rows can land in a local table of its name",
+            [sql.SQL("ALTER FOREIGN TABLE {} RENAME TO {}").format(
+                part.name.ident, sql.Identifier(aside.name))],
+            locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, pname)],
+            guard=sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(aside.literal),
+            undo=[sql.SQL("ALTER FOREIGN TABLE {} RENAME TO {}").format(
+                aside.ident, sql.Identifier(part.name.name))]))
+    steps.append(Step.sql(
+        "local-table", f"create the local table {target} from the parent's and the shard's "
+        f"definitions, with CHECK ({c.constraint_def})",
+        _local_ddl(c, target, remote_defs),
+        guard=sql.SQL("SELECT to_regclass({}) IS NOT NULL AND (SELECT relkind = 'r' FROM pg_class"
+                      " WHERE oid = to_regclass({}))").format(target.literal, target.literal),
+        undo=[sql.SQL("DROP TABLE IF EXISTS {}").format(target.ident)]))
+    return steps
+
+
+# -- the copy method: COPY across, a capture trigger and its key log, replays -----------------
+#: The copy step replays the key log until fewer keys than this were logged during a replay.
+COPY_CATCHUP_KEYS = 1000
+
+CAPTURE_TRIGGER = "pgcleave_move_capture"
+
+
+@dataclass
+class _Capture:
+    """The copy method of one move: the rows go from ``src`` to ``dst``; the capture trigger
+    on ``src`` (and its function and key log, on the same server) records what the
+    application writes meanwhile."""
+
+    source: str  # local (out) or remote (back)
+    src: QualifiedName
+    dst: QualifiedName
+    log: QualifiedName
+    fn: QualifiedName
+    pk: list[str]
+    columns: list[str]
+    binary: bool
+    trigger: str = CAPTURE_TRIGGER
+
+    def across(self) -> CopyAcross:
+        return CopyAcross(self.src, self.dst, self.log, self.columns, self.pk, self.binary)
+
+    def fields(self) -> CopyFields:
+        return CopyFields(source=self.source, src=[self.src.schema, self.src.name],
+                          dst=[self.dst.schema, self.dst.name],
+                          log=[self.log.schema, self.log.name], trigger=self.trigger,
+                          pk=list(self.pk), catchup_keys=COPY_CATCHUP_KEYS)
+
+    def create(self) -> list[sql.Composable]:
+        return [
+            sql.SQL("CREATE TABLE {} AS SELECT {} FROM ONLY {} WITH NO DATA").format(
+                self.log.ident, collist(self.pk), self.src.ident),
+            key_log_function(self.fn, self.log, self.pk, definer=True),
+            sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW "
+                    "EXECUTE FUNCTION {}()").format(sql.Identifier(self.trigger),
+                                                   self.src.ident, self.fn.ident)]
+
+    def exists(self) -> sql.Composable:
+        return sql.SQL("SELECT 1 FROM pg_trigger WHERE tgname = {} AND tgrelid = to_regclass({})"
+                       ).format(sql.Literal(self.trigger), self.src.literal)
+
+    def drop(self, table: QualifiedName | None = None) -> list[sql.Composable]:
+        """Trigger (on ``table``, the source by default), function and log."""
+        return [capture_drop_sql(self.trigger, table or self.src),
+                sql.SQL("DROP FUNCTION IF EXISTS {}() CASCADE").format(self.fn.ident),
+                sql.SQL("DROP TABLE IF EXISTS {}").format(self.log.ident)]
+
+
+def capture_drop_sql(trigger: str, table: QualifiedName) -> sql.Composable:
+    return sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), table.ident)
+
+
+def _capture_for(c: _Ctx, source: str, src: QualifiedName, dst: QualifiedName, pk: list[str],
+                 info: TableInfo, versions: tuple[int, int]) -> _Capture:
+    oid = c.part.oid
+    return _Capture(source, src, dst, QualifiedName("pgcleave", f"move_{oid}_log"),
+                    QualifiedName("pgcleave", f"move_{oid}_capture"), pk,
+                    [col.name for col in info.columns if not col.generated],
+                    versions[0] // 10000 == versions[1] // 10000)
+
+
+def _copy_notes(c: _Ctx, cap: _Capture) -> list[str]:
+    where = "this database" if cap.source == "local" else f"server {c.server}"
+    return [f"rows of {c.part.name} stay readable and writable through {c.parent.name} during "
+            f"the whole move; writes wait only during the cut-over (EXCLUSIVE on "
+            f"{c.parent.name}: reads go on)",
+            f"until the cut-over every row written to {cap.src} on {where} also logs its key in "
+            f"{cap.log} (trigger {cap.trigger})"]
+
+
+def _plan_copy_out(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool) -> Plan:
+    parent, part, srv = c.parent, c.part, c.server
+    refuse_parent_keys(parent)
+    if any(col.generated for col in info.columns):
+        raise Refused(f"{info.name} has generated columns; foreign partitions cannot carry them")
+    if info.primary_key is None:
+        raise Refused(f"{info.name} has no primary key: the copy method logs the keys of the "
+                      "rows written during the move and needs one",
+                      hint=f"add a primary key to {info.name}, then retry")
+    local_aside = part.name.sibling(child_name(part.name.name, "pgc_local"))
+    staging = part.name.sibling(child_name(part.name.name, "pgc_remote"))
+    with _plan_connect(conn, srv) as rc:
+        if rc.execute("SELECT to_regclass(%s)", [c.remote.quoted]).fetchone() != (None,):
+            raise Refused(f"table {c.remote} already exists on server {srv}",
+                          hint="drop or rename it there, or move another partition")
+        cap = _capture_for(c, "local", part.name, c.remote, info.primary_key.columns, info,
+                           (conn.info.server_version, rc.info.server_version))
+    for n in (local_aside, staging, cap.log):
+        if relation_exists(conn, n):
+            raise Refused(f"{n} already exists (left by an earlier move)",
+                          hint=f"drop it if it is no longer needed: DROP TABLE {n}")
+    dbl = servers.dblink_schema(conn)
+    steps = [shard_table_step(conn, info, srv, c.remote, c.constraint_def, dbl=dbl,
+                              markers=False),
+             Step.sql("capture", f"create the key log {cap.log} and the capture trigger on "
+                      f"{part.name} that fills it", [*cap.create()],
+                      locks=[LockTaken(Lock.SHARE_ROW_EXCLUSIVE, f"{part.name} (CREATE TRIGGER,"
+                                       " brief)")],
+                      guard=sql.SQL("SELECT EXISTS ({})").format(cap.exists()),
+                      undo=[*cap.drop()])]
+    steps += _common_tail(conn, c, dbl, staging, local_aside, drop_source, info, cap)
+    plan = Plan("move", str(parent.name), {"partition": part.name.quoted, "to": srv,
+                                           "drop_source": drop_source, "method": "copy"},
+                steps, notes=_copy_notes(c, cap))
+    if not any(p.kind == "f" for p in parent.partitioning.leaves()):  # type: ignore[union-attr]
+        plan = plan.add(warnings=first_move_warnings(parent))
+    return plan
+
+
+def _plan_copy_back(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool) -> Plan:
+    parent, part, srv = c.parent, c.part, c.server
+    aside = part.name.sibling(child_name(part.name.name, "pgc_remote"))
+    target = c.remote  # the local table that receives the rows has the shard table's name
+    _refuse_back_names(conn, c, target, aside)
+    with _plan_connect(conn, srv) as rc:
+        row = rc.execute(
+            "SELECT c.oid, (SELECT array_agg(a.attname::text ORDER BY k.n) FROM pg_index i"
+            " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) JOIN pg_attribute a"
+            " ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+            " WHERE i.indrelid = c.oid AND i.indisprimary) FROM pg_class c"
+            " WHERE c.oid = to_regclass(%s)", [c.remote.quoted]).fetchone()
+        if row is None:
+            raise NotFound(f"the table {c.remote} behind {part.name} does not exist on {srv}")
+        if not row[1]:
+            raise Refused(f"{c.remote} on {srv} has no primary key: the copy method logs the "
+                          "keys of the rows written during the move and needs one",
+                          hint=f"on {srv}: add a primary key to {c.remote}, then retry")
+        remote_defs = _remote_definitions(rc, int(row[0]))
+        cap = _capture_for(c, "remote", c.remote, target, list(row[1]), info,
+                           (rc.info.server_version, conn.info.server_version))
+        if rc.execute("SELECT to_regclass(%s)", [cap.log.quoted]).fetchone() != (None,):
+            raise Refused(f"{cap.log} already exists on server {srv} (left by an earlier move)",
+                          hint=f"drop it there if it is no longer needed: DROP TABLE {cap.log}")
+    dbl = servers.dblink_schema(conn)
+    steps = _back_first_steps(c, target, aside, remote_defs)
+    create = [sql.SQL("CREATE SCHEMA IF NOT EXISTS pgcleave"), *cap.create()]
+    steps.append(Step.act(
+        "capture", f"create the key log {cap.log} and the capture trigger on {c.remote} that "
+        f"fills it, on server {srv} (one transaction there, under lock_timeout)",
+        action="move.remote_ddl",
+        params=RemoteDDLParams(server=srv, statements=[x.as_string(None) for x in create]),
+        shown=[sql.SQL(f"-- on server {srv}:"), *create],
+        locks=[LockTaken(Lock.SHARE_ROW_EXCLUSIVE, f"{c.remote} on {srv} (CREATE TRIGGER, "
+                         "brief)")],
+        guard=servers.remote_exists(dbl, srv, cap.exists()),
+        undo=[servers.remote_sql(dbl, srv, sql.SQL("; ").join(cap.drop()))]))
+    steps += _common_tail(conn, c, dbl, target, aside, drop_source, info, cap)
+    return Plan("move", str(parent.name), {"partition": part.name.quoted, "to": "local",
+                                           "from": srv, "drop_source": drop_source,
+                                           "method": "copy"}, steps, notes=_copy_notes(c, cap))
+
+
+def _uncapture_step(cap: _Capture, dbl: str, srv: str) -> Step:
+    if cap.source == "local":  # the trigger went with the cut-over
+        return Step.sql("uncapture", f"drop the capture function and the key log {cap.log}",
+                        [*cap.drop()[1:]], ddl=False)
+    return Step.sql("uncapture", f"drop the capture trigger, its function and the key log "
+                    f"{cap.log} on server {srv}",
+                    [servers.remote_sql(dbl, srv, sql.SQL("; ").join(cap.drop()))],
+                    transactional=False, ddl=False)
+
+
 # -- the steps both directions share -------------------------------------------------------
 def _common_tail(conn: Connection, c: _Ctx, dbl: str, incoming: QualifiedName,
-                 aside: QualifiedName, drop_source: bool, info: TableInfo) -> list[Step]:
-    """catch-up, DEFAULT check, foreign table (out), cut-over, clean-up."""
+                 aside: QualifiedName, drop_source: bool, info: TableInfo,
+                 cap: _Capture | None = None) -> list[Step]:
+    """catch-up (replication) or copy (``cap``), DEFAULT check, foreign table (out),
+    cut-over, clean-up."""
     parent, part, srv = c.parent, c.part, c.server
     out = c.direction == "out"
     steps: list[Step] = []
-    steps.append(Step(
-        name="catch-up", description="wait for the initial copy and for the subscriber to "
-        "catch up with the writes",
-        statements=["-- poll pg_subscription_rel until every table is ready, then write a "
-                    "marker row on the publisher and wait until the subscriber has it"],
-        action="move.catch_up", params=_action_params(c), ddl=False, transactional=False))
+    if cap is None:
+        steps.append(Step(
+            name="catch-up", description="wait for the initial copy and for the subscriber to "
+            "catch up with the writes",
+            statements=["-- poll pg_subscription_rel until every table is ready, then write a "
+                        "marker row on the publisher and wait until the subscriber has it"],
+            action="move.catch_up", params=_action_params(c), ddl=False, transactional=False))
+    else:
+        m = _action_params(c)
+        src_at, dst_at = (("this database", f"server {srv}") if out else
+                          (f"server {srv}", "this database"))
+        steps.append(Step.act(
+            "copy", f"copy the rows of {cap.src} ({src_at}) into {cap.dst} ({dst_at}) with "
+            f"COPY in one snapshot, {'binary' if cap.binary else 'text'} format, streamed; then "
+            "replay the key log until few keys are left",
+            action="move.copy", params=CopyParams(**m, **cap.fields(), columns=cap.columns),
+            shown=cap.across().shown(src_at, dst_at, COPY_CATCHUP_KEYS),
+            locks=[LockTaken(Lock.ACCESS_SHARE, f"{cap.src} (reads only)")],
+            transactional=False, nothing_to_undo=True))
     default = parent.partitioning.default if parent.partitioning else None
     excl = f"pgcleave_not_{part.oid}"
     if default is not None and default.kind == "r":
@@ -341,22 +651,35 @@ def _common_tail(conn: Connection, c: _Ctx, dbl: str, incoming: QualifiedName,
                       aside=[aside.schema, aside.name], bound=part.bound,
                       columns=[col.name for col in info.columns if not col.generated])
     swap: list[sql.Composable] = [
-        sql.SQL("LOCK TABLE ONLY {} IN EXCLUSIVE MODE").format(parent.name.ident),
-        sql.SQL("-- marker round trip; count + hash of the rows on both servers must match"),
-    ]
+        sql.SQL("LOCK TABLE ONLY {} IN EXCLUSIVE MODE").format(parent.name.ident)]
+    if cap is None:
+        swap.append(sql.SQL("-- marker round trip; count + hash of the rows on both servers "
+                            "must match"))
+    else:
+        if out:
+            swap.append(sql.SQL("LOCK TABLE ONLY {} IN EXCLUSIVE MODE").format(part.name.ident))
+        swap.append(sql.SQL("-- replay the key log (the statements of the copy step) until it "
+                            "is empty; count + hash of the rows on both servers must match"))
     swap += swap_sql(p, parent.name, part.name, incoming, aside)
+    if cap is not None and out:
+        swap.append(capture_drop_sql(cap.trigger, aside))
+    action, params = ("move.cutover", p) if cap is None else (
+        "move.copy_cutover", CopyCutoverParams(**p, **cap.fields()))
     steps.append(Step(
         name="cutover", description=f"cut over: swap the {'local' if out else 'foreign'} "
         f"partition for the {'foreign' if out else 'local'} one after verifying every row",
-        statements=[s.as_string(None) for s in swap], action="move.cutover", params=p,
+        statements=[s.as_string(None) for s in swap], action=action, params=params,
         locks=[LockTaken(Lock.EXCLUSIVE, str(parent.name)),
+               *([LockTaken(Lock.EXCLUSIVE, str(part.name))] if cap is not None and out else []),
                LockTaken(Lock.ACCESS_EXCLUSIVE, str(parent.name))],
         guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_inherits i ON"
                       " i.inhrelid = c.oid WHERE c.oid = to_regclass({}) AND c.relkind = {}"
                       " AND i.inhparent = {}::regclass)").format(
             part.name.literal, sql.Literal(kind), parent.name.literal).as_string(None)))
-    # clean-up: the replication objects, the helper CHECK, and optionally the source
-    if out:
+    # clean-up: the replication objects (or the capture), the helper CHECK, optionally the source
+    if cap is not None:
+        steps.append(_uncapture_step(cap, dbl, srv))
+    elif out:
         steps.append(Step.sql(
             "unsubscribe", f"drop the subscription on {srv} (and its slot here)",
             [servers.remote_sql(dbl, srv, sql.SQL("DROP SUBSCRIPTION IF EXISTS {}").format(
@@ -399,16 +722,6 @@ def _action_params(c: _Ctx) -> MoveParams:
                       parent=[c.parent.name.schema, c.parent.name.name],
                       partition=[c.part.name.schema, c.part.name.name],
                       remote=[c.remote.schema, c.remote.name])
-
-
-
-
-
-
-
-
-
-
 
 
 @dataclass
@@ -457,12 +770,6 @@ def _local_ddl(c: _Ctx, target: QualifiedName, defs: _RemoteDefs) -> list[Statem
     return stmts
 
 
-
-
-
-
-
-
 def _plan_connect(conn: Connection, server: str) -> Connection:
     """Connect to a shard while planning: unreachable means refused, nothing changed."""
     try:
@@ -474,37 +781,12 @@ def _plan_connect(conn: Connection, server: str) -> Connection:
                       ) from None
 
 
-
-
-
 #: The key under which the CLI (or a library caller) hands ``--origin-dsn`` to the run.
 ORIGIN_DSN_SECRET = "origin_dsn"
 
 
 def _shown_origin(conn: Connection, origin_dsn: str | None) -> str:
     return redact(origin_dsn or servers.origin_conninfo(conn))
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def swap_sql(p: CutoverParams, parent: QualifiedName, part: QualifiedName,

@@ -14,6 +14,7 @@ from psycopg import sql
 
 from .. import servers
 from ..connection import Connection
+from ..ddl.capture import PORTABLE_SETTINGS
 from ..errors import StepFailed
 from ..execute import ActionContext
 from ..names import QualifiedName
@@ -27,9 +28,9 @@ from .move import (
 )
 
 #: Session settings that make ``ROW(...)::text`` identical on both servers for the hash.
-_HASH_SETTINGS = ["SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, MDY'",
-                  "SET IntervalStyle = 'postgres'", "SET extra_float_digits = 3",
-                  "SET bytea_output = 'hex'"]
+HASH_SETTINGS = PORTABLE_SETTINGS
+HASH_RESET = ["RESET TimeZone", "RESET DateStyle", "RESET IntervalStyle",
+              "RESET extra_float_digits", "RESET bytea_output"]
 
 
 # -- actions -----------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ def _heal_subscription(ctx: ActionContext, sides: _Sides) -> None:
     _create_subscription(ctx, sides.subscriber)
 
 
-def _hash_query(table: QualifiedName, columns: list[str], binary: bool = False
+def hash_query(table: QualifiedName, columns: list[str], binary: bool = False
                 ) -> sql.Composed:
     """count + order-independent sum of row hashes. ``binary`` hashes the values themselves
     (hash_record_extended, PG14+, about twice as fast as hashing the row's text); it needs a
@@ -180,7 +181,7 @@ def _hash_query(table: QualifiedName, columns: list[str], binary: bool = False
         row, table.ident)
 
 
-def _binary_hash_works(conns: list[Connection], tables: list[QualifiedName],
+def binary_hash_works(conns: list[Connection], tables: list[QualifiedName],
                        columns: list[str]) -> bool:
     for c, t in zip(conns, tables, strict=True):
         if c.info.server_version < 140000:
@@ -208,12 +209,12 @@ def cutover(ctx: ActionContext) -> None:
     swap = [s.as_string(None) for s in swap_sql(p, parent, part, incoming, aside)]
     sides = _Sides(ctx)
     try:
-        for s in _HASH_SETTINGS:
+        for s in HASH_SETTINGS:
             conn.execute(s)
             sides.remote.execute(s)
         # catch up once more before locking, so the locked part only waits for the last writes
         _marker_round_trip(sides, 600)
-        p = CutoverParams(**{**p, "binary_hash": _binary_hash_works(
+        p = CutoverParams(**{**p, "binary_hash": binary_hash_works(
             [conn, sides.remote], [local_rows, remote], p["columns"])})
         held, lag, n = ctx.retry_locks(
             lambda: _cutover_once(ctx, sides, parent, local_rows, remote, p, swap),
@@ -223,8 +224,7 @@ def cutover(ctx: ActionContext) -> None:
         ctx.progress(f"cut-over done: {n} rows verified, writes waited {held:.0f} ms "
                      f"(replication lag {lag:.0f} ms)", final=True, held_ms=held)
     finally:
-        for s in ("RESET TimeZone", "RESET DateStyle", "RESET IntervalStyle",
-                  "RESET extra_float_digits", "RESET bytea_output"):
+        for s in HASH_RESET:
             if not conn.closed:
                 conn.execute(s)
         sides.close()
@@ -253,13 +253,13 @@ def _cutover_once(ctx: ActionContext, sides: _Sides, parent: QualifiedName,
         def remote_hash() -> None:
             try:
                 remote_result.append(sides.remote.execute(
-                    _hash_query(remote, columns, p["binary_hash"])).fetchone())
+                    hash_query(remote, columns, p["binary_hash"])).fetchone())
             except psycopg.Error as exc:
                 remote_result.append(exc)
 
         th = threading.Thread(target=remote_hash)
         th.start()
-        here = conn.execute(_hash_query(local_rows, columns, p["binary_hash"])).fetchone()
+        here = conn.execute(hash_query(local_rows, columns, p["binary_hash"])).fetchone()
         th.join()
         there = remote_result[0]
         if isinstance(there, Exception):
@@ -282,16 +282,22 @@ def _cutover_once(ctx: ActionContext, sides: _Sides, parent: QualifiedName,
             conn.execute("SET LOCAL synchronous_commit = on")
         for s in swap:
             conn.execute(s.encode())
-        if p["direction"] == "out":
-            conn.execute(
-                "INSERT INTO pgcleave.sharded_tables (relid, columns) VALUES (%s::regclass,"
-                " pgcleave.columns_signature(%s::regclass)) ON CONFLICT (relid) DO UPDATE SET"
-                " columns = excluded.columns, updated_at = clock_timestamp()",
-                [parent.quoted, parent.quoted])
-        else:
-            conn.execute(
-                "DELETE FROM pgcleave.sharded_tables WHERE relid = %s::regclass AND NOT EXISTS"
-                " (SELECT 1 FROM pg_partition_tree(%s::regclass) t JOIN pg_class c ON"
-                " c.oid = t.relid WHERE c.relkind = 'f')", [parent.quoted, parent.quoted])
+        record_placement(conn, parent, p["direction"])
     held = (time.monotonic() - t0) * 1000  # from the lock to the commit: what writers waited
     return held, lag, int(here[0])
+
+
+def record_placement(conn: Connection, parent: QualifiedName, direction: str) -> None:
+    """In the cut-over's transaction: ``pgcleave.sharded_tables`` lists the tables with a
+    partition on another server (what the DDL guard and ``alter`` look at)."""
+    if direction == "out":
+        conn.execute(
+            "INSERT INTO pgcleave.sharded_tables (relid, columns) VALUES (%s::regclass,"
+            " pgcleave.columns_signature(%s::regclass)) ON CONFLICT (relid) DO UPDATE SET"
+            " columns = excluded.columns, updated_at = clock_timestamp()",
+            [parent.quoted, parent.quoted])
+    else:
+        conn.execute(
+            "DELETE FROM pgcleave.sharded_tables WHERE relid = %s::regclass AND NOT EXISTS"
+            " (SELECT 1 FROM pg_partition_tree(%s::regclass) t JOIN pg_class c ON"
+            " c.oid = t.relid WHERE c.relkind = 'f')", [parent.quoted, parent.quoted])

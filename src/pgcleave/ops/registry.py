@@ -9,7 +9,7 @@ when you write them. Names that earlier versions journaled stay resolvable throu
 from __future__ import annotations
 
 from ..execute import ActionFn, Registry
-from . import alter, carve_run, copy_run, maintain, move_run, retention, server
+from . import alter, carve_run, copy_run, maintain, move_copy_run, move_run, retention, server
 
 ACTIONS: dict[str, ActionFn] = {
     "alter.apply": alter.apply,
@@ -25,6 +25,9 @@ ACTIONS: dict[str, ActionFn] = {
     "move.subscribe": move_run.subscribe,
     "move.catch_up": move_run.catch_up,
     "move.cutover": move_run.cutover,
+    "move.copy": move_copy_run.copy,
+    "move.copy_cutover": move_copy_run.cutover,
+    "move.remote_ddl": move_copy_run.remote_ddl,
     "retention.detach": retention.detach,
     "retention.archive": retention.archive,
     "retention.load": retention.load,
