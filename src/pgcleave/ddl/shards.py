@@ -140,10 +140,11 @@ def foreign_table_ddl(parent: TableInfo, name: QualifiedName, server: str,
 def require_logical(conn: Connection, what: str) -> None:
     row = conn.execute("SELECT current_setting('wal_level')").fetchone()
     if row is None or row[0] != "logical":
-        raise Refused(f"{what} runs with wal_level = {row[0] if row else '?'}; an online move "
-                      "replicates the rows and needs wal_level = logical",
-                      hint="set wal_level = logical and restart that server (the batched-copy "
-                           "fallback is not implemented yet)")
+        raise Refused(f"{what} runs with wal_level = {row[0] if row else '?'}; a move by "
+                      "logical replication needs wal_level = logical",
+                      hint="use `move --method copy` (or --method auto), which needs neither "
+                           "wal_level = logical nor superuser; or set wal_level = logical and "
+                           "restart that server")
 
 
 def require_replica_identity(conn: Connection, info: TableInfo) -> None:
