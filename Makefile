@@ -4,7 +4,7 @@
 #                 version-sensitive tests on $(PG_NEW) (18 comes with `pgcleave[server]`)
 VENV := .venv
 BIN := $(VENV)/bin
-PYTEST := $(BIN)/pytest -q -p no:cacheprovider
+PYTEST := $(BIN)/pytest -q -p no:cacheprovider --durations=15
 PG_FULL ?= 15
 PG_NEW ?= 18
 # Run again on $(PG_NEW): the operations whose SQL or catalog reading depends on the version
