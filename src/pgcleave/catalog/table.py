@@ -30,6 +30,8 @@ class Column:
     type_oid: int = 0
     collation: str | None = None
     comment: str | None = None
+    # 18+: the name of its NOT NULL constraint (pg_constraint contype 'n'); None before 18
+    not_null_constraint: str | None = None
 
 
 @dataclass
@@ -46,7 +48,7 @@ class Index:
 @dataclass
 class Constraint:
     name: str
-    type: str  # c, f, p, u, x, t
+    type: str  # c, f, p, u, x, t (NOT NULL, contype 'n' on 18+, is Column.not_null instead)
     definition: str
     validated: bool
     columns: list[str]
@@ -245,14 +247,19 @@ def _snapshot_oid(conn: Connection, oid: int, qname: QualifiedName, kind: str) -
         " FROM pg_class c WHERE c.oid = %s", oid)
     persistence, owner, acl, comment, rls, rls_forced, reloptions, reltuples, is_part = cls
 
+    # 18+ records each NOT NULL as a named constraint (contype 'n'), which may be NOT VALID
+    # (attnotnull is then set although NULLs may remain): not_null means a valid one.
     columns = [Column(*r) for r in q.all(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,"
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod),"
+        " a.attnotnull AND coalesce(nn.convalidated, true),"
         " pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, a.attgenerated::text, a.attnum,"
         " a.atttypid::int, CASE WHEN a.attcollation <> t.typcollation THEN co.collname END,"
-        " col_description(a.attrelid, a.attnum)"
+        " col_description(a.attrelid, a.attnum), nn.conname::text"
         " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
         " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
         " LEFT JOIN pg_collation co ON co.oid = a.attcollation"
+        " LEFT JOIN pg_constraint nn ON nn.conrelid = a.attrelid AND nn.contype = 'n'"
+        "   AND nn.conkey[1] = a.attnum"
         " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum", oid)]
 
     constraints = [Constraint(r[0], r[1], r[2], r[3], list(r[4] or []), r[5]) for r in q.all(
@@ -260,7 +267,8 @@ def _snapshot_oid(conn: Connection, oid: int, qname: QualifiedName, kind: str) -
         " (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(con.conkey)"
         "   WITH ORDINALITY k(attnum, ord) JOIN pg_attribute a ON a.attrelid = con.conrelid"
         "   AND a.attnum = k.attnum), con.conparentid <> 0"
-        " FROM pg_constraint con WHERE con.conrelid = %s ORDER BY con.conname", oid)]
+        " FROM pg_constraint con WHERE con.conrelid = %s AND con.contype <> 'n'"
+        " ORDER BY con.conname", oid)]
     primary_key = next((c for c in constraints if c.type == "p"), None)
 
     indexes = [Index(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), r[6]) for r in q.all(
