@@ -79,6 +79,21 @@ def test_not_null_is_a_column_property_on_every_version(conn: Any) -> None:
         ["nn_id_not_null", "nn_a_not_null", "b_nn", None] if v18 else [None] * 4)
 
 
+def test_sequence_parameters_and_grants(conn: Any) -> None:
+    conn.execute("CREATE TABLE s (id int GENERATED ALWAYS AS IDENTITY (START WITH 10"
+                 " INCREMENT BY 5 CACHE 3) PRIMARY KEY)")
+    conn.execute("CREATE ROLE catalog_seq_role")
+    try:
+        conn.execute("GRANT USAGE, SELECT ON SEQUENCE s_id_seq TO catalog_seq_role")
+        (seq,) = snapshot(conn, "s").sequences
+        assert (seq.kind, seq.start, seq.increment, seq.cache, seq.min_value, seq.max_value,
+                seq.cycle) == ("identity", 10, 5, 3, 1, 2**31 - 1, False)
+        assert {(g["grantee"], g["privilege"]) for g in seq.grants} == {
+            ("catalog_seq_role", "USAGE"), ("catalog_seq_role", "SELECT")}
+    finally:
+        conn.execute("DROP TABLE s; DROP ROLE catalog_seq_role")
+
+
 def test_names() -> None:
     assert quote_ident("orders") == "orders"
     assert quote_ident("Order Items") == '"Order Items"'

@@ -72,6 +72,15 @@ class SequenceInfo:
     column: str
     kind: str  # 'serial' (owned, used by a default) or 'identity'
     last_value: int | None
+    # Its parameters (as in pg_sequence), to re-create an identity with the same ones.
+    increment: int = 1
+    min_value: int = 1
+    max_value: int = 2**63 - 1
+    start: int = 1
+    cache: int = 1
+    cycle: bool = False
+    # Privileges on the sequence itself ({"grantee", "privilege", "grantable"}), owner excluded.
+    grants: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -298,10 +307,18 @@ def _snapshot_oid(conn: Connection, oid: int, qname: QualifiedName, kind: str) -
         return [ForeignKey(r[0], QualifiedName(r[1], r[2]), list(r[3]), QualifiedName(r[4], r[5]),
                            list(r[6]), r[7], r[8]) for r in q.all(fk_sql.format(col), oid)]
 
-    sequences = [SequenceInfo(QualifiedName(r[0], r[1]), r[2], r[3], r[4]) for r in q.all(
+    sequences = [SequenceInfo(QualifiedName(r[0], r[1]), r[2], r[3], r[4], increment=r[5],
+                              min_value=r[6], max_value=r[7], start=r[8], cache=r[9],
+                              cycle=r[10], grants=list(r[11])) for r in q.all(
         "SELECT sn.nspname, s.relname, a.attname,"
-        " CASE WHEN a.attidentity <> '' THEN 'identity' ELSE 'serial' END, ps.last_value"
+        " CASE WHEN a.attidentity <> '' THEN 'identity' ELSE 'serial' END, ps.last_value,"
+        " sq.seqincrement, sq.seqmin, sq.seqmax, sq.seqstart, sq.seqcache, sq.seqcycle,"
+        " (SELECT coalesce(json_agg(json_build_object('grantee', CASE WHEN x.grantee = 0"
+        "   THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END, 'privilege', x.privilege_type,"
+        "   'grantable', x.is_grantable) ORDER BY x.grantee, x.privilege_type), '[]')"
+        "   FROM aclexplode(s.relacl) x WHERE x.grantee <> s.relowner)"
         " FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
+        " JOIN pg_sequence sq ON sq.seqrelid = s.oid"
         " JOIN pg_namespace sn ON sn.oid = s.relnamespace"
         " JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
         " LEFT JOIN pg_sequences ps ON ps.schemaname = sn.nspname AND ps.sequencename = s.relname"

@@ -1,0 +1,147 @@
+"""Identity columns through every conversion, on 15/16 (a partition may keep its own identity)
+and on 17+ (it may not: the partitioned table owns the identity and its partitions share the
+sequence). Under application-like writers (``INSERT ... RETURNING id``): nothing lost, no id
+reused, ids continue; the sequence keeps its name and privileges; the way back gives a plain
+table whose inserts go on."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from psycopg import sql
+
+from pgcleave.testing.workload import Spec, Workload
+
+NOW = datetime.now(UTC)
+ROLE = "app_ident"
+
+
+def one(conn: Any, q: str, *args: Any) -> Any:
+    row = conn.execute(q, list(args) or None).fetchone()
+    return row[0] if row else None
+
+
+def ok(proc: Any) -> Any:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture
+def role(db: Any) -> Any:
+    with db.connect() as c:
+        c.execute(f"DO $$ BEGIN CREATE ROLE {ROLE}; EXCEPTION WHEN duplicate_object THEN NULL;"
+                  " END $$")
+    yield ROLE
+    with db.connect() as c:
+        c.execute(f"DROP OWNED BY {ROLE} CASCADE")
+        c.execute(f"DROP ROLE IF EXISTS {ROLE}")
+
+
+def _ledger(conn: Any, generated: str) -> int:
+    conn.execute(f"CREATE TABLE ledger (id bigint GENERATED {generated} AS IDENTITY,"
+                 " created_at timestamptz NOT NULL DEFAULT now(), payload text,"
+                 " PRIMARY KEY (id, created_at))")
+    conn.execute("INSERT INTO ledger (created_at, payload) SELECT now() - i * interval"
+                 " '13 minutes', 'seed' || i FROM generate_series(1, 2000) i")
+    conn.execute(f"GRANT SELECT, INSERT ON ledger TO {ROLE}")
+    conn.execute(f"GRANT USAGE ON SEQUENCE ledger_id_seq TO {ROLE}")
+    return int(one(conn, "SELECT max(id) FROM ledger"))
+
+
+def _spec() -> Spec:
+    return Spec(table=sql.Identifier("public", "ledger"), key_col="created_at",
+                make_key=lambda r: NOW - timedelta(days=r.uniform(0, 20)))
+
+
+def _ids_continue(w: Workload, before: int) -> None:
+    inserted = [i for r in w.results for i in (*r.expected, *r.deleted)]
+    assert inserted, "the writers inserted nothing"
+    assert min(inserted) > before, "an id below the old maximum was handed out again"
+    assert len(inserted) == len(set(inserted)), "an id was handed out twice"
+
+
+def _sequence_kept(conn: Any, *, partitioned: bool = False) -> None:
+    """The application's sequence is ``ledger_id_seq`` with its privileges. On 15/16 a table
+    partitioned in place draws from a new sequence of the partitioned table (``ledger_id_seq1``,
+    continuing), the old one staying with the old table, now a partition."""
+    if partitioned and conn.info.server_version < 170000:
+        assert one(conn, "SELECT pg_get_serial_sequence('ledger', 'id')") == \
+            "public.ledger_id_seq1"
+        return
+    assert one(conn, "SELECT pg_get_serial_sequence('ledger', 'id')") == "public.ledger_id_seq"
+    assert one(conn, f"SELECT has_sequence_privilege('{ROLE}', 'ledger_id_seq', 'USAGE')")
+    assert one(conn, "SELECT currval('ledger_id_seq') IS NOT NULL FROM"
+                     " (SELECT nextval('ledger_id_seq')) x")
+
+
+@pytest.mark.parametrize(("generated", "strategy"), [("ALWAYS", "legacy"),
+                                                     ("BY DEFAULT", "default")])
+def test_in_place_and_back_under_writers(db: Any, conn: Any, cli: Any, role: str,
+                                         generated: str, strategy: str) -> None:
+    before = _ledger(conn, generated)
+    w = Workload(db.dsn, _spec(), writers=4, max_seconds=120, pause_s=0.002)
+    with w:
+        w.run_for(0.5)
+        args = ["--interval", "1 month"] if strategy == "legacy" else []
+        ok(cli("--dsn", db.dsn, "partition", "ledger", "--by", "range(created_at)", *args,
+               "--strategy", strategy, "--yes"))
+        w.run_for(1.0)
+        assert one(conn, "SELECT relkind FROM pg_class WHERE oid = 'ledger'::regclass") == "p"
+        _sequence_kept(conn, partitioned=True)
+        mid = int(one(conn, "SELECT max(id) FROM ledger"))
+        ok(cli("--dsn", db.dsn, "unpartition", "ledger", "--yes"))
+        w.run_for(1.0)
+    print(w.summary())
+    w.verify(conn)
+    _ids_continue(w, before)
+    assert one(conn, "SELECT relkind FROM pg_class WHERE oid = 'ledger'::regclass") == "r"
+    assert one(conn, "SELECT attidentity FROM pg_attribute WHERE attrelid = 'ledger'::regclass"
+                     " AND attname = 'id'") == ("a" if generated == "ALWAYS" else "d")
+    _sequence_kept(conn)
+    after = one(conn, "INSERT INTO ledger (payload) VALUES ('after') RETURNING id")
+    assert after > max(mid, int(one(conn, "SELECT max(id) FROM ledger WHERE id <> %s", after)))
+    assert one(conn, "SELECT count(*) FROM (SELECT id FROM ledger GROUP BY id HAVING"
+                     " count(*) > 1) d") == 0
+    assert one(conn, "SELECT count(*) FROM pg_class WHERE relname LIKE 'ledger%%'"
+                     " AND relkind = 'S'") == 1
+
+
+def test_cut_over_rolled_back(db: Any, conn: Any, cli: Any, role: str) -> None:
+    """The undo of the cut-over (rollback of the job) gives back a working identity."""
+    _ledger(conn, "ALWAYS")
+    proc = cli("--dsn", db.dsn, "partition", "ledger", "--by", "range(created_at)",
+               "--interval", "1 month", "--yes", env={"PGCLEAVE_FAULT": "kill-after:cut-over"})
+    assert proc.returncode != 0, proc.stderr
+    mid = one(conn, "INSERT INTO ledger (payload) VALUES ('between') RETURNING id")
+    job = one(conn, "SELECT max(id) FROM pgcleave.jobs")
+    ok(cli("--dsn", db.dsn, "rollback", str(job)))
+    assert one(conn, "SELECT relkind FROM pg_class WHERE oid = 'ledger'::regclass") == "r"
+    _sequence_kept(conn)
+    after = one(conn, "INSERT INTO ledger (payload) VALUES ('after') RETURNING id")
+    assert after > mid
+    assert one(conn, "SELECT count(*) FROM ledger") == 2002
+
+
+def test_copy_swap_and_unswap_under_writers(db: Any, conn: Any, cli: Any, role: str) -> None:
+    before = _ledger(conn, "BY DEFAULT")
+    w = Workload(db.dsn, _spec(), writers=4, max_seconds=120, pause_s=0.002)
+    with w:
+        w.run_for(0.5)
+        ok(cli("--dsn", db.dsn, "partition", "ledger", "--by", "range(created_at)",
+               "--interval", "1 month", "--strategy", "copy", "--yes"))
+        w.run_for(1.0)
+        assert one(conn, "SELECT relkind FROM pg_class WHERE oid = 'ledger'::regclass") == "p"
+        mid = int(one(conn, "SELECT max(id) FROM ledger"))
+        ok(cli("--dsn", db.dsn, "unswap", "ledger", "--yes"))
+        w.run_for(1.0)
+    print(w.summary())
+    w.verify(conn)
+    _ids_continue(w, before)
+    assert one(conn, "SELECT relkind FROM pg_class WHERE oid = 'ledger'::regclass") == "r"
+    _sequence_kept(conn)
+    after = one(conn, "INSERT INTO ledger (payload) VALUES ('after') RETURNING id")
+    assert after > mid
+    assert one(conn, "SELECT count(*) FROM (SELECT id FROM ledger GROUP BY id HAVING"
+                     " count(*) > 1) d") == 0
