@@ -22,6 +22,7 @@ from psycopg import sql
 
 from ..catalog import SequenceInfo, TableInfo
 from ..names import QualifiedName, child_name
+from .bounds import Bound
 from .dependents import sequence_grants
 
 SHARED_IDENTITY_VERSION = 170000
@@ -108,3 +109,25 @@ def give_back(idents: list[Identity], table: QualifiedName) -> list[sql.Composab
             *sequence_grants(seq, seq.name),
         ]
     return out
+
+
+def partitions_share(info: TableInfo) -> bool:
+    """Whether ``info`` (a partitioned table) has an identity its partitions share (17+)."""
+    return shared_by_partitions(info.server_version) and any(c.identity for c in info.columns)
+
+
+def mark_partitions(parent: QualifiedName,
+                    children: list[tuple[QualifiedName, Bound]]) -> list[sql.Composable]:
+    """Attach again the partitions ``children`` (name and bound) of
+    ``parent``, a partitioned table just attached under a table with a shared identity.
+
+    17+ (seen on 18.6) marks the identity on the table attached, not on that table's own
+    partitions; detaching it later then fails ("column ... of relation ... is not an identity
+    column"), as the detach drops the identity down the tree. Attached again one by one, the
+    partitions are marked too. No scan: each carries the CHECKs that proved its bound (the
+    DEFAULT goes last, its CHECK excluding the others' bounds)."""
+    ordered = sorted(children, key=lambda c: c[1].kind == "default")
+    return [*(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent.ident, c.ident)
+              for c, _ in ordered),
+            *(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
+                parent.ident, c.ident, b.for_values()) for c, b in ordered)]
