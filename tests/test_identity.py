@@ -150,7 +150,7 @@ def test_copy_swap_and_unswap_under_writers(db: Any, conn: Any, cli: Any, role: 
                      " count(*) > 1) d") == 0
 
 
-@pytest.mark.parametrize("method", ["swap", "direct", "swap-around"])
+@pytest.mark.parametrize("method", ["swap", "direct", "swap-around", "swap-batches"])
 def test_carve_keeps_the_identity_under_writers(db: Any, conn: Any, cli: Any, role: str,
                                                 method: str) -> None:
     """Carve attaches tables made LIKE a partition: on 17+ they must not bring an identity of
@@ -172,6 +172,11 @@ def test_carve_keeps_the_identity_under_writers(db: Any, conn: Any, cli: Any, ro
             with db.connect() as c:
                 Executor(Settings(dsn=db.dsn)).run(plan_carve(
                     c, "acct", [("A", "B"), ("C", "D")], method="swap"))
+        elif method == "swap-batches":  # one piece per transaction: the holder shrinks
+            with db.connect() as c:
+                Executor(Settings(dsn=db.dsn)).run(plan_carve(
+                    c, "acct", [("A", "B"), ("B", "C"), ("C", "D")], method="swap",
+                    swap_batch=1))
         else:
             ok(cli("--dsn", db.dsn, "carve", "acct", "--from", "B", "--to", "D", "--method",
                    method, "--yes"))
@@ -181,7 +186,7 @@ def test_carve_keeps_the_identity_under_writers(db: Any, conn: Any, cli: Any, ro
     _ids_continue(w, before)
     parts = [r[0] for r in conn.execute(
         "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'acct'::regclass")]
-    assert len(parts) == (4 if method == "swap-around" else 2)
+    assert len(parts) == (4 if method.startswith("swap-") else 2)
     with conn.transaction(force_rollback=True):  # each partition can be detached again
         for rel in parts:
             conn.execute(sql.SQL("ALTER TABLE acct DETACH PARTITION {}").format(sql.SQL(rel)))
@@ -189,4 +194,48 @@ def test_carve_keeps_the_identity_under_writers(db: Any, conn: Any, cli: Any, ro
     assert one(conn, "INSERT INTO acct (tenant) VALUES ('Bob') RETURNING id") > top
     assert one(conn, "INSERT INTO acct (tenant) VALUES ('Acme') RETURNING id") > top + 1
     assert one(conn, "SELECT count(*) FROM (SELECT id FROM acct GROUP BY id HAVING"
+                     " count(*) > 1) d") == 0
+
+
+def test_two_level_drain_keeps_the_identity(db: Any, conn: Any, cli: Any) -> None:
+    """maintain drains a new country from the top DEFAULT into a new sub-partitioned branch
+    (carve with sub-partitioned pieces): afterwards every branch and leaf can be detached
+    (on 17+ each must carry the shared identity), new ids continue, no CHECK of the swap stays."""
+    conn.execute("CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY, country"
+                 " varchar(2) NOT NULL, scheduled_at timestamp NOT NULL, PRIMARY KEY (id,"
+                 " country, scheduled_at)) PARTITION BY LIST (country)")
+    conn.execute("CREATE TABLE orders_ru PARTITION OF orders FOR VALUES IN ('RU')"
+                 " PARTITION BY RANGE (scheduled_at)")
+    for m in (1, 2, 3):
+        conn.execute(f"CREATE TABLE orders_ru_{m} PARTITION OF orders_ru FOR VALUES FROM"
+                     f" ('2025-{m:02d}-01') TO ('2025-{m + 1:02d}-01')")
+    conn.execute("CREATE TABLE orders_default PARTITION OF orders DEFAULT")
+    conn.execute("INSERT INTO orders (country, scheduled_at) SELECT c, '2025-01-01'::timestamp"
+                 " + (i % 80) * interval '1 day' FROM generate_series(1, 600) i,"
+                 " unnest(ARRAY['RU', 'FR']) c")
+    ok(cli("--dsn", db.dsn, "config", "orders", "--then", "range(scheduled_at)", "--interval",
+           "1 month", "--premake", "1"))
+    before = int(one(conn, "SELECT max(id) FROM orders"))
+    ok(cli("--dsn", db.dsn, "maintain", "--now", "2025-03-10"))
+    assert one(conn, "SELECT count(*) FROM ONLY orders_default") == 0
+    assert one(conn, "SELECT count(*) FROM orders WHERE country = 'FR'") == 600
+    assert one(conn, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'orders_fr'"
+                     "::regclass") >= 2
+    # only the branch's CHECK of its bound (as on 15, inherited by its partitions)
+    assert conn.execute("SELECT conname, conislocal, count(*) FROM pg_constraint WHERE conname"
+                        " LIKE 'pgcleave%%' GROUP BY 1, 2 ORDER BY 1, 2").fetchall() == [
+        ("pgcleave_bound", False, 4), ("pgcleave_bound", True, 1)]
+    tree = [r[0] for r in conn.execute(
+        "SELECT relid::regclass::text FROM pg_partition_tree('orders') WHERE level > 0"
+        " ORDER BY level DESC, relid::regclass::text")]
+    with conn.transaction(force_rollback=True):  # leaves first, then branches
+        for rel in tree:
+            parent = one(conn, "SELECT inhparent::regclass::text FROM pg_inherits"
+                               " WHERE inhrelid = %s::regclass", rel)
+            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                sql.SQL(parent), sql.SQL(rel)))
+    fr = one(conn, "INSERT INTO orders (country, scheduled_at) VALUES ('FR', '2025-03-02')"
+                   " RETURNING id")
+    assert fr > before
+    assert one(conn, "SELECT count(*) FROM (SELECT id FROM orders GROUP BY id HAVING"
                      " count(*) > 1) d") == 0
