@@ -60,6 +60,40 @@ def test_snapshot_reads_everything_an_operation_needs(conn: Any) -> None:
     conn.execute('DROP TABLE order_lines, "Orders" CASCADE; DROP ROLE catalog_reader_role')
 
 
+def test_not_null_is_a_column_property_on_every_version(conn: Any) -> None:
+    """18 records each NOT NULL as a named pg_constraint row (contype 'n'); the snapshot keeps
+    NOT NULL on the column (never among the constraints, which operations re-add as CHECKs
+    and keys) and, on 18, its name. A NOT VALID one (18) does not make the column NOT NULL."""
+    conn.execute("CREATE TABLE nn (id int PRIMARY KEY, a int NOT NULL, b int, c int"
+                 " CHECK (c > 0))")
+    v18 = conn.info.server_version >= 180000
+    if v18:
+        conn.execute("INSERT INTO nn VALUES (1, 1, NULL, 1)")
+        conn.execute("ALTER TABLE nn ADD CONSTRAINT b_nn NOT NULL b NOT VALID")
+    t = snapshot(conn, "nn")
+    assert sorted((c.name, c.type) for c in t.constraints) == [("nn_c_check", "c"),
+                                                               ("nn_pkey", "p")]
+    assert [(c.name, c.not_null) for c in t.columns] == [
+        ("id", True), ("a", True), ("b", False), ("c", False)]
+    assert [c.not_null_constraint for c in t.columns] == (
+        ["nn_id_not_null", "nn_a_not_null", "b_nn", None] if v18 else [None] * 4)
+
+
+def test_sequence_parameters_and_grants(conn: Any) -> None:
+    conn.execute("CREATE TABLE s (id int GENERATED ALWAYS AS IDENTITY (START WITH 10"
+                 " INCREMENT BY 5 CACHE 3) PRIMARY KEY)")
+    conn.execute("CREATE ROLE catalog_seq_role")
+    try:
+        conn.execute("GRANT USAGE, SELECT ON SEQUENCE s_id_seq TO catalog_seq_role")
+        (seq,) = snapshot(conn, "s").sequences
+        assert (seq.kind, seq.start, seq.increment, seq.cache, seq.min_value, seq.max_value,
+                seq.cycle) == ("identity", 10, 5, 3, 1, 2**31 - 1, False)
+        assert {(g["grantee"], g["privilege"]) for g in seq.grants} == {
+            ("catalog_seq_role", "USAGE"), ("catalog_seq_role", "SELECT")}
+    finally:
+        conn.execute("DROP TABLE s; DROP ROLE catalog_seq_role")
+
+
 def test_names() -> None:
     assert quote_ident("orders") == "orders"
     assert quote_ident("Order Items") == '"Order Items"'

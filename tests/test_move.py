@@ -123,9 +123,15 @@ def test_out_keeps_definition_and_refuses_leaving_rows(db, db2, sharded, cli):
     assert json.loads(r.stdout)["state"] == "done"
     assert snapshot_rows(conn) == before
     with db2.connect() as rc:
+        # NOT NULL is a column property (on 18 also a contype 'n' row, compared apart)
         cons = dict(rc.execute("SELECT conname, contype::text FROM pg_constraint"
-                               " WHERE conrelid = 'public.\"Ex d\"'::regclass").fetchall())
+                               " WHERE conrelid = 'public.\"Ex d\"'::regclass"
+                               " AND contype <> 'n'").fetchall())
         assert cons == {"Ex d_pkey": "p", "payload_len": "c", "pgcleave_partition_bound": "c"}
+        not_null = [r[0] for r in rc.execute(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = 'public.\"Ex d\"'::regclass"
+            " AND attnum > 0 AND attnotnull ORDER BY attnum")]
+        assert not_null == ["id", "tenant"]
         idx = rc.execute("SELECT count(*) FROM pg_index WHERE indrelid = 'public.\"Ex d\"'"
                          "::regclass").fetchone()[0]
         assert idx == 2  # the key and the parent's tenant index

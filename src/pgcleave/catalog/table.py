@@ -30,6 +30,8 @@ class Column:
     type_oid: int = 0
     collation: str | None = None
     comment: str | None = None
+    # 18+: the name of its NOT NULL constraint (pg_constraint contype 'n'); None before 18
+    not_null_constraint: str | None = None
 
 
 @dataclass
@@ -46,7 +48,7 @@ class Index:
 @dataclass
 class Constraint:
     name: str
-    type: str  # c, f, p, u, x, t
+    type: str  # c, f, p, u, x, t (NOT NULL, contype 'n' on 18+, is Column.not_null instead)
     definition: str
     validated: bool
     columns: list[str]
@@ -70,6 +72,15 @@ class SequenceInfo:
     column: str
     kind: str  # 'serial' (owned, used by a default) or 'identity'
     last_value: int | None
+    # Its parameters (as in pg_sequence), to re-create an identity with the same ones.
+    increment: int = 1
+    min_value: int = 1
+    max_value: int = 2**63 - 1
+    start: int = 1
+    cache: int = 1
+    cycle: bool = False
+    # Privileges on the sequence itself ({"grantee", "privilege", "grantable"}), owner excluded.
+    grants: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -245,14 +256,19 @@ def _snapshot_oid(conn: Connection, oid: int, qname: QualifiedName, kind: str) -
         " FROM pg_class c WHERE c.oid = %s", oid)
     persistence, owner, acl, comment, rls, rls_forced, reloptions, reltuples, is_part = cls
 
+    # 18+ records each NOT NULL as a named constraint (contype 'n'), which may be NOT VALID
+    # (attnotnull is then set although NULLs may remain): not_null means a valid one.
     columns = [Column(*r) for r in q.all(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,"
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod),"
+        " a.attnotnull AND coalesce(nn.convalidated, true),"
         " pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, a.attgenerated::text, a.attnum,"
         " a.atttypid::int, CASE WHEN a.attcollation <> t.typcollation THEN co.collname END,"
-        " col_description(a.attrelid, a.attnum)"
+        " col_description(a.attrelid, a.attnum), nn.conname::text"
         " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
         " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
         " LEFT JOIN pg_collation co ON co.oid = a.attcollation"
+        " LEFT JOIN pg_constraint nn ON nn.conrelid = a.attrelid AND nn.contype = 'n'"
+        "   AND nn.conkey[1] = a.attnum"
         " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum", oid)]
 
     constraints = [Constraint(r[0], r[1], r[2], r[3], list(r[4] or []), r[5]) for r in q.all(
@@ -260,7 +276,8 @@ def _snapshot_oid(conn: Connection, oid: int, qname: QualifiedName, kind: str) -
         " (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(con.conkey)"
         "   WITH ORDINALITY k(attnum, ord) JOIN pg_attribute a ON a.attrelid = con.conrelid"
         "   AND a.attnum = k.attnum), con.conparentid <> 0"
-        " FROM pg_constraint con WHERE con.conrelid = %s ORDER BY con.conname", oid)]
+        " FROM pg_constraint con WHERE con.conrelid = %s AND con.contype <> 'n'"
+        " ORDER BY con.conname", oid)]
     primary_key = next((c for c in constraints if c.type == "p"), None)
 
     indexes = [Index(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), r[6]) for r in q.all(
@@ -290,10 +307,18 @@ def _snapshot_oid(conn: Connection, oid: int, qname: QualifiedName, kind: str) -
         return [ForeignKey(r[0], QualifiedName(r[1], r[2]), list(r[3]), QualifiedName(r[4], r[5]),
                            list(r[6]), r[7], r[8]) for r in q.all(fk_sql.format(col), oid)]
 
-    sequences = [SequenceInfo(QualifiedName(r[0], r[1]), r[2], r[3], r[4]) for r in q.all(
+    sequences = [SequenceInfo(QualifiedName(r[0], r[1]), r[2], r[3], r[4], increment=r[5],
+                              min_value=r[6], max_value=r[7], start=r[8], cache=r[9],
+                              cycle=r[10], grants=list(r[11])) for r in q.all(
         "SELECT sn.nspname, s.relname, a.attname,"
-        " CASE WHEN a.attidentity <> '' THEN 'identity' ELSE 'serial' END, ps.last_value"
+        " CASE WHEN a.attidentity <> '' THEN 'identity' ELSE 'serial' END, ps.last_value,"
+        " sq.seqincrement, sq.seqmin, sq.seqmax, sq.seqstart, sq.seqcache, sq.seqcycle,"
+        " (SELECT coalesce(json_agg(json_build_object('grantee', CASE WHEN x.grantee = 0"
+        "   THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END, 'privilege', x.privilege_type,"
+        "   'grantable', x.is_grantable) ORDER BY x.grantee, x.privilege_type), '[]')"
+        "   FROM aclexplode(s.relacl) x WHERE x.grantee <> s.relowner)"
         " FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
+        " JOIN pg_sequence sq ON sq.seqrelid = s.oid"
         " JOIN pg_namespace sn ON sn.oid = s.relnamespace"
         " JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
         " LEFT JOIN pg_sequences ps ON ps.schemaname = sn.nspname AND ps.sequencename = s.relname"

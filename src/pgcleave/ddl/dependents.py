@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from ..catalog import TableInfo
+from ..catalog import SequenceInfo, TableInfo
 from ..names import QualifiedName
 
 
@@ -97,7 +97,20 @@ def views(info: TableInfo) -> list[sql.Composable]:
 def sequence_ownership(info: TableInfo, target: QualifiedName) -> list[sql.Composable]:
     """Serial sequences: owned by the new table's column, so dropping the old table later does
     not drop the sequence the application's inserts use. Identity columns are not handled here
-    (their sequence cannot be shared; see the operation)."""
+    (an identity's sequence cannot change hands; see ``ddl.identity``)."""
     return [sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
         s.name.ident, target.ident, sql.Identifier(s.column))
         for s in info.sequences if s.kind == "serial"]
+
+
+def sequence_grants(seq: SequenceInfo, target: QualifiedName) -> list[sql.Composable]:
+    """The privileges held on ``seq`` (from the snapshot), granted on the sequence ``target``
+    (the one that takes its name and its place)."""
+    out: list[sql.Composable] = []
+    for g in seq.grants:
+        grantee = (sql.SQL("PUBLIC") if g["grantee"] == "PUBLIC"
+                   else sql.Identifier(g["grantee"]))
+        out.append(sql.SQL("GRANT {} ON SEQUENCE {} TO {}{}").format(
+            sql.SQL(g["privilege"]), target.ident, grantee,
+            sql.SQL(" WITH GRANT OPTION") if g["grantable"] else sql.SQL("")))
+    return out

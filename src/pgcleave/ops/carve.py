@@ -29,14 +29,13 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import NotRequired, TypedDict
 
 from psycopg import sql
 
 from .. import journal, preflight
 from ..catalog import Partition, TableInfo, relation_exists, snapshot
 from ..connection import Connection
-from ..ddl import dependents
+from ..ddl import dependents, identity
 from ..ddl.bounds import (
     Bound,
     bound_contains,
@@ -54,40 +53,7 @@ from ..ddl.tables import collist, index_tail, insert_columns, is_partition_of, o
 from ..errors import Refused
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step, render
-
-
-# -- the parameters of carve's actions (carve_run.py), as journaled ----------------------------
-class CopyParams(TypedDict):
-    copy: str  # the bulk INSERT ... SELECT
-    index: list[str]  # every index statement (shown; jobs of 0.1.0 before leaf_jobs ran these)
-    leaf_jobs: NotRequired[list[tuple[str, list[str]]]]  # (leaf, its index + ANALYZE statements)
-    index_top: NotRequired[list[str]]  # the holder's indexes, attaching the leaves' ones
-    replay: list[str]  # SET LOCALs, then the statements that apply the key log
-    catchup_rows: int
-    begun: str  # guard: true once the swap has begun
-
-
-class VerifyParams(TypedDict):
-    ddl: list[str]  # VALIDATE of foreign keys, ANALYZE of branches
-    replay: list[str]
-    count_source: NotRequired[str]
-    count_copies: NotRequired[str]
-    count: NotRequired[str]  # one query for both counts (jobs of earlier versions)
-    begun: str
-
-
-class SwapGroup(TypedDict):
-    sql: list[str]  # one short transaction
-    done: str  # guard: true once this transaction committed
-    what: str
-
-
-class SwapParams(TypedDict):
-    first: list[str]  # detach the source, attach the holder (and more, see _swap_steps)
-    first_done: str
-    groups: list[SwapGroup]
-    replay: NotRequired[list[str]]
-    catchup_rows: NotRequired[int]
+from .carve_state import CopyParams, SwapGroup, SwapParams, VerifyParams
 
 # The direct method holds ACCESS EXCLUSIVE on the parent while it moves the carved rows and
 # PostgreSQL scans the rest of the DEFAULT. Measured on the reference machine (2 cores, PG 15,
@@ -99,6 +65,7 @@ class SwapParams(TypedDict):
 DIRECT_ROWS_PER_MS = 400.0
 DIRECT_MAX_LOCK_MS = 50
 BOUND_CHECK = "pgcleave_bound"
+SUB_CHECK = "pgcleave_sub_bound"
 HOLD_CHECK = "pgcleave_hold"
 CAPTURE_TRIGGER = "pgcleave_carve"
 # Pieces moved from the holder to the parent per swap transaction. Measured at 1,000
@@ -618,6 +585,26 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
         return [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
             tab.ident, sql.Identifier(HOLD_CHECK), hold_check)]
 
+    # 17+ with a shared identity: a table attached marks the identity on itself only, so the
+    # partitions of every partitioned table attached are attached again (ddl/identity.py).
+    # A sub-partition's CHECK of its bound proves it then (dropped at the end).
+    shared = identity.partitions_share(info)
+
+    def kids(p: _Target) -> list[tuple[QualifiedName, Bound]]:
+        if p.sub is None:
+            return []
+        return [*((S.sibling(n), b) for n, b in p.sub.parts),
+                *([(S.sibling(p.sub.default), Bound("default"))] if p.sub.default else [])]
+
+    def mark(tab: QualifiedName, items: list[_Target]) -> list[Statement]:
+        if not shared:
+            return []
+        return [*identity.mark_partitions(tab, [(p.create_as, p.bound) for p in items]),
+                *(x for p in items for x in identity.mark_partitions(p.create_as, kids(p)))]
+
+    def moved(p: _Target) -> list[Statement]:
+        return [*move(p), *(identity.mark_partitions(p.name, kids(p)) if shared else [])]
+
     strategy = sql.SQL("{} ({})").format(sql.SQL(part.strategy.upper()), col)
     prepare: list[Statement] = [
         sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING "
@@ -635,15 +622,15 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
                 "RANGE ({})").format(sql.Identifier(p.sub.key)))
             prepare += with_hold(p.create_as)
             mine = []
-            for name, b in p.sub.parts:
-                child = S.sibling(name)
+            sub_col, sub_t = sql.Identifier(p.sub.key), src.column(p.sub.key).type
+            for child, b in kids(p):
                 prepare.append(sql.SQL("CREATE TABLE {} PARTITION OF {} {}").format(
                     child.ident, p.create_as.ident, b.for_values()))
-                mine.append(child)
-            if p.sub.default:
-                child = S.sibling(p.sub.default)
-                prepare.append(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
-                    child.ident, p.create_as.ident))
+                if shared:
+                    prepare.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
+                        child.ident, sql.Identifier(SUB_CHECK), b.check(sub_col, sub_t)
+                        if b.kind != "default" else run_exclusion(
+                            conn, "range", [x for _, x in p.sub.parts], sub_col, sub_t)))
                 mine.append(child)
         for leaf in mine:
             for fk in info.foreign_keys_out:
@@ -787,7 +774,8 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
             *move(r)[:-1],
             sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
                 parent.ident, hold.ident, span.for_values()),
-            move(r)[-1]]
+            *mark(hold, targets),
+            *moved(r)[len(move(r)) - 1:]]
         # Then a few leaves per transaction move from the holder to the parent, the holder
         # shrinking to the bounds it still holds; the last one drops it.
         for i in range(0, len(ordered), batch):
@@ -801,7 +789,8 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
                     lock_parent,
                     sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent.ident,
                                                                          hold.ident),
-                    *[y for p in grp for y in move(p)], tail]],
+                    *[y for p in grp for y in moved(p)], tail,
+                    *(mark(hold, left) if left else [])]],
                 done=render(is_partition_of(grp[-1].name, parent)),
                 what=", ".join(p.name.name for p in grp)))
     elif as_default:
@@ -810,25 +799,26 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
         # with hundreds, statements reaching the holder plan slowly (see above).
         first.append(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} DEFAULT").format(
             parent.ident, hold.ident))
+        first += mark(hold, pieces)
         # Each transaction locks the parent first: an INSERT that routed its row with the
         # partitions of before an ATTACH would send it to the DEFAULT and fail its (updated)
         # partition constraint; waiting on the parent, it routes after the commit instead.
         for i in range(0, len(targets), batch):
             grp = targets[i:i + batch]
             groups.append(SwapGroup(
-                sql=[render(x) for x in [lock_parent, *[y for p in grp for y in move(p)]]],
+                sql=[render(x) for x in [lock_parent, *[y for p in grp for y in moved(p)]]],
                 done=render(is_partition_of(grp[-1].name, parent)),
                 what=", ".join(p.name.name for p in grp)))
         last = [lock_parent,
                 sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent.ident, hold.ident),
-                *[x for p in rest for x in move(p)],
+                *[x for p in rest for x in moved(p)],
                 sql.SQL("DROP TABLE {}").format(hold.ident)]
         groups.append(SwapGroup(sql=[render(x) for x in last],
                                 done=render(sql.SQL("SELECT to_regclass({}) IS NULL").format(
                                     hold.literal)),
                                 what=f"{rest[0].name.name} as the DEFAULT"))
     else:
-        first += [x for p in pieces for x in move(p)]
+        first += [x for p in pieces for x in moved(p)]
         first.append(sql.SQL("DROP TABLE {}").format(hold.ident))
     every = [*first, *[sql.SQL(x) for g in groups for x in g["sql"]]]
     swap = Step.sql(
@@ -860,6 +850,10 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
     # partition is later detached (retention): its CHECK only had to prove the attach.
     drop_old += [sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
         p.name.ident, sql.Identifier(BOUND_CHECK)) for p in pieces if p.bound.kind == "default"]
+    # and the CHECKs that proved the sub-partitions attached again (shared identity)
+    drop_old += [sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+        c.ident, sql.Identifier(n)) for p in pieces for c, _ in kids(p) if shared
+        for n in (SUB_CHECK, HOLD_CHECK)]
     # Indexes made while the table had its temporary name take the final one.
     for p in pieces:
         if p.create_as == p.name:
@@ -879,21 +873,3 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
         guard=sql.SQL("SELECT to_regclass({}) IS NULL AND to_regclass({}) IS NULL").format(
             retired.literal, log.literal), undo=[]))
     return steps
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -14,7 +14,8 @@ from psycopg import sql
 from ..connection import Connection
 from ..errors import StepFailed
 from ..execute import ActionContext
-from .carve import FINAL_REPLAY_ROWS, CopyParams, SwapParams, VerifyParams
+from .carve import FINAL_REPLAY_ROWS
+from .carve_state import CopyParams, SwapParams, VerifyParams
 
 T = TypeVar("T")
 

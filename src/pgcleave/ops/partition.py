@@ -31,7 +31,7 @@ from .. import journal, preflight
 from .. import policy as policy_mod
 from ..catalog import Index, TableInfo, relation_exists, snapshot
 from ..connection import Connection
-from ..ddl import dependents
+from ..ddl import dependents, identity
 from ..ddl.bounds import (
     Bound,
     check_new_bound,
@@ -408,14 +408,9 @@ def _cutover(info: TableInfo, col: str, method: str, old: QualifiedName, attach:
     if cutoff_check:
         st.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
             name.ident, sql.Identifier(CUTOFF_CHECK)))
-    # Identity: LIKE ... INCLUDING IDENTITY made a new sequence starting at 1; continue the old
-    # one. Nothing can draw from the old sequence meanwhile: the old table is locked.
-    for s in info.sequences:
-        if s.kind == "identity":
-            st.append(sql.SQL(
-                "SELECT setval(pg_get_serial_sequence({}, {})::regclass, v) FROM "
-                "(SELECT pg_sequence_last_value({}::regclass) v) x WHERE v IS NOT NULL").format(
-                name.literal, sql.Literal(s.column), s.name.literal))
+    # Identity: LIKE ... INCLUDING IDENTITY made a new sequence starting at 1; it continues the
+    # old one (on 17+ it also replaces it: a partition may not have an identity of its own).
+    st += identity.take_over(info, name, old)
     for ix in keys.on_parent:
         con = next((c for c in info.constraints if c.name == ix.constraint), None)
         if con is not None:
@@ -466,7 +461,8 @@ class _RevertSpec:
     disabled_triggers: list[str]
     views: list[tuple[QualifiedName, str]]
     serials: list[tuple[QualifiedName, str]]
-    identities: list[str]
+    identities: list[identity.Identity]
+    shared_identity: bool  # 17+: the identity is the partitioned table's (see ddl.identity)
     refk: list[tuple[QualifiedName, str, str]]  # inbound FKs to re-add
 
     @classmethod
@@ -480,7 +476,8 @@ class _RevertSpec:
             disabled_triggers=[t.name for t in info.triggers if t.enabled == "D"],
             views=[(v.name, v.definition) for v in info.views if not v.materialized],
             serials=[(s.name, s.column) for s in info.sequences if s.kind == "serial"],
-            identities=[s.column for s in info.sequences if s.kind == "identity"],
+            identities=identity.identities(info),
+            shared_identity=identity.shared_by_partitions(info.server_version),
             refk=[(fk.table, fk.name, fk.definition) for fk in info.foreign_keys_in]
             if drop_fks else [])
 
@@ -503,7 +500,9 @@ def revert_statements(r: _RevertSpec) -> list[Statement]:
             name.ident, cols, sql.SQL(" OVERRIDING SYSTEM VALUE" if r.overriding else ""),
             cols, tmp.ident),
     ]
-    for col in r.identities:
+    if r.shared_identity:
+        st += identity.give_back(r.identities, name)
+    for col in ([] if r.shared_identity else [i.column for i in r.identities]):
         st.append(sql.SQL(
             "SELECT setval(pg_get_serial_sequence({n}, {c})::regclass, v) FROM (SELECT greatest("
             "pg_sequence_last_value(pg_get_serial_sequence({n}, {c})::regclass), "
@@ -582,7 +581,8 @@ def plan_unpartition(conn: Connection, table: str) -> Plan:
         disabled_triggers=[t.name for t in info.triggers if t.enabled == "D"],
         views=[(v.name, v.definition) for v in info.views if not v.materialized],
         serials=[(s.name, s.column) for s in info.sequences if s.kind == "serial"],
-        identities=[s.column for s in info.sequences if s.kind == "identity"], refk=[])
+        identities=identity.identities(info),
+        shared_identity=identity.shared_by_partitions(info.server_version), refk=[])
     stmts = revert_statements(spec)
     # Privileges and comments given to the partitioned table since the cut-over.
     stmts += [s for s in dependents.grants(info, name)]
