@@ -266,36 +266,79 @@ class Executor:
     def _run_job(self, conn: Connection, job_id: int, plan: Plan, states: list[str]) -> None:
         total = len(plan.steps)
         self.emit(Event("job-start", job_id, 0, total, None, f"{plan.operation} {plan.target}"))
+        done = [i for i, s in enumerate(states) if s in ("done", "skipped")]
         for idx, step in enumerate(plan.steps):
             if states[idx] in ("done", "skipped"):
                 continue
-            _fault("before", step, idx)
             try:
+                _fault("before", step, idx)
                 self._run_step(conn, job_id, idx, total, step)
             except PgcleaveError as exc:
                 self._fail(conn, job_id, idx, str(exc))
                 if isinstance(exc, LockContention):
                     exc.hint = (f"the job stays resumable: pgcleave resume {job_id} "
                                 f"(or pgcleave rollback {job_id})")
+                exc.message += self._undo_residue(conn, job_id, plan, done)
                 raise
-            except OSError as exc:  # an action's file (an archive) could not be written
+            except (OSError, psycopg.Error) as exc:  # a server error; a file not written
                 msg = str(exc).strip()
                 self._fail(conn, job_id, idx, msg)
+                pg = exc if isinstance(exc, psycopg.Error) else None
                 raise StepFailed(f"job {job_id}, step {idx + 1}/{total} ({step.name}: "
-                                 f"{step.description}) failed: {msg}", job_id=job_id,
-                                 hint=f"fix the cause, then `pgcleave resume {job_id}`; or "
-                                      f"`pgcleave rollback {job_id}`") from exc
-            except psycopg.Error as exc:
-                msg = str(exc).strip()
-                self._fail(conn, job_id, idx, msg)
-                raise StepFailed(f"job {job_id}, step {idx + 1}/{total} ({step.name}: "
-                                 f"{step.description}) failed: {msg}", job_id=job_id,
+                                 f"{step.description}) failed: {msg}"
+                                 + self._undo_residue(conn, job_id, plan, done), job_id=job_id,
                                  hint=f"fix the cause, then `pgcleave resume {job_id}`; or "
                                       f"`pgcleave rollback {job_id}`",
-                                 sqlstate=exc.sqlstate, diag=exc.diag) from exc
+                                 sqlstate=pg.sqlstate if pg else None,
+                                 diag=pg.diag if pg else None) from exc
+            done.append(idx)
             _fault("after", step, idx)
         journal.set_job(conn, job_id, "done")
         self.emit(Event("job-done", job_id, total, total, None, "done"))
+
+    def _undo_residue(self, conn: Connection, job_id: int, plan: Plan, done: list[int]) -> str:
+        """After a failure, undo at once every done step whose effect, left alone, refuses the
+        application's statements or hides its rows (a CHECK being validated, a detached
+        partition); the rest waits for ``resume``. Later done steps that rested on an undone
+        one are set pending again: on resume their guards say whether they are still done.
+        Returns what to add to the error message."""
+        harmful = [i for i in reversed(done) if plan.steps[i].residue.harmful]
+        if not harmful:
+            return ""
+        undone: list[str] = []
+        left: list[str] = []
+        for i in harmful:
+            step = plan.steps[i]
+            note = step.residue_note or f"{step.description} ({step.residue})"
+            if not step.undo or conn.closed:
+                left.append(note)
+                continue
+            try:
+                self.emit(Event("step-start", job_id, i, len(plan.steps), step,
+                                f"undo at once: {step.description}"))
+                self.run_statements(conn, step.undo, transactional=step.transactional,
+                                    step=step)
+            except (PgcleaveError, psycopg.Error) as exc:
+                if not conn.closed and conn.info.transaction_status != \
+                        psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
+                left.append(f"{note} (its undo failed: {str(exc).strip()})")
+                continue
+            journal.set_step(conn, job_id, i, "undone")
+            for j in done:
+                if j > i and (plan.steps[j].guard or plan.steps[j].nothing_to_undo):
+                    journal.set_step(conn, job_id, j, "pending")
+            self.emit(Event("step-done", job_id, i, len(plan.steps), step, "undone"))
+            undone.append(note)
+        out = ""
+        if undone:
+            out += "\nundone at once, so the application is not affected: " + "; ".join(undone)
+        if left:
+            out += (f"\nSTILL IN PLACE until `pgcleave resume {job_id}` finishes the job"
+                    + (f" (or `pgcleave rollback {job_id}` undoes it)"
+                       if all(plan.steps[i].undo for i in harmful) else "")
+                    + ": " + "; ".join(left))
+        return out
 
     def _fail(self, conn: Connection, job_id: int, idx: int, message: str) -> None:
         if conn.closed:
@@ -448,14 +491,19 @@ def backoff(attempt: int, base: float = 0.05, cap: float = 5.0) -> float:
 def _fault(when: str, step: Step, idx: int) -> None:
     """Fault injection for tests: PGCLEAVE_FAULT=kill-before:STEP, kill-after:STEP, or
     kill-inside:STEP (statements sent, transaction not yet committed), with STEP a step name or
-    its 1-based number, sends SIGKILL to this process at that point, like ``kill -9``."""
+    its 1-based number, sends SIGKILL to this process at that point, like ``kill -9``;
+    fail-before:STEP makes that step fail as a server error would (the job stays resumable)."""
     spec = os.environ.get("PGCLEAVE_FAULT")
     if not spec:
         return
     for part in spec.split(","):
         kind, _, which = part.partition(":")
-        if kind == f"kill-{when}" and which in (step.name, str(idx + 1)):
+        if which not in (step.name, str(idx + 1)):
+            continue
+        if kind == f"kill-{when}":
             os.kill(os.getpid(), signal.SIGKILL)
+        if kind == f"fail-{when}":
+            raise StepFailed(f"step {step.name} failed (injected by PGCLEAVE_FAULT={part})")
 
 
 def run_plan(plan: Plan, settings: Settings | None = None, progress: Progress | None = None

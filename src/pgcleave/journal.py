@@ -217,6 +217,43 @@ def refuse_unfinished(conn: Connection, target: str) -> None:
                         f"`pgcleave rollback {jid}`")
 
 
+@dataclass
+class Residue:
+    """A done step of an unfinished job whose effect still acts on the application."""
+
+    job_id: int
+    operation: str
+    step: str
+    kind: str  # refuses or hides
+    note: str
+    alive: bool  # the job's process still runs it (holds the table's advisory lock)
+    undoable: bool  # the step has an undo (rollback clears it)
+
+    def message(self) -> str:
+        how = ((f"`pgcleave rollback {self.job_id}` clears it, " if self.undoable else "")
+               + f"`pgcleave resume {self.job_id}` finishes the job")
+        return (f"{self.note}: left by job {self.job_id} ({self.operation}), step {self.step}"
+                + (" (the job is still running)" if self.alive else f"; {how}"))
+
+
+def residue(conn: Connection, target: str) -> list[Residue]:
+    """What unfinished jobs on ``target`` left that refuses statements or hides rows."""
+    if not schema_exists(conn):
+        return []
+    rows = conn.execute(
+        "SELECT j.id, j.operation, s.name, s.step->>'residue', coalesce(s.step->>'residue_note',"
+        " ''), EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
+        " AND l.objsubid = 1 AND l.classid = ((hashtextextended('pgcleave:' || j.target, 0)"
+        " >> 32) & 4294967295)::oid AND l.objid = (hashtextextended('pgcleave:' || j.target, 0)"
+        " & 4294967295)::oid), jsonb_array_length(coalesce(s.step->'undo', '[]')) > 0"
+        " FROM pgcleave.jobs j JOIN pgcleave.steps s ON s.job_id = j.id"
+        " WHERE j.target = %s AND j.state IN ('running', 'failed')"
+        " AND s.state IN ('done', 'skipped') AND s.step->>'residue' IN ('refuses', 'hides')"
+        " ORDER BY j.id, s.idx", [target]).fetchall()
+    return [Residue(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), bool(r[5]),
+                    bool(r[6])) for r in rows]
+
+
 def step_progress(conn: Connection, job_id: int) -> list[tuple[str, dict[str, Any]]]:
     """``(step name, saved progress)`` of every step of a job, in order."""
     return [(str(r[0]), dict(r[1] or {})) for r in conn.execute(

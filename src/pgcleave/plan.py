@@ -44,6 +44,21 @@ class Lock(StrEnum):
 
 _ORDER = list(Lock)
 
+
+class Residue(StrEnum):
+    """What a done step's effect does to the application if the job stops there (a failure,
+    a kill): nothing, only takes space, refuses some of its statements (a CHECK or foreign key
+    being validated), or hides rows (a partition detached before it is archived)."""
+
+    NONE = "none"
+    SPACE = "space"
+    REFUSES = "refuses"
+    HIDES = "hides"
+
+    @property
+    def harmful(self) -> bool:
+        return self in (Residue.REFUSES, Residue.HIDES)
+
 Statement = str | sql.Composable
 
 
@@ -99,8 +114,13 @@ class Step:
     ddl: bool = True
     retry_cleanup: Sequence[str] = ()
     nothing_to_undo: bool = False
+    #: what the effect does if the job stops after this step; ``residue_note`` says it in
+    #: the application's terms ("refuses INSERTs of tenant in [D, E) into exercises")
+    residue: Residue = Residue.NONE
+    residue_note: str = ""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "residue", Residue(self.residue))
         # Immutable once built: sequences become tuples, params a private copy.
         for f in ("statements", "locks", "undo", "retry_cleanup"):
             object.__setattr__(self, f, tuple(getattr(self, f)))
@@ -111,14 +131,15 @@ class Step:
             locks: list[LockTaken] | None = None, transactional: bool = True,
             guard: Statement | None = None, undo: list[Statement] | None = None,
             ddl: bool = True, retry_cleanup: list[Statement] | None = None,
-            nothing_to_undo: bool = False) -> Step:
+            nothing_to_undo: bool = False, residue: Residue = Residue.NONE,
+            residue_note: str = "") -> Step:
         return cls(
             name=name, description=description, statements=[render(s) for s in statements],
             locks=list(locks or []), transactional=transactional,
             guard=render(guard) if guard is not None else None,
             undo=[render(s) for s in (undo or [])], ddl=ddl,
             retry_cleanup=[render(s) for s in (retry_cleanup or [])],
-            nothing_to_undo=nothing_to_undo,
+            nothing_to_undo=nothing_to_undo, residue=residue, residue_note=residue_note,
         )
 
     @classmethod
@@ -147,6 +168,7 @@ class Step:
             d[f] = list(d[f])
         d["locks"] = [{"level": lt.level.value, "on": lt.on} for lt in self.locks]
         d["params"] = json.loads(json.dumps(self.params))
+        d["residue"] = self.residue.value
         return d
 
     @classmethod
@@ -218,4 +240,7 @@ class Plan:
                 out.append("COMMIT;")
             if step.undo:
                 out.append("--   undo: " + " ".join(u.rstrip(";") + ";" for u in step.undo))
+            if step.residue.harmful:
+                out.append(f"--   if the job stops here: {step.residue_note or step.residue}"
+                           + ("; undone at once on a failure" if step.undo else ""))
         return "\n".join(out) + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import journal
 from .catalog import Partition, Partitioning, TableInfo, snapshot
 from .connection import Connection
 
@@ -16,6 +17,9 @@ def table_status(conn: Connection, table: str) -> dict[str, Any]:
     d = describe(info)
     pol = policy.load(conn, info.name)
     d["policy"] = None if pol is None else {**pol.to_json(), "summary": pol.summary()}
+    d["residue"] = [{"job": r.job_id, "step": r.step, "kind": r.kind, "note": r.note,
+                     "alive": r.alive, "message": r.message()}
+                    for r in journal.residue(conn, info.name.quoted)]
     return d
 
 

@@ -31,6 +31,8 @@ def status(table: str, as_json: bool) -> None:
 
 
 def render(st: dict[str, Any]) -> None:
+    for r in st.get("residue", []):
+        out.print(f"UNFINISHED JOB: {r['message']}", markup=False, style="bold red")
     head = (f"{st['table']}  {st['kind']}, {_rows(st['rows'])} rows, {_size(st['bytes'])}"
             + (f", {st['primary_key']}" if st.get("primary_key") else ""))
     if "partitioning" not in st:

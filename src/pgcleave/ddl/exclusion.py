@@ -8,7 +8,7 @@ from psycopg import sql
 
 from ..connection import Connection
 from ..names import QualifiedName
-from ..plan import Lock, LockTaken, Step
+from ..plan import Lock, LockTaken, Residue, Step
 from .bounds import (
     Bound,
     cast,
@@ -42,7 +42,9 @@ def default_exclusion(default: QualifiedName, constraint: str, excluded: sql.Com
                  [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (NOT {}) NOT VALID").format(
                      default.ident, con, excluded)],
                  locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{default} (brief, no scan)")],
-                 guard=guard(False), undo=[drop]),
+                 guard=guard(False), undo=[drop], residue=Residue.REFUSES,
+                 residue_note=f"refuses INSERTs of {what} (the DEFAULT {default} may not take "
+                              "them any more, and their partition is not there yet)"),
         Step.sql(names[1], f"validate it: scans {default} while writes continue (fails if it "
                  f"holds rows of {what}: carve them instead)",
                  [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(default.ident, con)],

@@ -18,9 +18,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .. import journal, schemes, servers
 from .. import levels as lv
 from .. import policy as pol
-from .. import schemes, servers
 from ..catalog import Partition, snapshot
 from ..catalog.table import foreign_target
 from ..connection import Connection
@@ -32,7 +32,8 @@ MAX_PARTITIONS = 1000
 @dataclass
 class Problem:
     kind: str  # premake, default-rows, late-rows, detach-pending, too-many, overdue, job, policy,
-    # drift (a shard's table no longer matches its foreign partition), shard-away
+    # drift (a shard's table no longer matches its foreign partition), shard-away,
+    # residue (an unfinished job left a CHECK that refuses rows, or rows hidden)
     message: str
 
 
@@ -78,6 +79,9 @@ def check_table(conn: Connection, table: str, *, now: datetime | None = None,
     for leaf in leaves:
         if leaf.kind == "f":
             _check_shard(conn, leaf, h)
+    for r in journal.residue(conn, info.name.quoted):
+        if not r.alive:
+            h.add("residue", r.message())
     if schema_exists(conn):
         for jid, op, _state in conn.execute(
                 "SELECT id, operation, state FROM pgcleave.jobs WHERE target = %s"

@@ -38,7 +38,7 @@ from ..catalog.table import foreign_target
 from ..connection import Connection
 from ..errors import NotFound, Refused
 from ..names import QualifiedName, child_name
-from ..plan import Lock, LockTaken, Plan, Step
+from ..plan import Lock, LockTaken, Plan, Residue, Step
 
 AE = Lock.ACCESS_EXCLUSIVE
 SUE = Lock.SHARE_UPDATE_EXCLUSIVE
@@ -369,7 +369,8 @@ def plan_set_primary_key(conn: Connection, table: str, columns: list[str], *,
                 locks=[LockTaken(AE, str(p.name))],
                 guard=_or(_g_constraint(p.name, check_name), _g_not_null(p.name, col)),
                 undo=[sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-                    p.name.ident, sql.Identifier(check_name))]))
+                    p.name.ident, sql.Identifier(check_name))],
+                residue=Residue.REFUSES, residue_note=f"refuses NULL {col} in {p.name}"))
             steps.append(Step.sql(
                 f"nn-validate:{p.name.name}:{col}",
                 f"validate CHECK ({col} IS NOT NULL) on {p.name} (scans; writes continue)",
@@ -756,7 +757,9 @@ def plan_add_foreign_key(conn: Connection, table: str, columns: list[str], ref_t
                 t.ident, sql.Identifier(fk_name), body)],
             locks=[LockTaken(SRE, str(t)), *ref_lock], guard=_g_constraint(t, fk_name),
             undo=[sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-                t.ident, sql.Identifier(fk_name))]))
+                t.ident, sql.Identifier(fk_name))],
+            residue=Residue.REFUSES,
+            residue_note=f"refuses rows of {t} that foreign key {fk_name} rejects"))
         steps.append(Step.sql(
             f"fk-validate:{t.name}",
             f"validate {fk_name} on {t} (scans; writes continue)",

@@ -42,7 +42,7 @@ from ..ddl.shards import ddl_guard_step, is_superuser, refuse_parent_keys, shard
 from ..errors import Refused
 from ..execute import ActionContext
 from ..names import QualifiedName, child_name
-from ..plan import Lock, LockTaken, Plan, Statement, Step, render
+from ..plan import Lock, LockTaken, Plan, Residue, Statement, Step, render
 from .carve import Piece, Sub, plan_carve
 from .retention import detach_step, retention_steps
 
@@ -301,7 +301,10 @@ def create_steps(parent: QualifiedName, default: Partition | None, items: list[N
                  d.ident, con, excl)],
             locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{d} (catalog only, no scan)")],
             guard=exists_all,
-            undo=[sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(d.ident, con)]))
+            undo=[sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(d.ident, con)],
+            residue=Residue.REFUSES,
+            residue_note=f"refuses INSERTs of the new ranges (the DEFAULT {d} may not take them, "
+                         "and their partitions are not created yet)"))
         steps.append(Step(
             name="premake:validate", description=f"validate that CHECK: scans {d} while "
             "writes go on (ranges whose rows reached the DEFAULT meanwhile are left to the "

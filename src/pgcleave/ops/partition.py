@@ -51,7 +51,7 @@ from ..ddl.tables import (
 )
 from ..errors import Refused
 from ..names import QualifiedName, child_name
-from ..plan import Lock, LockTaken, Plan, Statement, Step
+from ..plan import Lock, LockTaken, Plan, Residue, Statement, Step
 from ..schemes import (
     Interval,
     add,
@@ -272,7 +272,10 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
             locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{name} (brief, no scan)")],
             guard=has_check,
             undo=[sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-                name.ident, sql.Identifier(CUTOFF_CHECK))]))
+                name.ident, sql.Identifier(CUTOFF_CHECK))],
+            residue=Residue.REFUSES,
+            residue_note=f"refuses rows of {name} with {col} >= {cut_value} (the cut-over that "
+                         "gives them a partition has not run)"))
         steps.append(Step.sql(
             "validate-cutoff-check",
             f"validate the CHECK: scans {name} while writes continue",

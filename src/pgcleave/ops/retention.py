@@ -18,6 +18,7 @@ visible; ``check`` reports them and ``maintain`` never recreates a partition tha
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from ..ddl.exclusion import default_exclusion
 from ..execute import ActionContext
 from ..levels import Level, RangePart
 from ..names import QualifiedName, child_name
-from ..plan import Lock, LockTaken, Plan, Statement, Step
+from ..plan import Lock, LockTaken, Plan, Residue, Statement, Step
 from ..policy import Policy
 
 
@@ -92,8 +93,17 @@ def retention_steps(policy: Policy, level: Level, parts: list[RangePart],
     concurrently = level.default is None
     for rp in parts:
         part = rp.part.name
-        steps.append(detach_step(level.parent, part, concurrently=concurrently,
-                                 pending=rp.part.detach_pending))
+        step = detach_step(level.parent, part, concurrently=concurrently,
+                           pending=rp.part.detach_pending)
+        if policy.retention_action in ("archive", "drop"):
+            # until the next step archives (or drops) it, its rows are neither visible through
+            # the parent nor archived; the next maintain run resumes the job
+            step = dataclasses.replace(
+                step, residue=Residue.HIDES,
+                residue_note=f"rows of {part} are not visible through {level.parent} and not "
+                             f"{'archived' if policy.retention_action == 'archive' else 'dropped'}"
+                             " yet (detached by retention)")
+        steps.append(step)
         if policy.retention_action == "archive":
             assert archive_dir is not None
             steps.append(archive_step(level, rp, archive_dir, policy.archive_format))

@@ -1,0 +1,207 @@
+"""A failed or killed job never leaves the application worse off (issue 19).
+
+Each step that leaves something refusing the application's statements is made to fail in turn
+(``PGCLEAVE_FAULT=fail-before:STEP``, as a server error would): once pgcleave has exited, with
+nobody running `rollback`, application-like writers whose rows the residue would refuse run
+with no error and every row they committed is visible. A kill -9 cannot clean up: `check` then
+reports the residue with the command that clears it, and `status` marks it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from psycopg import sql
+
+from pgcleave.testing.workload import Spec, Workload
+
+NOW = datetime.now(UTC)
+
+
+def ok(proc: Any) -> Any:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def failed(proc: Any) -> str:
+    out: str = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "injected by PGCLEAVE_FAULT" in out, out
+    return out
+
+
+def writers_after(dsn: str, conn: Any, spec: Spec, seconds: float = 0.6) -> Workload:
+    """Writers whose rows the residue would refuse, run after pgcleave exited."""
+    w = Workload(dsn, spec, writers=2, max_seconds=30).start()
+    try:
+        w.run_for(seconds)
+    finally:
+        w.stop()
+    w.verify(conn)  # no writer error, every committed row present exactly once
+    assert w.ops.get("insert", 0) > 5
+    return w
+
+
+def tenants(conn: Any) -> None:
+    conn.execute("CREATE TABLE ex (id bigserial, tenant text NOT NULL, payload text, "
+                 "PRIMARY KEY (id, tenant)) PARTITION BY RANGE (tenant)")
+    conn.execute("CREATE TABLE ex_a PARTITION OF ex FOR VALUES FROM ('A') TO ('B')")
+    conn.execute("CREATE TABLE ex_default PARTITION OF ex DEFAULT")
+    conn.execute("INSERT INTO ex (tenant, payload) SELECT t, 'p' FROM unnest(ARRAY['Acme', "
+                 "'Bob', 'Zed']) t, generate_series(1, 50)")
+
+
+def d_tenants() -> Spec:
+    return Spec(table=sql.Identifier("public", "ex"), key_col="tenant",
+                make_key=lambda r: r.choice(["Dory", "Dx", "Duck"]))
+
+
+@pytest.mark.parametrize("step", ["validate-exclusion-check", "create-partition",
+                                  "drop-exclusion-check"])
+def test_add_partition_failing_at_each_step(db, conn, cli, step):
+    tenants(conn)
+    out = failed(cli("--dsn", db.dsn, "add-partition", "ex", "--from", "D", "--to", "E",
+                     env={"PGCLEAVE_FAULT": f"fail-before:{step}"}))
+    if step != "drop-exclusion-check":  # before the partition exists, the CHECK refuses
+        assert "undone at once" in out and "refuses INSERTs of" in out
+    writers_after(db.dsn, conn, d_tenants())
+    # rows of the range arrived meanwhile: the job cannot be finished as planned (carve is
+    # the way for a range that receives rows); a resume fails the same safe way, and
+    # rollback leaves the table as it was
+    job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
+    if step == "validate-exclusion-check":
+        r = cli("--dsn", db.dsn, "resume", str(job))
+        assert r.returncode == 1 and "undone at once" in r.stderr, r.stderr
+    ok(cli("--dsn", db.dsn, "rollback", str(job)))
+    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = "
+                        "'ex_default'::regclass AND contype = 'c'").fetchone() == (0,)
+    writers_after(db.dsn, conn, d_tenants(), 0.3)
+
+
+def events(conn: Any) -> None:
+    conn.execute("CREATE TABLE ev (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL, "
+                 "payload text)")
+    conn.execute("INSERT INTO ev (created_at, payload) SELECT now() - i * interval '1 hour', "
+                 "'x' FROM generate_series(1, 300) i")
+
+
+def future_events() -> Spec:
+    # rows far past any cutoff: the legacy CHECK (created_at < cutoff) would refuse them
+    return Spec(table=sql.Identifier("public", "ev"), key_col="created_at",
+                make_key=lambda r: NOW + timedelta(days=r.uniform(400, 800)))
+
+
+@pytest.mark.parametrize("step", ["validate-cutoff-check", "cut-over"])
+def test_partition_in_place_failing_leaves_no_cutoff_check(db, conn, cli, step):
+    events(conn)
+    out = failed(cli("--dsn", db.dsn, "partition", "ev", "--by", "range(created_at)",
+                     "--interval", "1 month", "--premake", "1", "--yes",
+                     env={"PGCLEAVE_FAULT": f"fail-before:{step}"}))
+    assert "undone at once" in out and "refuses rows of ev with created_at >=" in out
+    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'ev'::regclass"
+                        " AND contype = 'c'").fetchone() == (0,)
+    writers_after(db.dsn, conn, future_events())
+    # rows past the planned cutoff arrived: the plan cannot go on, and says so safely;
+    # rolled back, and those rows gone, the conversion runs
+    job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
+    r = cli("--dsn", db.dsn, "resume", str(job))
+    assert r.returncode == 1 and "undone at once" in r.stderr, r.stderr
+    ok(cli("--dsn", db.dsn, "rollback", str(job)))
+    conn.execute("DELETE FROM ev WHERE created_at > now() + interval '300 days'")
+    ok(cli("--dsn", db.dsn, "partition", "ev", "--by", "range(created_at)", "--interval",
+           "1 month", "--premake", "1", "--yes"))
+    assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'ev'::regclass"
+                        ).fetchone() == ("p",)
+
+
+def monthly(conn: Any) -> None:
+    conn.execute("CREATE TABLE r (id bigserial, d date NOT NULL, v text, PRIMARY KEY (id, d))"
+                 " PARTITION BY RANGE (d)")
+    conn.execute("CREATE TABLE r_01 PARTITION OF r FOR VALUES FROM ('2025-01-01') TO "
+                 "('2025-02-01')")
+    conn.execute("CREATE TABLE r_default PARTITION OF r DEFAULT")
+
+
+def march() -> Spec:
+    return Spec(table=sql.Identifier("public", "r"), key_col="d",
+                make_key=lambda r: datetime(2025, 3, 1 + int(r.uniform(0, 27))).date(),
+                payload_col="v")
+
+
+@pytest.mark.parametrize("step", ["premake:validate", "premake:create"])
+def test_maintain_premake_failing_leaves_the_default_open(db, conn, cli, step):
+    monthly(conn)
+    ok(cli("--dsn", db.dsn, "config", "r", "--interval", "1 month", "--premake", "3"))
+    failed(cli("--dsn", db.dsn, "maintain", "--now", "2025-01-10",
+               env={"PGCLEAVE_FAULT": f"fail-before:{step}"}))
+    writers_after(db.dsn, conn, march())
+    # the next run (cron) finishes the unfinished maintain job
+    ok(cli("--dsn", db.dsn, "maintain", "--now", "2025-01-10"))
+
+
+def test_add_foreign_key_failing_before_validation(db, conn, cli):
+    conn.execute("CREATE TABLE parent_t (id int PRIMARY KEY)")
+    conn.execute("INSERT INTO parent_t SELECT generate_series(1, 10)")
+    conn.execute("CREATE TABLE child (id bigserial, k int, d date NOT NULL, payload text,"
+                 " PRIMARY KEY (id, d)) PARTITION BY RANGE (d)")
+    conn.execute("CREATE TABLE child_1 PARTITION OF child FOR VALUES FROM ('2025-01-01') TO "
+                 "('2026-01-01')")
+    out = failed(cli("--dsn", db.dsn, "add-foreign-key", "child", "k", "REFERENCES",
+                     "parent_t", "id", env={"PGCLEAVE_FAULT": "fail-before:fk-validate:child_1"}))
+    assert "undone at once" in out
+    # the application goes on inserting rows the foreign key would have refused
+    conn.execute("INSERT INTO child (k, d) VALUES (999, '2025-05-01')")
+
+
+# -- after a kill -9 ----------------------------------------------------------------------------
+def test_a_killed_job_is_reported_with_the_command_that_clears_it(db, conn, cli):
+    tenants(conn)
+    r = cli("--dsn", db.dsn, "add-partition", "ex", "--from", "D", "--to", "E",
+            env={"PGCLEAVE_FAULT": "kill-after:add-exclusion-check"})
+    assert r.returncode == -9
+    job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
+    c = cli("--dsn", db.dsn, "check", "ex")
+    assert c.returncode == 1 and "residue" in c.stdout, c.stdout
+    assert "refuses INSERTs of" in c.stdout and f"pgcleave rollback {job}" in c.stdout
+    st = json.loads(ok(cli("--dsn", db.dsn, "status", "ex", "--json")).stdout)
+    assert [x["job"] for x in st["residue"]] == [job]
+    assert "UNFINISHED JOB" in ok(cli("--dsn", db.dsn, "status", "ex")).stdout
+    ok(cli("--dsn", db.dsn, "rollback", str(job)))
+    assert "residue" not in cli("--dsn", db.dsn, "check", "ex").stdout
+    writers_after(db.dsn, conn, d_tenants(), 0.3)
+
+
+def test_dry_run_shows_what_each_step_would_leave(db, conn, cli):
+    tenants(conn)
+    out = ok(cli("--dsn", db.dsn, "add-partition", "ex", "--from", "D", "--to", "E",
+                 "--dry-run")).stdout
+    assert "if the job stops here: refuses INSERTs of" in out
+    assert "undone at once on a failure" in out
+
+
+def test_retention_failing_between_detach_and_archive_is_reported_and_finished(db, conn, cli,
+                                                                             tmp_path):
+    conn.execute("CREATE TABLE q (id bigserial, d date NOT NULL, PRIMARY KEY (id, d))"
+                 " PARTITION BY RANGE (d)")
+    for m in range(1, 7):
+        conn.execute(f"CREATE TABLE q_{m:02d} PARTITION OF q FOR VALUES FROM "
+                     f"('2025-{m:02d}-01') TO ('2025-{m + 1:02d}-01')")
+    conn.execute("INSERT INTO q (d) SELECT '2025-01-01'::date + (i % 150) FROM "
+                 "generate_series(1, 1500) i")
+    ok(cli("--dsn", db.dsn, "config", "q", "--interval", "1 month", "--premake", "0",
+           "--retention", "4 months", "--retention-action", "archive", "--archive-dir",
+           str(tmp_path)))
+    r = cli("--dsn", db.dsn, "maintain", "--now", "2025-06-10",
+            env={"PGCLEAVE_FAULT": "fail-before:archive:q_01"})
+    assert r.returncode == 1 and "STILL IN PLACE" in r.stderr, r.stderr
+    assert "not visible through" in r.stderr and "rollback" not in r.stderr.split(
+        "STILL IN PLACE")[1]
+    c = cli("--dsn", db.dsn, "check", "q", "--now", "2025-06-10")
+    assert c.returncode == 1 and "q_01 are not visible through" in c.stdout, c.stdout
+    # the next run (cron) finishes it: archived, and nothing left to report
+    ok(cli("--dsn", db.dsn, "maintain", "--now", "2025-06-10"))
+    assert list(tmp_path.glob("*q_01*.json"))
+    assert "not visible" not in cli("--dsn", db.dsn, "check", "q", "--now", "2025-06-10").stdout
