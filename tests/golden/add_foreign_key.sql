@@ -8,6 +8,7 @@
 --   runs: one transaction, under lock_timeout with retry
 ALTER TABLE "public"."r_01" ADD CONSTRAINT "r_ref_fk" FOREIGN KEY ("ref") REFERENCES "public"."refs" ("id") ON DELETE RESTRICT NOT VALID;
 --   undo: ALTER TABLE "public"."r_01" DROP CONSTRAINT IF EXISTS "r_ref_fk";
+--   if the job stops here: refuses rows of r_01 that foreign key r_ref_fk rejects; undone at once on a failure
 
 -- step 2/9 [fk-validate:r_01]: validate r_ref_fk on r_01 (scans; writes continue)
 --   locks: SHARE UPDATE EXCLUSIVE on r_01; ROW SHARE on refs
@@ -19,6 +20,7 @@ ALTER TABLE "public"."r_01" VALIDATE CONSTRAINT "r_ref_fk";
 --   runs: one transaction, under lock_timeout with retry
 ALTER TABLE "public"."r_02" ADD CONSTRAINT "r_ref_fk" FOREIGN KEY ("ref") REFERENCES "public"."refs" ("id") ON DELETE RESTRICT NOT VALID;
 --   undo: ALTER TABLE "public"."r_02" DROP CONSTRAINT IF EXISTS "r_ref_fk";
+--   if the job stops here: refuses rows of r_02 that foreign key r_ref_fk rejects; undone at once on a failure
 
 -- step 4/9 [fk-validate:r_02]: validate r_ref_fk on r_02 (scans; writes continue)
 --   locks: SHARE UPDATE EXCLUSIVE on r_02; ROW SHARE on refs
@@ -30,6 +32,7 @@ ALTER TABLE "public"."r_02" VALIDATE CONSTRAINT "r_ref_fk";
 --   runs: one transaction, under lock_timeout with retry
 ALTER TABLE "public"."r_03" ADD CONSTRAINT "r_ref_fk" FOREIGN KEY ("ref") REFERENCES "public"."refs" ("id") ON DELETE RESTRICT NOT VALID;
 --   undo: ALTER TABLE "public"."r_03" DROP CONSTRAINT IF EXISTS "r_ref_fk";
+--   if the job stops here: refuses rows of r_03 that foreign key r_ref_fk rejects; undone at once on a failure
 
 -- step 6/9 [fk-validate:r_03]: validate r_ref_fk on r_03 (scans; writes continue)
 --   locks: SHARE UPDATE EXCLUSIVE on r_03; ROW SHARE on refs
@@ -41,6 +44,7 @@ ALTER TABLE "public"."r_03" VALIDATE CONSTRAINT "r_ref_fk";
 --   runs: one transaction, under lock_timeout with retry
 ALTER TABLE "public"."r_04" ADD CONSTRAINT "r_ref_fk" FOREIGN KEY ("ref") REFERENCES "public"."refs" ("id") ON DELETE RESTRICT NOT VALID;
 --   undo: ALTER TABLE "public"."r_04" DROP CONSTRAINT IF EXISTS "r_ref_fk";
+--   if the job stops here: refuses rows of r_04 that foreign key r_ref_fk rejects; undone at once on a failure
 
 -- step 8/9 [fk-validate:r_04]: validate r_ref_fk on r_04 (scans; writes continue)
 --   locks: SHARE UPDATE EXCLUSIVE on r_04; ROW SHARE on refs

@@ -10,6 +10,7 @@
 --   runs: one transaction, under lock_timeout with retry
 ALTER TABLE "public"."Metrics_default" ADD CONSTRAINT "pgcleave_excl_Metrics_1" CHECK (NOT ("k" >= ('300')::integer AND "k" < ('400')::integer)) NOT VALID;
 --   undo: ALTER TABLE "public"."Metrics_default" DROP CONSTRAINT IF EXISTS "pgcleave_excl_Metrics_1";
+--   if the job stops here: refuses INSERTs of FOR VALUES FROM ('300') TO ('400') (the DEFAULT "Metrics_default" may not take them any more, and their partition is not there yet); undone at once on a failure
 
 -- step 2/4 [validate-exclusion-check]: validate it: scans "Metrics_default" while writes continue (fails if it holds rows of FOR VALUES FROM ('300') TO ('400'): carve them instead)
 --   locks: SHARE UPDATE EXCLUSIVE on "Metrics_default"

@@ -9,6 +9,7 @@
 --   runs: autocommit, not in a transaction, under lock_timeout with retry
 --   action: retention.detach {"concurrently": true, "parent": {"name": "r", "schema": "public"}, "partition": {"name": "r_01", "schema": "public"}}
 ALTER TABLE "public"."r" DETACH PARTITION "public"."r_01" CONCURRENTLY;
+--   if the job stops here: rows of r_01 are not visible through r and not archived yet (detached by retention)
 
 -- step 2/2 [archive:r_01]: archive r_01 (FOR VALUES FROM ('2001-01-01') TO ('2001-02-01')) to <archive_dir>/public.r_01.copy.gz, verify, then drop it
 --   locks: SHARE on r_01 (detached); ACCESS EXCLUSIVE on r_01 (detached, to drop it)

@@ -36,6 +36,7 @@ SELECT "pgcleave".dblink_exec('db2', 'CREATE SUBSCRIPTION "pgcleave_move_<oid:pu
 --   runs: one transaction, under lock_timeout with retry
 ALTER TABLE "public"."Ex_def" ADD CONSTRAINT "pgcleave_not_<oid:public.Ex d>" CHECK (NOT (((tenant IS NOT NULL) AND ((tenant)::text >= 'D'::character varying) AND ((tenant)::text < 'E'::character varying)))) NOT VALID;
 --   undo: ALTER TABLE "public"."Ex_def" DROP CONSTRAINT IF EXISTS "pgcleave_not_<oid:public.Ex d>";
+--   if the job stops here: refuses INSERTs of the bound of Ex d (the DEFAULT "Ex_def" may not take them any more, and their partition is not there yet); undone at once on a failure
 
 -- step 6/13 [default-validate]: validate it: scans "Ex_def" while writes continue (fails if it holds rows of the bound of Ex d: carve them instead)
 --   locks: SHARE UPDATE EXCLUSIVE on "Ex_def"

@@ -9,6 +9,7 @@
 --   runs: one transaction, under lock_timeout with retry
 ALTER TABLE "App Data"."Event Log" ADD CONSTRAINT "pgcleave_cutoff" CHECK ("Created At" IS NOT NULL AND ("Created At" < ('2001-03-01 00:00:00+00:00')::timestamp with time zone)) NOT VALID;
 --   undo: ALTER TABLE "App Data"."Event Log" DROP CONSTRAINT IF EXISTS "pgcleave_cutoff";
+--   if the job stops here: refuses rows of "App Data"."Event Log" with Created At >= 2001-03-01 00:00:00+00:00 (the cut-over that gives them a partition has not run); undone at once on a failure
 
 -- step 2/3 [validate-cutoff-check]: validate the CHECK: scans "App Data"."Event Log" while writes continue
 --   locks: SHARE UPDATE EXCLUSIVE on "App Data"."Event Log"
