@@ -370,6 +370,26 @@ def test_foreign_keys_from_and_to_partitioned(db: Any, conn: Any, cli: Any) -> N
     assert leaf_pks(conn, "events") == {}
 
 
+def test_foreign_key_on_the_parent_directly_where_the_server_allows(db: Any, conn: Any, cli: Any,
+                                                                   pg_version: int) -> None:
+    """PostgreSQL 18 accepts a NOT VALID foreign key on a partitioned table: one NOT VALID step
+    and one VALIDATE on the parent; before 18, per partition, then the parent adopts them."""
+    make_table(conn, parts=3, rows=300)
+    conn.execute("CREATE TABLE refs (id int PRIMARY KEY)")
+    conn.execute("INSERT INTO refs SELECT generate_series(0, 9)")
+    plan = keys.plan_add_foreign_key(conn, "events", ["ref_id"], "refs", None)
+    names = [s.name for s in plan.steps]
+    if pg_version >= 18:
+        assert names == ["fk-add:events", "fk-validate:events"], names
+    else:
+        assert names[-1] == "fk-adopt:events" and len(names) == 2 * 4 + 1, names
+    ok(cli("--dsn", db.dsn, "add-foreign-key", "events", "ref_id", "REFERENCES", "refs"))
+    assert conn.execute("SELECT bool_and(convalidated), count(*) FROM pg_constraint WHERE"
+                        " conname = 'events_ref_id_fkey'").fetchone() == (True, 5)
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        conn.execute("INSERT INTO events (created_at, ref_id) VALUES (%s, 99)", [START])
+
+
 def test_fk_validation_does_not_block_writers(db: Any, conn: Any, cli: Any) -> None:
     t = make_table(conn, parts=6, rows=3000)
     conn.execute("CREATE TABLE refs (id int PRIMARY KEY)")

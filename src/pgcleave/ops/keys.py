@@ -748,7 +748,10 @@ def plan_add_foreign_key(conn: Connection, table: str, columns: list[str], ref_t
         else sql.SQL(""))
     ref_lock = [LockTaken(SRE, str(ref.name))] + (
         [LockTaken(SRE, f"partitions of {ref.name}")] if ref.is_partitioned else [])
-    targets = [p for p, _ in _tree(info)[1]] if info.is_partitioned else []
+    # PostgreSQL 18 accepts NOT VALID foreign keys on a partitioned table: add and validate it
+    # on the parent directly. Before 18, per partition, then the parent adopts them.
+    per_partition = info.is_partitioned and info.server_version < 180000
+    targets = [p for p, _ in _tree(info)[1]] if per_partition else []
     steps: list[Step] = []
     for t in ([p.name for p in targets] if targets else [info.name]):
         steps.append(Step.sql(
