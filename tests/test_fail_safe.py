@@ -205,3 +205,36 @@ def test_retention_failing_between_detach_and_archive_is_reported_and_finished(d
     ok(cli("--dsn", db.dsn, "maintain", "--now", "2025-06-10"))
     assert list(tmp_path.glob("*q_01*.json"))
     assert "not visible" not in cli("--dsn", db.dsn, "check", "q", "--now", "2025-06-10").stdout
+
+
+def test_set_primary_key_failing_leaves_no_not_null_check(db, conn, cli):
+    conn.execute("CREATE TABLE k (id bigint, d date, payload text) PARTITION BY RANGE (d)")
+    conn.execute("CREATE TABLE k_1 PARTITION OF k FOR VALUES FROM ('2025-01-01') TO "
+                 "('2026-01-01')")
+    conn.execute("INSERT INTO k SELECT i, '2025-01-01'::date + i % 300, 'x' FROM "
+                 "generate_series(1, 500) i")
+    out = failed(cli("--dsn", db.dsn, "set-primary-key", "k", "--columns", "id,d", "--yes",
+                     env={"PGCLEAVE_FAULT": "fail-before:nn-validate:k_1:id"}))
+    assert "undone at once" in out and "refuses NULL id in k_1" in out
+    conn.execute("INSERT INTO k (id, d) VALUES (NULL, '2025-03-01')")  # as before the job
+    conn.execute("DELETE FROM k WHERE id IS NULL")
+    job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
+    ok(cli("--dsn", db.dsn, "resume", str(job)))
+    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'k'::regclass"
+                        " AND contype = 'p'").fetchone() == (1,)
+
+
+def test_move_failing_before_the_default_is_proven_empty(db, db2, conn, cli):
+    from tests.test_move import PART, add_server, make_table
+
+    make_table(conn, rows=40)
+    add_server(db, "db2", db2)
+    r = cli("--dsn", db.dsn, "move", PART, "--to", "db2", "--yes",
+            env={"PGCLEAVE_FAULT": "fail-before:default-validate"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "undone at once" in out, out
+    assert conn.execute("SELECT count(*) FROM pg_constraint c JOIN pg_inherits i ON "
+                        "i.inhrelid = c.conrelid WHERE i.inhparent = '\"Ex\"'::regclass AND "
+                        "c.contype = 'c' AND c.conname LIKE 'pgcleave%%'").fetchone() == (0,)
+    job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
+    ok(cli("--dsn", db.dsn, "resume", str(job)))
