@@ -179,3 +179,12 @@ def test_a_secret_is_given_to_the_run_only(db):
     with db.connect() as c:
         assert "s3cret" not in str(c.execute("SELECT plan FROM pgcleave.jobs WHERE id = %s",
                                              [job]).fetchone())
+
+
+def test_a_server_older_than_the_minimum_is_refused_naming_it(db, monkeypatch):
+    """No server older than 15 is available here: the bar is raised past the real one."""
+    from pgcleave import connection
+
+    monkeypatch.setattr(connection, "MIN_SERVER_VERSION", 990000)
+    with pytest.raises(Refused, match="needs PostgreSQL 99 or newer"):
+        connection.connect(Settings(dsn=db.dsn))

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import conninfo
 from psycopg.rows import TupleRow
 
-from .errors import ConnectionFailed
+from .errors import ConnectionFailed, Refused
 
 APPLICATION_NAME = "pgcleave"
 
@@ -34,6 +34,10 @@ class Settings:
         return self.dsn if self.dsn is not None else os.environ.get("PGCLEAVE_DSN", "")
 
 
+#: The oldest server pgcleave runs against (its tests cover 15 and 18).
+MIN_SERVER_VERSION = 150000
+
+
 def connect(settings: Settings | str | None = None, *, autocommit: bool = True,
             purpose: str | None = None) -> Connection:
     """Open a connection; raise ``ConnectionFailed`` with the DSN redacted on failure."""
@@ -52,6 +56,12 @@ def connect(settings: Settings | str | None = None, *, autocommit: bool = True,
             f"{_first_line(redact(str(exc)))}",
             hint="check --dsn or PGCLEAVE_DSN (or the PG* variables), and that the server runs",
         ) from None
+    if conn.info.server_version < MIN_SERVER_VERSION:
+        version = conn.info.parameter_status("server_version") or str(conn.info.server_version)
+        conn.close()
+        raise Refused(f"the server runs PostgreSQL {version}; pgcleave needs PostgreSQL "
+                      f"{MIN_SERVER_VERSION // 10000} or newer (it is tested on 15 through 18)",
+                      hint="upgrade the server; nothing was changed")
     return conn
 
 

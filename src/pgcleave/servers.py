@@ -29,7 +29,7 @@ FDW_ONLY_OPTIONS = {
     "parallel_commit", "parallel_abort", "analyze_sampling",
 }
 
-MIN_VERSION = 130000
+MIN_VERSION = 150000
 
 
 @dataclass

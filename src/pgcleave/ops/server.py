@@ -81,7 +81,7 @@ def plan_server_add(conn: Connection, name: str, dsn: str, *, tune_database: boo
                       hint="install PostgreSQL's contrib modules (postgresql-contrib)")
     rc = check or check_remote(dsn)
     if rc.version < MIN_VERSION:
-        raise Refused(f"the remote runs {rc.version_text}; pgcleave needs PostgreSQL 13 or newer")
+        raise Refused(f"the remote runs {rc.version_text}; pgcleave needs PostgreSQL 15 or newer")
     here = conn.execute("SELECT (SELECT system_identifier::text FROM pg_control_system()),"
                         " current_database()").fetchone()
     assert here is not None
