@@ -240,3 +240,70 @@ def test_move_failing_before_the_default_is_proven_empty(db, db2, conn, cli):
                         "c.contype = 'c' AND c.conname LIKE 'pgcleave%%'").fetchone() == (0,)
     job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
     ok(cli("--dsn", db.dsn, "resume", str(job)))
+
+
+@pytest.mark.parametrize("step", ["carve-copy", "carve-verify", "carve-swap", "carve-drop-old"])
+def test_carve_failing_at_each_step_under_writers(db, conn, cli, step):
+    """Writers run through the failure and after it: carve's copies and capture trigger never
+    refuse a statement, and no committed row is ever invisible; resume then finishes."""
+    from tests.test_carve import _spec, _tenants_table, bounds
+
+    _tenants_table(conn, 3000)
+    ok(cli("--dsn", db.dsn, "partition", "acc", "--by", "range(tenant)", "--yes"))
+    w = Workload(db.dsn, _spec(), writers=3, max_seconds=60).start()
+    try:
+        w.run_for(0.3)
+        failed(cli("--dsn", db.dsn, "carve", "acc", "--from", "B", "--to", "D", "--method",
+                   "swap", "--yes", env={"PGCLEAVE_FAULT": f"fail-before:{step}"}))
+        w.run_for(0.5)  # nobody has run rollback
+        job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
+        ok(cli("--dsn", db.dsn, "resume", str(job)))
+        w.run_for(0.3)
+    finally:
+        w.stop()
+    w.verify(conn)
+    assert "FOR VALUES FROM ('B') TO ('D')" in bounds(conn, "acc").values()
+
+
+@pytest.mark.parametrize("step", ["capture", "fill", "verify", "swap"])
+def test_partition_by_copy_failing_at_each_step_under_writers(db, conn, cli, step):
+    """The copy strategy's capture trigger and copies never refuse a statement or hide a row,
+    whichever step fails; resume then finishes the conversion."""
+    from tests.test_copy import _events, _spec
+
+    _events(conn, 3000)
+    w = Workload(db.dsn, _spec(), writers=3, max_seconds=60).start()
+    try:
+        w.run_for(0.3)
+        failed(cli("--dsn", db.dsn, "partition", "events", "--by", "range(created_at)",
+                   "--interval", "month", "--strategy", "copy", "--yes",
+                   env={"PGCLEAVE_FAULT": f"fail-before:{step}"}))
+        w.run_for(0.5)  # nobody has run rollback
+        job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
+        ok(cli("--dsn", db.dsn, "resume", str(job)))
+        w.run_for(0.3)
+    finally:
+        w.stop()
+    w.verify(conn)
+    assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'events'::regclass"
+                        ).fetchone() == ("p",)
+
+
+def test_alter_failing_after_the_decision_releases_the_shard_at_once(db, db2, conn, cli):
+    """The change was decided here but a step failed before COMMIT PREPARED: the prepared
+    transaction would hold its lock on the shard table, and every write to the remote
+    partition would wait, until someone resumed. The failure settles it at once."""
+    from tests.test_alter import prepared, remote_columns
+    from tests.test_move import PART, add_server, make_table
+
+    make_table(conn, rows=40)
+    add_server(db, "db2", db2)
+    ok(cli("--dsn", db.dsn, "move", PART, "--to", "db2", "--yes", "--drop-source"))
+    out = failed(cli("--dsn", db.dsn, "alter", '"Ex"', "ADD difficulty smallint", "--yes",
+                     env={"PGCLEAVE_FAULT": "fail-before:commit-prepared"}))
+    assert "settled at once" in out and "committed" in out, out
+    assert prepared(db2) == [] and remote_columns(db2)[-1] == "difficulty"
+    conn.execute("SET statement_timeout = '5s'")
+    conn.execute("""INSERT INTO "Ex" (tenant, payload, difficulty) VALUES ('Dory', 'x', 1)""")
+    job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
+    ok(cli("--dsn", db.dsn, "resume", str(job)))

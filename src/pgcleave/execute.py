@@ -296,15 +296,30 @@ class Executor:
         journal.set_job(conn, job_id, "done")
         self.emit(Event("job-done", job_id, total, total, None, "done"))
 
+    def _settle(self, conn: Connection) -> str:
+        """Run the recovery passes right after a failure: work decided but not finished outside
+        this database (a change prepared on a shard and committed here) would otherwise keep
+        its locks there until someone resumes."""
+        if conn.closed:
+            return ""
+        try:
+            settled = self.registry.recover(conn)
+        except (PgcleaveError, psycopg.Error) as exc:
+            return f"\nthe recovery pass failed too ({str(exc).strip()}); resume runs it again"
+        return ("\nsettled at once: " + ", ".join(
+            " ".join(map(str, x)) if isinstance(x, tuple) else str(x) for x in settled)
+            if settled else "")
+
     def _undo_residue(self, conn: Connection, job_id: int, plan: Plan, done: list[int]) -> str:
         """After a failure, undo at once every done step whose effect, left alone, refuses the
         application's statements or hides its rows (a CHECK being validated, a detached
         partition); the rest waits for ``resume``. Later done steps that rested on an undone
         one are set pending again: on resume their guards say whether they are still done.
         Returns what to add to the error message."""
+        out = self._settle(conn)
         harmful = [i for i in reversed(done) if plan.steps[i].residue.harmful]
         if not harmful:
-            return ""
+            return out
         undone: list[str] = []
         left: list[str] = []
         for i in harmful:
@@ -330,7 +345,6 @@ class Executor:
                     journal.set_step(conn, job_id, j, "pending")
             self.emit(Event("step-done", job_id, i, len(plan.steps), step, "undone"))
             undone.append(note)
-        out = ""
         if undone:
             out += "\nundone at once, so the application is not affected: " + "; ".join(undone)
         if left:
