@@ -94,8 +94,9 @@ def plan_alter(conn: Connection, table: str, change: str) -> Plan:
         s["statement"] = sql.SQL("ALTER TABLE {} {}").format(
             QualifiedName(*s["remote"]).ident, sql.SQL(text)).as_string(None)
     dbl = servers.dblink_schema(conn) if shards else "pgcleave"
-    without_2pc = sorted({s["server"] for s in shards
-                          if _max_prepared(conn, dbl, s["server"]) == 0})
+    # asked once per server, however many partitions it holds
+    without_2pc = sorted(srv for srv in {s["server"] for s in shards}
+                         if _max_prepared(conn, dbl, srv) == 0)
     requires = [preflight.owner(info.name)]
     for srv in sorted({s["server"] for s in shards}):
         requires += [preflight.on_server(preflight.owner(QualifiedName(*s["remote"])), srv, dbl)
