@@ -209,6 +209,41 @@ def test_retention_failing_between_detach_and_archive_is_reported_and_finished(d
     assert "not visible" not in cli("--dsn", db.dsn, "check", "q", "--now", "2025-06-10").stdout
 
 
+def test_retention_archives_before_it_detaches(db, conn, cli, tmp_path):
+    """The archive is written while the partition is attached: a job that stops before the
+    detach hides nothing, and rows written to the old range after the archive was written are
+    archived too (the detached table no longer matches the archive: it is written again)."""
+    conn.execute("CREATE TABLE q (id bigserial, d date NOT NULL, PRIMARY KEY (id, d))"
+                 " PARTITION BY RANGE (d)")
+    for m in range(1, 7):
+        conn.execute(f"CREATE TABLE q_{m:02d} PARTITION OF q FOR VALUES FROM "
+                     f"('2025-{m:02d}-01') TO ('2025-{m + 1:02d}-01')")
+    conn.execute("INSERT INTO q (d) SELECT '2025-01-01'::date + (i % 150) FROM "
+                 "generate_series(1, 1500) i")
+    before = conn.execute("SELECT count(*) FROM q WHERE d < '2025-02-01'").fetchone()[0]
+    ok(cli("--dsn", db.dsn, "config", "q", "--interval", "1 month", "--premake", "0",
+           "--retention", "4 months", "--retention-action", "archive", "--archive-dir",
+           str(tmp_path)))
+    r = cli("--dsn", db.dsn, "maintain", "--now", "2025-06-10",
+            env={"PGCLEAVE_FAULT": "fail-before:detach:q_01"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert list(tmp_path.glob("*q_01.copy.gz")), "written before the detach"
+    # nothing hidden: q_01 is attached, its rows visible, nothing reported
+    assert conn.execute("SELECT count(*) FROM q WHERE d < '2025-02-01'").fetchone() == (before,)
+    assert "not visible" not in cli("--dsn", db.dsn, "check", "q", "--now",
+                                    "2025-06-10").stdout
+    # the application writes to the old range after the archive was written
+    conn.execute("INSERT INTO q (d) VALUES ('2025-01-15'), ('2025-01-16')")
+    conn.execute("DELETE FROM q WHERE id = (SELECT min(id) FROM q_01)")
+    ok(cli("--dsn", db.dsn, "maintain", "--now", "2025-06-10"))
+    assert conn.execute("SELECT to_regclass('q_01')").fetchone() == (None,)
+    manifest = json.loads(next(tmp_path.glob("*q_01.json")).read_text())
+    assert manifest["rows"] == before + 1, manifest
+    r = ok(cli("--dsn", db.dsn, "restore", str(next(tmp_path.glob("*q_01.json"))), "--yes"))
+    assert conn.execute("SELECT count(*) FROM q WHERE d < '2025-02-01'").fetchone() == (
+        before + 1,)
+
+
 def test_set_primary_key_failing_leaves_no_not_null_check(db, conn, cli):
     conn.execute("CREATE TABLE k (id bigint, d date, payload text) PARTITION BY RANGE (d)")
     conn.execute("CREATE TABLE k_1 PARTITION OF k FOR VALUES FROM ('2025-01-01') TO "

@@ -260,16 +260,18 @@ def pg_dump_for(dsn: str) -> Path:
     return require_pg_dump(version, server_bindir=bindir)
 
 
-def write_pg_dump(dsn: str, table: QualifiedName, directory: Path, stem: str
-                  ) -> tuple[Path, int, int]:
-    """``pg_dump --format=custom`` of one table, then its rows counted from pg_restore's
-    output. Returns (path, rows, bytes)."""
+def write_pg_dump(dsn: str, table: QualifiedName, directory: Path, stem: str, *,
+                  snapshot: str | None = None) -> tuple[Path, int, int]:
+    """``pg_dump --format=custom`` of one table (in ``snapshot``, exported by the caller's
+    open transaction, when given), then its rows counted from pg_restore's output. Returns
+    (path, rows, bytes)."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{stem}.dump"
     tmp = directory / f".{stem}.dump.tmp"
     pg_dump = pg_dump_for(dsn)
     proc = subprocess.run([str(pg_dump), "--format=custom", "--no-owner", "--no-acl",
-                           f"--table={table.quoted}", f"--file={tmp}", f"--dbname={dsn}"],
+                           f"--table={table.quoted}", f"--file={tmp}", f"--dbname={dsn}",
+                           *([f"--snapshot={snapshot}"] if snapshot else [])],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise ArchiveError(f"pg_dump of {table} failed: {proc.stderr.strip()[:500]}")

@@ -64,7 +64,8 @@ def shard_table_ddl(conn: Connection, info: TableInfo, remote: QualifiedName,
         sql.SQL("CREATE TABLE {} ({})").format(t, sql.SQL(", ").join(column_defs(info))),
     ]
     for con in info.constraints:
-        if con.type in ("c", "p", "u", "x"):
+        # a partition moved back from a shard keeps the shard's bound CHECK: written anew below
+        if con.type in ("c", "p", "u", "x") and con.name != BOUND_CHECK:
             stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
                 t, sql.Identifier(con.name), sql.SQL(con.definition)))
     stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(

@@ -30,6 +30,7 @@ ACTIONS: dict[str, ActionFn] = {
     "move.remote_ddl": move_copy_run.remote_ddl,
     "retention.detach": retention.detach,
     "retention.archive": retention.archive,
+    "retention.prearchive": retention.prearchive,
     "retention.load": retention.load,
     "server.user_mapping": server.user_mapping,
 }

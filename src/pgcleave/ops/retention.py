@@ -12,6 +12,17 @@ Per partition, oldest first (ordered by bounds, never by name):
    back and compare row count (and checksum), write the manifest, then drop the table in the
    same transaction. ``drop``: drop the detached table.
 
+With ``archive``, the archive is written *before* the detach (step ``prearchive``), from one
+REPEATABLE READ snapshot of the partition while it is still attached (readers and writers go on;
+pg_dump reads the same exported snapshot). The manifest records the row count and an
+order-independent digest of the rows (``sum(hashtextextended(row::text, 0))``) in that snapshot.
+Whatever fails there (pg_dump, a full disk, a cancelled scan) leaves the partition attached and
+visible. After the detach, the archive step recomputes the digest of the detached table under
+its SHARE lock: equal, it only drops the table; different (the application wrote to that old
+range between the snapshot and the detach), it writes the archive again from the detached table,
+as 0.1.0 did. So rows are hidden only from the detach to the drop, with no file written in
+between in the usual case.
+
 Rows that arrive later for a retired range go to the DEFAULT partition, where they stay
 visible; ``check`` reports them and ``maintain`` never recreates a partition that old.
 """
@@ -103,6 +114,9 @@ def retention_steps(policy: Policy, level: Level, parts: list[RangePart],
                 residue_note=f"rows of {part} are not visible through {level.parent} and not "
                              f"{'archived' if policy.retention_action == 'archive' else 'dropped'}"
                              " yet (detached by retention)")
+        if policy.retention_action == "archive":
+            assert archive_dir is not None
+            steps.append(prearchive_step(level, rp, archive_dir, policy.archive_format))
         steps.append(step)
         if policy.retention_action == "archive":
             assert archive_dir is not None
@@ -198,10 +212,11 @@ def detach(ctx: ActionContext) -> None:
 
 def archive_step(level: Level, rp: RangePart, archive_dir: str, fmt: str) -> Step:
     part = rp.part.name
-    stem = arch.base_name(part)
-    where = str(Path(archive_dir) / (stem + (".copy.gz" if fmt == "copy" else ".dump")))
+    where = _archive_path(archive_dir, part, fmt)
     shown: list[str] = [
         sql.SQL("LOCK TABLE {} IN SHARE MODE").format(part.ident).as_string(None),
+        digest_sql(part).as_string(None) + "  -- as in the manifest: only the DROP; otherwise "
+        "(written to after the archive) the COPY again",
         (sql.SQL("COPY (SELECT * FROM ONLY {}) TO STDOUT").format(part.ident).as_string(None)
          + f"  -- gzip into {where}, read back and counted" if fmt == "copy"
          else f"-- pg_dump --format=custom --table={part.quoted} --file={where}; rows counted "
@@ -210,14 +225,61 @@ def archive_step(level: Level, rp: RangePart, archive_dir: str, fmt: str) -> Ste
     ]
     return Step(
         name=f"archive:{part.name}",
-        description=f"archive {part} ({rp.part.bound}) to {where}, verify, then drop it",
+        description=f"check {part} ({rp.part.bound}) against its archive {where} (write it "
+                    "again if the table changed since), then drop it",
         statements=shown,
         locks=[LockTaken(Lock.SHARE, f"{part} (detached)"),
                LockTaken(Lock.ACCESS_EXCLUSIVE, f"{part} (detached, to drop it)")],
         transactional=True, guard=gone_guard(part).as_string(None), action="retention.archive",
-        params=ArchiveParams(parent=_qd(level.parent), partition=_qd(part), bound=rp.part.bound,
-                             key_column=level.key, key_type=level.key_type, dir=archive_dir,
-                             format=fmt))
+        params=_archive_params(level, rp, archive_dir, fmt))
+
+
+def prearchive_step(level: Level, rp: RangePart, archive_dir: str, fmt: str) -> Step:
+    part = rp.part.name
+    where = _archive_path(archive_dir, part, fmt)
+    shown = [
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        digest_sql(part).as_string(None) + "  -- recorded in the manifest",
+        (sql.SQL("COPY (SELECT * FROM ONLY {}) TO STDOUT").format(part.ident).as_string(None)
+         + f"  -- gzip into {where}, read back and counted" if fmt == "copy"
+         else "SELECT pg_export_snapshot()  -- then pg_dump --format=custom --snapshot=... "
+              f"--table={part.quoted} --file={where}; rows counted with pg_restore"),
+    ]
+    return Step(
+        name=f"prearchive:{part.name}",
+        description=f"archive {part} ({rp.part.bound}) to {where} while it is still attached, "
+                    "from one snapshot (readers and writers go on)",
+        statements=shown, locks=[LockTaken(Lock.ACCESS_SHARE, str(part))],
+        transactional=True, action="retention.prearchive", residue=Residue.SPACE,
+        residue_note=f"{where} and its manifest (the partition stays attached)",
+        params=_archive_params(level, rp, archive_dir, fmt))
+
+
+def _archive_path(archive_dir: str, part: QualifiedName, fmt: str) -> str:
+    stem = arch.base_name(part)
+    return str(Path(archive_dir) / (stem + (".copy.gz" if fmt == "copy" else ".dump")))
+
+
+def _archive_params(level: Level, rp: RangePart, archive_dir: str, fmt: str) -> ArchiveParams:
+    return ArchiveParams(parent=_qd(level.parent), partition=_qd(rp.part.name),
+                         bound=rp.part.bound, key_column=level.key, key_type=level.key_type,
+                         dir=archive_dir, format=fmt)
+
+
+def digest_sql(part: QualifiedName) -> sql.Composed:
+    """Row count and an order-independent digest of a table's rows (a heap scan's order is not
+    stable: synchronized scans start anywhere)."""
+    return sql.SQL("SELECT count(*) || ':' || coalesce(sum(hashtextextended(t::text, 0)), 0)"
+                   " FROM ONLY {} t").format(part.ident)
+
+
+def _one(conn: Any, query: sql.Composable) -> Any:
+    row = conn.execute(query).fetchone()
+    return row[0] if row else None
+
+
+def _digest(conn: Any, part: QualifiedName) -> str:
+    return str(_one(conn, digest_sql(part)))
 
 
 def record_sql(parent: QualifiedName, part: QualifiedName, bound: str, what: str,
@@ -228,6 +290,62 @@ def record_sql(parent: QualifiedName, part: QualifiedName, bound: str, what: str
         sql.Literal(parent.schema), sql.Literal(parent.name), sql.Literal(part.quoted),
         sql.Literal(bound), sql.Literal(what), sql.Literal(path), sql.Literal(rows),
         sql.Literal(sha))
+
+
+def _write_archive(ctx: ActionContext, p: ArchiveParams, digest: str, *,
+                   snapshot: str | None = None) -> tuple[arch.Manifest, Path, Path]:
+    """Write the data file and its manifest from the caller's transaction (which holds the
+    snapshot or the lock that keeps the rows still); returns (manifest, its path, data path)."""
+    parent, part = _qn(p["parent"]), _qn(p["partition"])
+    directory, stem, conn = Path(p["dir"]), arch.base_name(part), ctx.conn
+    expected = int(digest.split(":", 1)[0])
+    columns = arch.columns_of(conn, part)
+    if p["format"] == "pg_dump":
+        path, rows, size = arch.write_pg_dump(ctx.settings.resolved_dsn(), part, directory,
+                                              stem, snapshot=snapshot)
+        sha, encoding = None, "pg_dump-custom"
+    else:
+        path, rows, sha, size = arch.write_copy(conn, part, directory, stem)
+        encoding = "copy-text+gzip"
+    if rows != expected:
+        raise arch.ArchiveError(f"{path} holds {rows} rows, {part} has {expected}; nothing "
+                                "dropped")
+    ver = conn.execute("SHOW server_version_num").fetchone()
+    m = arch.Manifest(
+        table={"schema": parent.schema, "name": parent.name},
+        partition={"schema": part.schema, "name": part.name}, bound=p["bound"],
+        key_column=p["key_column"], key_type=p["key_type"], columns=columns, rows=rows,
+        sha256=sha, data_file=path.name, encoding=encoding, bytes=size,
+        server_version=int(ver[0]) if ver else 0, extra={"digest": digest})
+    return m, arch.write_manifest(m, directory, stem), path
+
+
+def prearchive(ctx: ActionContext) -> None:
+    """Archive the still-attached partition from one REPEATABLE READ snapshot: no lock that
+    any application statement waits for, and nothing hidden if it fails."""
+    p = cast(ArchiveParams, ctx.params)
+    part = _qn(p["partition"])
+    conn = ctx.conn
+
+    def attempt() -> tuple[arch.Manifest, Path, str] | None:
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            ctx.set_lock_timeout(conn)  # waits for a lock only as the first scan starts
+            if not _one(conn, sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(
+                    sql.Literal(part.quoted))):
+                return None  # already archived and dropped by an earlier run
+            digest = _digest(conn, part)
+            snapshot = (str(_one(conn, sql.SQL("SELECT pg_export_snapshot()")))
+                        if p["format"] == "pg_dump" else None)
+            m, _, path = _write_archive(ctx, p, digest, snapshot=snapshot)
+            return m, path, digest
+
+    done = ctx.retry_locks(attempt, what=f"archiving {part}")
+    if done is None:
+        return
+    m, path, digest = done
+    ctx.save({"rows": m.rows, "path": str(path), "digest": digest})
+    ctx.progress(f"archived {m.rows} rows of {part} to {path} (still attached)")
 
 
 def archive(ctx: ActionContext) -> None:
@@ -248,45 +366,39 @@ def archive(ctx: ActionContext) -> None:
                 return 0.0
             conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(part.ident))
             ctx.set_lock_timeout(conn, 0)
-            columns = arch.columns_of(conn, part)
-            if p["format"] == "pg_dump":
-                cnt = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(part.ident)
-                                   ).fetchone()
-                expected = int(cnt[0]) if cnt else 0
-                path, rows, size = arch.write_pg_dump(ctx.settings.resolved_dsn(), part,
-                                                      directory, stem)
-                if rows != expected:
-                    raise arch.ArchiveError(
-                        f"{path} holds {rows} rows, {part} has {expected}; nothing dropped")
-                sha, encoding = None, "pg_dump-custom"
-            else:
-                path, rows, sha_s, size = arch.write_copy(conn, part, directory, stem)
-                cnt = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(part.ident)
-                                   ).fetchone()
-                if not cnt or int(cnt[0]) != rows:
-                    raise arch.ArchiveError(
-                        f"{path} holds {rows} rows, {part} has {cnt[0] if cnt else '?'}; "
-                        "nothing dropped")
-                sha, encoding = sha_s, "copy-text+gzip"
-            ver = conn.execute("SHOW server_version_num").fetchone()
-            m = arch.Manifest(
-                table={"schema": parent.schema, "name": parent.name},
-                partition={"schema": part.schema, "name": part.name}, bound=p["bound"],
-                key_column=p["key_column"], key_type=p["key_type"], columns=columns, rows=rows,
-                sha256=sha, data_file=path.name, encoding=encoding, bytes=size,
-                server_version=int(ver[0]) if ver else 0)
-            mpath = arch.write_manifest(m, directory, stem)
+            digest = _digest(conn, part)
+            m, mpath, path, changed = _prewritten(directory, stem, digest)
+            if m is None:
+                if changed:
+                    ctx.progress(f"{part} changed after its archive was written: writing it "
+                                 "again")
+                m, mpath, path = _write_archive(ctx, p, digest)
             ctx.set_lock_timeout(conn)
             conn.execute(sql.SQL("DROP TABLE {}").format(part.ident))
-            conn.execute(record_sql(parent, part, p["bound"], "archive", str(mpath), rows, sha))
-            result.update(rows=rows, path=str(path), manifest=str(mpath), bytes=size)
-            ctx.save({"rows": rows, "path": str(path), "manifest": str(mpath), "bytes": size})
+            conn.execute(record_sql(parent, part, p["bound"], "archive", str(mpath), m.rows,
+                                    m.sha256))
+            result.update(rows=m.rows, path=str(path), manifest=str(mpath), bytes=m.bytes)
+            ctx.save(dict(result))
         return (time.monotonic() - t0) * 1000
 
     ctx.retry_locks(attempt)
     if result:
         ctx.progress(f"archived {result['rows']} rows of {part} to {result['path']}",
                      final=True)
+
+
+def _prewritten(directory: Path, stem: str, digest: str
+                ) -> tuple[arch.Manifest | None, Path, Path, bool]:
+    """The archive ``prearchive`` wrote, if it holds exactly these rows: (manifest, its path,
+    data path, False); (None, ..., True) when one exists but the table changed since; (None,
+    ..., False) when there is none (a plan of 0.1.0, which archived only after the detach)."""
+    mpath = directory / f"{stem}.json"
+    if not mpath.exists():
+        return None, mpath, mpath, False
+    m, mpath = arch.Manifest.read(mpath)
+    if m.extra.get("digest") == digest and m.data_path(mpath).exists():
+        return m, mpath, m.data_path(mpath), False
+    return None, mpath, mpath, True
 
 
 # -- restore -----------------------------------------------------------------------------------

@@ -1,0 +1,139 @@
+"""Every step of keys, the DEFAULT drain and move fails in turn (issue 19): each plan is read
+from its own dry run, then run once per step with ``PGCLEAVE_FAULT=fail-before:N``. After
+pgcleave has exited, with nobody running `rollback`, application-like writers run with no
+error and every row they commit is visible, the rows that were there before are all still
+visible, and `resume` then finishes the job."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from psycopg import sql
+
+from pgcleave.testing.workload import Spec, Workload
+from tests import test_drain, test_keys, test_move
+
+
+def plan_steps(cli: Any, dsn: str, argv: list[str]) -> list[str]:
+    r = cli("--dsn", dsn, *argv, "--dry-run", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    plan = doc["tables"][0]["plan"] if "tables" in doc else doc  # maintain: one per table
+    return [s["name"] for s in plan["steps"]]
+
+
+def fail_at_each_step(db: Any, conn: Any, cli: Any, argv: list[str], *, table: sql.Composable,
+                      spec: Spec, reset: Callable[[], None], done: Callable[[], None]) -> None:
+    reset()
+    steps = plan_steps(cli, db.dsn, argv)
+    assert len(steps) >= 3, steps
+    for i, name in enumerate(steps, 1):
+        if i > 1:
+            reset()
+        before = [r[0] for r in conn.execute(sql.SQL("SELECT id::text FROM {}").format(table))]
+        r = cli("--dsn", db.dsn, *argv, env={"PGCLEAVE_FAULT": f"fail-before:{i}"})
+        out = r.stdout + r.stderr
+        assert r.returncode == 1 and "injected by PGCLEAVE_FAULT" in out, (name, out)
+        w = Workload(db.dsn, spec, writers=2, max_seconds=30).start()
+        try:
+            w.run_for(0.5)
+        finally:
+            w.stop()
+        w.verify(conn)  # no writer error, every committed row visible exactly once
+        assert w.ops.get("insert", 0) > 3, (name, w.ops)
+        # writers touch only the rows they inserted: the others must all be visible, once
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE id::text = ANY({})").format(
+            table, sql.Literal(before))).fetchone() == (len(before),), name
+        job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
+        r = cli("--dsn", db.dsn, "resume", str(job))
+        assert r.returncode == 0, (name, r.stdout + r.stderr)
+        done()
+
+
+def _fresh(conn: Any, *drop: str) -> None:
+    for t in drop:
+        conn.execute(f"DROP TABLE IF EXISTS {t} CASCADE")
+    conn.execute("DROP SCHEMA IF EXISTS pgcleave CASCADE")
+
+
+def test_set_primary_key_fails_at_each_step(db, conn, cli):
+    def reset() -> None:
+        _fresh(conn, "events")
+        test_keys.make_table(conn, parts=2, rows=300)
+
+    def done() -> None:
+        assert test_keys.constraint_cols(conn, "events") == [["id", "created_at"]]
+
+    fail_at_each_step(
+        db, conn, cli, ["set-primary-key", "events", "--columns", "id,created_at", "--yes"],
+        table=sql.Identifier("events"), reset=reset, done=done,
+        spec=Spec(table=sql.Identifier("public", "events"), key_col="created_at",
+                  make_key=test_keys.key_in(2)))
+
+
+def test_create_index_fails_at_each_step(db, conn, cli):
+    def reset() -> None:
+        _fresh(conn, "events")
+        test_keys.make_table(conn, parts=2, rows=300)
+
+    def done() -> None:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = 'events'::regclass AND c.relname LIKE '%%payload%%'"
+            " AND i.indisvalid").fetchone() == (1,)
+
+    fail_at_each_step(
+        db, conn, cli, ["create-index", "events", "payload"],
+        table=sql.Identifier("events"), reset=reset, done=done,
+        spec=Spec(table=sql.Identifier("public", "events"), key_col="created_at",
+                  make_key=test_keys.key_in(2)))
+
+
+def test_default_drain_fails_at_each_step(db, conn, cli):
+    t = sql.Identifier(test_drain.T)
+
+    def reset() -> None:
+        _fresh(conn, sql.Identifier(test_drain.T).as_string(None))
+        test_drain.make_table(conn, months_before=1)
+        r = cli("--dsn", db.dsn, "config", f'"{test_drain.T}"', "--interval", "1 month",
+                "--premake", "0")
+        assert r.returncode == 0, r.stderr
+
+    def done() -> None:
+        test_drain.no_leftovers(conn)
+        assert conn.execute(sql.SQL(
+            "SELECT count(*) FROM {} WHERE {} < '2025-07-01'").format(
+            sql.Identifier(test_drain.T + " def"), sql.Identifier(test_drain.KEY))
+        ).fetchone() == (0,)
+
+    fail_at_each_step(db, conn, cli, ["maintain", f'"{test_drain.T}"', "--now", "2025-10-15"],
+                      table=t, reset=reset, done=done, spec=test_drain.spec())
+
+
+def test_move_out_fails_at_each_step(db, db2, conn, cli):
+    def reset() -> None:
+        if conn.execute("SELECT to_regclass('\"Ex\"')").fetchone()[0] is None:
+            test_move.make_table(conn)
+            test_move.add_server(db, "db2", db2)
+            return
+        if test_move.location(conn) == "f:\"Ex\"":
+            r = cli("--dsn", db.dsn, "move", test_move.PART, "--to", "local", "--yes",
+                    "--drop-source")
+            assert r.returncode == 0, r.stdout + r.stderr
+        conn.execute('DROP TABLE IF EXISTS "Ex d_pgc_local"')  # kept by the move out
+        assert test_move.location(conn) == "r:\"Ex\""
+
+    def done() -> None:
+        assert test_move.location(conn) == "f:\"Ex\""
+        with db2.connect() as remote:
+            assert test_move.leftovers(conn, remote) == []
+
+    fail_at_each_step(
+        db, conn, cli, ["move", test_move.PART, "--to", "db2", "--yes"],
+        table=sql.Identifier("Ex"), reset=reset, done=done,
+        # keys within "Ex d": a row cannot move between a local and a remote partition (the
+        # plan warns of it)
+        spec=Spec(table=sql.Identifier("public", "Ex"), key_col="tenant",
+                  make_key=lambda r: r.choice(["Dory", "Dx", "Duck"])))
