@@ -176,6 +176,31 @@ def test_a_killed_job_is_reported_with_the_command_that_clears_it(db, conn, cli)
     writers_after(db.dsn, conn, d_tenants(), 0.3)
 
 
+@pytest.mark.parametrize("kill", ["kill-after:add-exclusion-check",
+                                  "kill-after:validate-exclusion-check"])
+def test_maintain_undoes_what_a_killed_job_left(db, conn, cli, kill):
+    """A job killed while its CHECK refuses rows: `check` names it with the command that
+    clears it, and the next maintain run (cron) undoes it, as the job's own failure would have,
+    leaving the job itself to its operator."""
+    monthly(conn)
+    ok(cli("--dsn", db.dsn, "config", "r", "--interval", "1 month", "--premake", "0"))
+    r = cli("--dsn", db.dsn, "add-partition", "r", "--from", "2025-03-01", "--to", "2025-04-01",
+            env={"PGCLEAVE_FAULT": kill})
+    assert r.returncode == -9
+    job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
+    c = cli("--dsn", db.dsn, "check", "r", "--now", "2025-01-10")
+    assert c.returncode == 1 and "refuses INSERTs of" in c.stdout, c.stdout
+    assert f"pgcleave rollback {job}" in c.stdout
+    m = cli("--dsn", db.dsn, "maintain", "r", "--now", "2025-01-10")
+    assert f"job {job} (add-partition) is unfinished" in m.stderr, m.stderr
+    assert "undone at once" in m.stderr
+    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = "
+                        "'r_default'::regclass AND contype = 'c'").fetchone() == (0,)
+    writers_after(db.dsn, conn, march())
+    assert "refuses" not in cli("--dsn", db.dsn, "check", "r", "--now", "2025-01-10").stdout
+    ok(cli("--dsn", db.dsn, "rollback", str(job)))
+
+
 def test_dry_run_shows_what_each_step_would_leave(db, conn, cli):
     tenants(conn)
     out = ok(cli("--dsn", db.dsn, "add-partition", "ex", "--from", "D", "--to", "E",

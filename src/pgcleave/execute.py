@@ -222,6 +222,20 @@ class Executor:
             journal.set_job(conn, job_id, "rolled back")
         return plan
 
+    def undo_residue(self, job_id: int) -> str:
+        """For a job whose process died (kill -9, machine lost): what a failure would have done
+        at once, done now. Every done step whose effect refuses the application's statements
+        or hides its rows is undone; the rest stays for ``resume``. Returns what was undone and
+        what is still in place ("" when the job left nothing harmful)."""
+        with connect(self.settings, purpose="job") as conn, \
+                self._claim(conn, job_id, "clear") as (plan, states):
+            done = [i for i, s in enumerate(states) if s in ("done", "skipped")]
+            if not any(plan.steps[i].residue.harmful for i in done):
+                return ""
+            message = self._undo_residue(conn, job_id, plan, done)
+            journal.set_job(conn, job_id, "failed", error="stopped; " + message.strip())
+            return message.strip()
+
     @contextmanager
     def _claim(self, conn: Connection, job_id: int, verb: str
                ) -> Iterator[tuple[Plan, list[str]]]:

@@ -172,6 +172,11 @@ def _resume_unfinished(conn: Connection, target: str) -> list[int]:
     resumed = []
     for jid, op in journal.unfinished_jobs(conn, target):
         if op != "maintain":
+            # a dead job of another operation: what refuses statements or hides rows is
+            # undone now, as its own failure would have done; the job waits for its operator
+            cleared = Executor(settings(), Reporter()).undo_residue(jid)
+            if cleared:
+                err.print(f"{target}: job {jid} ({op}) is unfinished: {cleared}", markup=False)
             raise Busy(f"job {jid} ({op}) on {target} is unfinished; maintain leaves the table "
                        "alone until it is finished or rolled back")
         err.print(f"{target}: resuming unfinished maintain job {jid}", markup=False)
