@@ -367,3 +367,24 @@ def test_alter_failing_after_the_decision_releases_the_shard_at_once(db, db2, co
     conn.execute("""INSERT INTO "Ex" (tenant, payload, difficulty) VALUES ('Dory', 'x', 1)""")
     job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
     ok(cli("--dsn", db.dsn, "resume", str(job)))
+
+
+def test_cutoff_leaves_time_for_the_validation_scan(db, conn, monkeypatch):
+    """The legacy CHECK refuses rows >= cutoff from the moment it is added: the cutoff is far
+    enough ahead that the clock cannot reach it while VALIDATE scans the table (at a slow
+    scan rate, here made tiny so that a small table stands for a huge one)."""
+    from pgcleave.ops import partition
+
+    events(conn)
+
+    def cutoff() -> datetime:
+        plan = partition.plan_partition(conn, "ev", by="range(created_at)", interval="1 day",
+                                        premake=1)
+        return datetime.fromisoformat(plan.args["cutoff"])
+
+    near = cutoff()
+    assert near - NOW < timedelta(days=2)
+    size = conn.execute("SELECT pg_total_relation_size('ev')").fetchone()[0]
+    monkeypatch.setattr(partition, "VALIDATE_BYTES_PER_S", size / (5 * 86400))  # 5 days
+    far = cutoff()
+    assert far - NOW >= timedelta(days=10), (near, far)

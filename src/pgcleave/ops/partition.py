@@ -22,7 +22,7 @@ scan), triggers, grants, comments, row-level security and the views that read th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import sql
@@ -363,7 +363,21 @@ def _cutoff(conn: Connection, info: TableInfo, col: str, kind: str, iv: Interval
     cut = add(floor(base, iv), iv)
     if _too_close(base, cut, iv):
         cut = add(cut, iv)
+    if kind in ("date", "timestamp", "timestamptz"):
+        # the CHECK refuses rows >= cutoff from the moment it is added: the clock must not
+        # reach the cutoff while VALIDATE scans the table (twice the time of a slow scan)
+        scan = timedelta(seconds=2 * info.bytes / VALIDATE_BYTES_PER_S)
+        while _as_time(cut) - _as_time(cur) < scan:
+            cut = add(cut, iv)
     return cut
+
+
+#: A slow sequential scan (a busy server, cold cache): sets the cutoff's margin in time
+VALIDATE_BYTES_PER_S = 50 * 1024 * 1024
+
+
+def _as_time(v: Any) -> datetime:
+    return v if isinstance(v, datetime) else datetime(v.year, v.month, v.day)
 
 
 def _lt(a: Any, b: Any) -> bool:
