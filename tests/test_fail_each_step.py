@@ -163,3 +163,45 @@ def test_alter_fails_at_each_step(db, db2, conn, cli):
         table=sql.Identifier("Ex"), reset=reset, done=done,
         spec=Spec(table=sql.Identifier("public", "Ex"), key_col="tenant",
                   make_key=lambda r: r.choice(["Dory", "Dx", "Duck"])))
+
+
+def _near_now() -> Spec:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    return Spec(table=sql.Identifier("public", "events"), key_col="created_at",
+                make_key=lambda r: now - timedelta(hours=r.uniform(-24, 24 * 40)))
+
+
+def test_partition_in_place_fails_at_each_step(db, conn, cli):
+    from tests.test_copy import _events
+
+    def reset() -> None:
+        _fresh(conn, "events", "events_legacy")
+        _events(conn, 600)
+
+    def done() -> None:
+        assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'events'::regclass"
+                            ).fetchone() == ("p",)
+
+    fail_at_each_step(
+        db, conn, cli, ["partition", "events", "--by", "range(created_at)", "--interval",
+                        "1 month", "--premake", "1", "--yes"],
+        table=sql.Identifier("events"), reset=reset, done=done, spec=_near_now())
+
+
+def test_partition_by_copy_fails_at_each_step(db, conn, cli):
+    from tests.test_copy import _events
+
+    def reset() -> None:
+        _fresh(conn, "events", "events_intermediate", "events_retired")
+        _events(conn, 600)
+
+    def done() -> None:
+        assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'events'::regclass"
+                            ).fetchone() == ("p",)
+
+    fail_at_each_step(
+        db, conn, cli, ["partition", "events", "--by", "range(created_at)", "--interval",
+                        "1 month", "--strategy", "copy", "--yes"],
+        table=sql.Identifier("events"), reset=reset, done=done, spec=_near_now())

@@ -9,10 +9,9 @@
 --   runs: one transaction, under lock_timeout with retry
 --   action: retention.prearchive {"bound": "FOR VALUES FROM ('2001-01-01') TO ('2001-02-01')", "dir": "<archive_dir>", "format": "copy", "key_column": "d", "key_type": "date", "parent": {"name": "r", "schema": "public"}, "partition": {"name": "r_01", "schema": "public"}}
 BEGIN;
-BEGIN ISOLATION LEVEL REPEATABLE READ;
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
 SELECT count(*) || ':' || coalesce(sum(hashtextextended(t::text, 0)), 0) FROM ONLY "public"."r_01" t  -- recorded in the manifest;
 COPY (SELECT * FROM ONLY "public"."r_01") TO STDOUT  -- gzip into <archive_dir>/public.r_01.copy.gz, read back and counted;
-COMMIT;
 COMMIT;
 
 -- step 2/3 [detach:r_01]: detach r_01 from r concurrently
