@@ -203,6 +203,12 @@ def test_manage_py_pgcleave_runs_the_cli(dj, conn):
         call_command("pgcleave", "status", "no_such_table", stdout=io.StringIO(),
                      stderr=io.StringIO())
     assert e.value.returncode != 0
+    out = io.StringIO()  # pgcleave's own options pass through, as --print-schedule prints them
+    call_command("pgcleave", "--quiet", "maintain", "--dry-run", stdout=out,
+                 stderr=io.StringIO())
+    out = io.StringIO()
+    call_command("pgcleave", "--database", "default", "jobs", "--json", stdout=out)
+    assert '"operation": "partition"' in out.getvalue()
 
 
 def test_the_test_runner_finds_a_hard_coded_date_without_partition(dj, conn, capsys):
