@@ -288,3 +288,43 @@ def test_orm_writes_during_the_conversion_as_a_password_owner(sandbox, db, conn,
     command.downgrade(cfg, "0002")
     assert conn.execute("SELECT count(*) FROM pg_index WHERE indrelid = 'orders'::regclass "
                         "AND NOT indisprimary").fetchone()[0] == 0
+
+
+def test_pytest_plugin_partitions_the_test_database_and_names_a_missing_partition(
+        db, conn, tmp_path):
+    """An application's suite with the plugin: its test database is partitioned as
+    production is, and a test that writes a hard-coded 2001 date fails with a report section
+    that names the partition to add and the command."""
+    import os
+    import subprocess
+    import sys
+
+    conn.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, created_at timestamptz "
+                 "NOT NULL, amount int NOT NULL DEFAULT 0)")
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\npgcleave_partitions = partitions.toml\n")
+    (tmp_path / "partitions.toml").write_text(
+        '[orders]\nby = "range(created_at)"\ninterval = "1 month"\npast = 3\n')
+    (tmp_path / "test_app.py").write_text(textwrap.dedent('''
+        import psycopg
+
+        def test_an_order_from_2001(pgcleave_partitioned, pgcleave_dsn):
+            with psycopg.connect(pgcleave_dsn) as c:
+                c.execute("INSERT INTO orders (created_at) VALUES ('2001-03-05 10:00+00')")
+
+        def test_an_order_now(pgcleave_partitioned, pgcleave_dsn):
+            assert any("strict" in line for line in pgcleave_partitioned)
+            with psycopg.connect(pgcleave_dsn) as c:
+                c.execute("INSERT INTO orders (created_at) VALUES (now())")
+    '''))
+    env = dict(os.environ, PGCLEAVE_TEST_DSN=db.dsn)
+    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "pgcleave.testing.pytest_plugin",
+                        "-p", "no:cacheprovider", "-q", "-c", str(tmp_path / "pytest.ini"),
+                        str(tmp_path / "test_app.py")], capture_output=True, text=True,
+                       env=env, cwd=tmp_path, timeout=300)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "1 failed, 1 passed" in p.stdout
+    assert "pgcleave" in p.stdout and "no partition of orders holds the row" in p.stdout
+    assert "pgcleave add-partition orders --from '2001-03-01 00:00:00+00:00' --to " \
+           "'2001-04-01 00:00:00+00:00'" in p.stdout
+    assert _relkind(conn) == "p"
