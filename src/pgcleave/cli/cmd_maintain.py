@@ -186,6 +186,9 @@ def _print_schedule(tables: tuple[str, ...]) -> None:
     cmd = f"pgcleave --quiet maintain {args}".rstrip()
     yaml_args = "".join(f'\n                - {t!r}' for t in tables)
     celery_args = "".join(f", {t!r}" for t in tables)
+    # one line: crontab has no line continuation
+    django_line = (f"* * * * * cd /srv/app && python manage.py pgcleave --quiet maintain {args}"
+                   .rstrip() + " >> /var/log/pgcleave-maintain.log 2>&1")
     out.print(f"""# crontab (crontab -e): every minute; set PGCLEAVE_DSN (or PG* variables/.pgpass)
 * * * * * PGCLEAVE_DSN='postgresql://USER@HOST/DB' {cmd} >> /var/log/pgcleave-maintain.log 2>&1
 */5 * * * * PGCLEAVE_DSN='postgresql://USER@HOST/DB' pgcleave check {args} \\
@@ -221,7 +224,7 @@ spec:
               # archive retention needs the archive directory mounted here
 
 # Django (INSTALLED_APPS += ["pgcleave.django"]): the same run with DATABASES' connection
-* * * * * cd /srv/app && python manage.py pgcleave --quiet maintain {args} >> /var/log/pgcleave-maintain.log 2>&1
+{django_line}
 
 # Celery beat (settings or celery.py); the task runs the Django command above:
 #   @app.task(ignore_result=True)

@@ -86,8 +86,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                               ) -> Generator[None, Any, None]:
     outcome = yield
     report = outcome.get_result()
-    if call.excinfo is None or "no partition of relation" not in str(call.excinfo.value) \
-            and "no partition of relation" not in repr(call.excinfo.value.__cause__):
+    if call.excinfo is None or ("no partition of relation" not in str(call.excinfo.value) \
+            and "no partition of relation" not in repr(call.excinfo.value.__cause__)):
         return
     dsn = _dsn(item.config)
     try:
