@@ -328,3 +328,74 @@ def test_pytest_plugin_partitions_the_test_database_and_names_a_missing_partitio
     assert "pgcleave add-partition orders --from '2001-03-01 00:00:00+00:00' --to " \
            "'2001-04-01 00:00:00+00:00'" in p.stdout
     assert _relkind(conn) == "p"
+
+
+RUNNER = '''
+import sys
+from alembic import command
+from alembic.config import Config
+cfg = Config()
+cfg.set_main_option("script_location", sys.argv[1])
+cfg.attributes["url"] = sys.argv[2]
+command.upgrade(cfg, sys.argv[3])
+'''
+
+
+def test_a_migration_killed_mid_conversion_resumes_when_run_again(db, conn, tmp_path):
+    """kill -9 of `alembic upgrade` inside the conversion: the table keeps every row and
+    serves writes; running the migration again resumes the job and finishes it."""
+    import os
+    import subprocess
+    import sys
+
+    url = _url(db)
+    cfg = _project(tmp_path, url, with_index=False)
+    command.upgrade(cfg, "0001")
+    (tmp_path / "run.py").write_text(RUNNER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tmp_path), os.environ.get("PYTHONPATH", "")]), PGCLEAVE_FAULT="kill-after:2")
+    p = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path), url, "head"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == -9, p.stderr
+    job = conn.execute("SELECT id, state FROM pgcleave.jobs").fetchone()
+    assert job[1] == "running"
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0001"
+    conn.execute("INSERT INTO orders (created_at, amount) VALUES (now(), -1)")
+    assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 301
+
+    del env["PGCLEAVE_FAULT"]
+    p = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path), url, "head"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert conn.execute("SELECT state FROM pgcleave.jobs WHERE id = %s", [job[0]]
+                        ).fetchone()[0] == "done"
+    assert conn.execute("SELECT count(*) FROM pgcleave.jobs").fetchone()[0] == 1
+    assert _relkind(conn) == "p"
+    assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 301
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0002"
+
+
+ADD = '''
+revision = "0003"
+down_revision = "0002"
+from alembic import op
+def upgrade():
+    op.add_partition("orders", lower="2040-01-01", upper="2040-02-01", name="orders_2040_01")
+    op.set_primary_key_online("orders", ["id", "created_at"], confirm=True)
+def downgrade():
+    pass
+'''
+
+
+def test_add_partition_and_set_primary_key_online(db, conn, tmp_path):
+    cfg = _project(tmp_path, _url(db), with_index=False)
+    (tmp_path / "versions" / "0003_add.py").write_text(ADD)
+    command.upgrade(cfg, "head")
+    assert conn.execute("SELECT pg_get_expr(relpartbound, oid) FROM pg_class "
+                        "WHERE relname = 'orders_2040_01'").fetchone()[0] == (
+        "FOR VALUES FROM ('2040-01-01 00:00:00+00') TO ('2040-02-01 00:00:00+00')")
+    pk = conn.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = "
+                      "'orders'::regclass AND contype = 'p'").fetchone()[0]
+    assert pk == "PRIMARY KEY (id, created_at)"
+    conn.execute("INSERT INTO orders (created_at) VALUES ('2040-01-05')")
+    command.check(cfg)

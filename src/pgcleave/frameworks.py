@@ -19,7 +19,8 @@ from typing import Any
 
 from psycopg import conninfo
 
-from .catalog import resolve
+from .catalog import resolve, snapshot
+from .ddl.bounds import parse_by
 from .connection import Connection, Settings, connect, redact
 from .errors import ConfirmationRequired, Refused, UsageError
 from .execute import Event, Executor
@@ -127,10 +128,15 @@ def command_line(op: OnlineOperation, *, dsn: str | None = None) -> str:
     return shlex.join(args)
 
 
-def _copied(conn: Connection, table: str) -> bool:
-    """Whether ``table`` is the partitioned side of a copy conversion that can swap back."""
+def _copy_state(conn: Connection, table: str) -> str | None:
+    """The state of ``table``'s copy conversion ('swapped': it can swap back; 'prepped': a
+    partitioned copy is kept in sync, e.g. after an unswap), or None."""
     st = load_state(conn, resolve(conn, table)[1])
-    return st is not None and st.state == "swapped"
+    return st.state if st is not None else None
+
+
+def _copied(conn: Connection, table: str) -> bool:
+    return _copy_state(conn, table) == "swapped"
 
 
 def plans(conn: Connection, op: OnlineOperation) -> list[Plan]:
@@ -157,8 +163,11 @@ def plans(conn: Connection, op: OnlineOperation) -> list[Plan]:
     if op.kind == "drop-index":
         return [keys.plan_drop_index(conn, str(o["name"]))]
     # unpartition
-    if _copied(conn, op.table):
-        return [copy_ops.plan_unswap(conn, op.table)]
+    state = _copy_state(conn, op.table)
+    if state == "swapped":
+        return [copy_ops.plan_unswap(conn, op.table)]  # then unprep, once swapped back
+    if state is not None:
+        return [copy_ops.plan_unprep(conn, op.table)]  # swapped back already (or never swapped)
     return [partition.plan_unpartition(conn, op.table)]
 
 
@@ -190,13 +199,26 @@ def offline_sql(op: OnlineOperation, plan_dsn: str | None) -> str:
     return "\n".join(head) + "\n" + dry_run_sql(plan_dsn, op)
 
 
+def _already_done(conn: Connection, op: OnlineOperation) -> bool:
+    """A migration re-run after a crash runs every operation of its migration again: the
+    conversions that are already in place are skipped (the planners would refuse them)."""
+    if op.kind not in ("partition", "unpartition"):
+        return False
+    info = snapshot(conn, op.table)
+    if op.kind == "unpartition":
+        return info.kind == "r" and info.parent is None and _copy_state(conn, op.table) is None
+    if info.kind != "p" or info.partitioning is None:
+        return False
+    return info.partitioning.key_columns == [parse_by(str(op.options["by"]))[1]]
+
+
 def run(settings: Settings | str, op: OnlineOperation, *,
         progress: Callable[[Event], None] | None = None) -> list[int]:
     """Run ``op`` through the executor (journal, lock_timeout with retry, advisory lock) and
     return the ids of the jobs it ran (none when there was nothing to do, e.g. a second run).
 
     A job a crash left unfinished on the table is resumed first (a re-run migration continues
-    where it stopped). Plan warnings (a key change, dropped foreign keys) refuse with
+    where it stopped); a conversion already in place is not planned again. Plan warnings (a key change, dropped foreign keys) refuse with
     ``ConfirmationRequired`` unless ``op.confirm``: nothing has changed then.
     """
     if isinstance(settings, str):
@@ -208,8 +230,15 @@ def run(settings: Settings | str, op: OnlineOperation, *,
             for job_id, _operation in unfinished_jobs(conn, resolve(conn, op.table)[1].quoted):
                 ex.resume(job_id)
                 jobs.append(job_id)
+        if _already_done(conn, op):
+            return jobs
         todo = plans(conn, op)
         copied = op.kind == "unpartition" and _copied(conn, op.table)
+    if copied and not op.confirm:
+        raise ConfirmationRequired(
+            f"{op.describe()} needs confirmation: after swapping back, the partitioned copy "
+            "stops receiving changes and is dropped with its rows (`pgcleave unprep`)",
+            hint="pass confirm=True to the operation to accept (what --yes does)")
     for plan in todo:
         if plan.warnings and not op.confirm:
             raise ConfirmationRequired(
