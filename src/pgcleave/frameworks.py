@@ -20,8 +20,8 @@ from typing import Any
 from psycopg import conninfo
 
 from .catalog import resolve, snapshot
-from .ddl.bounds import parse_by
 from .connection import Connection, Settings, connect, redact
+from .ddl.bounds import parse_by
 from .errors import ConfirmationRequired, Refused, UsageError
 from .execute import Event, Executor
 from .journal import unfinished_jobs
