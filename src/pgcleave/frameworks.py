@@ -218,8 +218,9 @@ def run(settings: Settings | str, op: OnlineOperation, *,
     return the ids of the jobs it ran (none when there was nothing to do, e.g. a second run).
 
     A job a crash left unfinished on the table is resumed first (a re-run migration continues
-    where it stopped); a conversion already in place is not planned again. Plan warnings (a key change, dropped foreign keys) refuse with
-    ``ConfirmationRequired`` unless ``op.confirm``: nothing has changed then.
+    where it stopped); a conversion already in place is not planned again. Plan warnings (a key
+    change, partitions dropped) refuse with ``ConfirmationRequired`` unless ``op.confirm``:
+    nothing has changed then.
     """
     if isinstance(settings, str):
         settings = Settings(dsn=settings)
