@@ -249,3 +249,43 @@ def test_copy_conversion_and_unswap_keep_names_and_rename_index_works(dj, conn):
     assert names_after_copy == before
     _migrate("0003", "shop.migrations_copy")
     assert ("index", "shop_order_cty_sched") in _names(conn)
+
+
+def test_the_core_imports_neither_framework():
+    """pgcleave, its CLI and its operations load without Alembic, SQLAlchemy or Django."""
+    import subprocess
+
+    code = ("import sys, pgcleave, pgcleave.cli.main, pgcleave.frameworks, "
+            "pgcleave.testing.partitioned; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('alembic', 'sqlalchemy', 'django')))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+
+
+def test_as_the_table_owner_with_a_password(sandbox, dj, db, conn):
+    """DATABASES names a non-superuser owner that logs in with a scram password (quotes,
+    spaces and @ in it): the operations and manage.py pgcleave connect as that role."""
+    from django.core.management import call_command
+    from psycopg import sql
+
+    role, password = "pgc_django", "dj 'pw' @:/ x"
+    sandbox.password_role(role, password)
+    conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(db.name),
+                                                               sql.Identifier(role)))
+    conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(role)))
+    dj.close()
+    dj.settings_dict.update(USER=role, PASSWORD=password)
+    _migrate("0001")
+    _seed(conn, 20)
+    _migrate("0002")
+    assert _relkind(conn) == "p"
+    assert conn.execute("SELECT relowner::regrole::text FROM pg_class "
+                        "WHERE oid = 'shop_order'::regclass").fetchone()[0] == role
+    out = io.StringIO()
+    call_command("pgcleave", "jobs", "--json", stdout=out)
+    assert '"state": "done"' in out.getvalue()
+    _migrate("0001")
+    assert _relkind(conn) == "r"
+    assert conn.execute("SELECT count(*) FROM shop_order").fetchone()[0] == 20
