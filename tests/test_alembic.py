@@ -153,6 +153,9 @@ def test_upgrade_downgrade_and_offline_sql_is_the_dry_run(db, conn, cli, tmp_pat
     assert dry.returncode == 0, dry.stderr
     assert "pgcleave partition orders --by 'range(created_at)' --interval '1 month'" in offline
     assert dry.stdout.strip() in offline
+    # outside the migration's transaction, as it runs online
+    assert offline.index("COMMIT;") < offline.index("pgcleave partition orders") \
+        < offline.index("BEGIN;", offline.index("pgcleave partition orders"))
     assert _relkind(conn) == "r"  # offline changed nothing
     # without one: the command and why there is no SQL, never a guess
     monkeypatch.delenv("PGCLEAVE_PLAN_DSN")

@@ -190,6 +190,14 @@ def test_refused_inside_a_transaction(dj, conn):
     assert _relkind(conn) == "r"
     assert op.describe().startswith("pgcleave partition shop_order")
     assert op.deconstruct()[2]["table"] == "shop_order"
+    # settings.PGCLEAVE reaches the run: an unknown key is refused before anything changes
+    from django.test.utils import override_settings
+
+    from pgcleave.errors import UsageError
+    with override_settings(PGCLEAVE={"lock_timeout": 5}), pytest.raises(
+            UsageError, match="lock_timeout_ms"), connection.schema_editor(atomic=False) as ed:
+        op.database_forwards("shop", ed, ProjectState(), ProjectState())
+    assert _relkind(conn) == "r"
 
 
 def test_manage_py_pgcleave_runs_the_cli(dj, conn):

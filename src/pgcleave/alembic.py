@@ -21,6 +21,8 @@ engine URL, password included), through pgcleave's executor: a journaled job, ev
 short lock_timeout with retry, an advisory lock per table. If the migration is killed midway,
 running it again resumes the unfinished job. Plans that change something the application sees
 (a primary key that must include the partition key) refuse unless ``confirm=True``.
+``config.attributes["pgcleave"] = {"lock_timeout_ms": 200, "lock_retry_limit_s": 600}`` (in
+env.py) sets what ``--lock-timeout`` / ``--lock-retry-limit`` set on the command line.
 
 Offline mode (``alembic upgrade --sql``): there is no database, and pgcleave decides its
 statements from the live catalog (bounds, cutoff, indexes, keys), so each operation prints the
@@ -39,8 +41,7 @@ from typing import Any
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy.engine import URL, Connection
 
-from .connection import Settings
-from .frameworks import OnlineOperation, dsn_from_params, offline_sql, run
+from .frameworks import OnlineOperation, dsn_from_params, offline_sql, run, settings_for
 
 __all__ = ["AddPartitionOp", "CreateIndexOnlineOp", "PartitionTableOp",
            "SetPrimaryKeyOnlineOp", "UnpartitionTableOp", "dsn_from_url", "include_name",
@@ -180,12 +181,16 @@ def _plan_dsn(operations: Operations) -> str | None:
 def _execute(operations: Operations, operation: PgcleaveOp) -> None:
     ctx = operations.get_context()
     if ctx.as_sql:
-        ctx.impl.static_output(offline_sql(operation.online, _plan_dsn(operations)).rstrip())
+        # COMMIT before and BEGIN after, as online: pgcleave's steps are not in the migration's
+        # transaction (CREATE INDEX CONCURRENTLY cannot be)
+        with ctx.autocommit_block():
+            ctx.impl.static_output(offline_sql(operation.online, _plan_dsn(operations)).rstrip())
         return
     bind = operations.get_bind()
     dsn = dsn_from_url(bind.engine.url)
+    tunables = dict(ctx.config.attributes.get("pgcleave", {})) if ctx.config is not None else {}
     with ctx.autocommit_block():
-        run(Settings(dsn=dsn), operation.online)
+        run(settings_for(dsn, tunables), operation.online)
 
 
 for _cls in _BY_KIND.values():

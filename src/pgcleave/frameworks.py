@@ -97,6 +97,21 @@ def dsn_from_params(params: Mapping[str, Any]) -> str:
                                      if v is not None and v != ""})
 
 
+#: What a framework's configuration may set of pgcleave's connection settings.
+TUNABLES = {"lock_timeout_ms": int, "lock_retry_limit_s": float, "statement_timeout_ms": int}
+
+
+def settings_for(dsn: str, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """``Settings`` for ``dsn`` with the framework configuration's ``lock_timeout_ms``,
+    ``lock_retry_limit_s``, ``statement_timeout_ms`` (what ``--lock-timeout`` etc. set)."""
+    given = dict(overrides or {})
+    unknown = set(given) - set(TUNABLES)
+    if unknown:
+        raise UsageError(f"unknown pgcleave settings {sorted(unknown)}",
+                         hint=f"allowed: {', '.join(TUNABLES)}")
+    return Settings(dsn=dsn, **{k: TUNABLES[k](v) for k, v in given.items()})
+
+
 def command_line(op: OnlineOperation, *, dsn: str | None = None) -> str:
     """The exact ``pgcleave`` command that runs ``op`` (passwords redacted from ``dsn``)."""
     o = op.options
@@ -307,5 +322,16 @@ def _bounds(conn: Connection | None, table: str, column: str, value: str,
         return None
 
 
-__all__ = ["KINDS", "OnlineOperation", "command_line", "dry_run_sql", "dsn_from_params",
-           "missing_partition_message", "offline_sql", "plans", "run"]
+__all__ = [
+    "KINDS",
+    "TUNABLES",
+    "OnlineOperation",
+    "command_line",
+    "dry_run_sql",
+    "dsn_from_params",
+    "missing_partition_message",
+    "offline_sql",
+    "plans",
+    "run",
+    "settings_for",
+]

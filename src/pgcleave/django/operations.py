@@ -24,6 +24,9 @@ and, for the ORM, its ``id``), so ``makemigrations`` proposes nothing afterwards
 are not models. ``sqlmigrate`` prints pgcleave's dry run, planned against the database as it
 is now (run it before migrating: the plan depends on the catalog and the rows).
 
+``settings.PGCLEAVE = {"lock_timeout_ms": 200, "lock_retry_limit_s": 600}`` sets what
+``--lock-timeout`` / ``--lock-retry-limit`` set on the command line.
+
 Plans that change what the application sees (the primary key must include the partition key;
 partitions dropped on the way back) refuse unless ``confirm=True`` (what ``--yes`` does).
 """
@@ -33,11 +36,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from django.conf import settings
 from django.db import NotSupportedError
 from django.db.migrations.operations.base import Operation
 
-from ..connection import Settings
-from ..frameworks import OnlineOperation, dry_run_sql, run
+from ..frameworks import OnlineOperation, dry_run_sql, run, settings_for
 from . import dsn_from_settings
 
 __all__ = ["AddIndexOnline", "AddPartition", "PartitionTable", "SetPrimaryKeyOnline",
@@ -100,7 +103,7 @@ class PgcleaveOperation(Operation):  # type: ignore[misc]
             raise NotSupportedError(
                 f"The {type(self).__name__} operation cannot be executed inside a transaction "
                 "(set atomic = False on the migration).")
-        run(Settings(dsn=dsn), op)
+        run(settings_for(dsn, getattr(settings, "PGCLEAVE", None)), op)
 
     def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any,
                           to_state: Any) -> None:
