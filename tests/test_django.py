@@ -172,6 +172,11 @@ def test_sqlmigrate_prints_the_dry_run(dj, conn, cli, db):
     assert dry.stdout.strip() in out.getvalue()
     assert "BEGIN;\n--" not in out.getvalue()[:20]  # not wrapped: atomic = False
     assert _relkind(conn) == "r"
+    # backwards, before the table is partitioned: the command and why there is no plan
+    out = io.StringIO()
+    call_command("sqlmigrate", "shop", "0002", "--backwards", stdout=out)
+    assert "pgcleave unpartition shop_order --yes" in out.getvalue()
+    assert "cannot be planned against the database as it is now" in out.getvalue()
 
 
 def test_refused_inside_a_transaction(dj, conn):

@@ -22,7 +22,7 @@ from psycopg import conninfo
 from .catalog import resolve, snapshot
 from .connection import Connection, Settings, connect, redact
 from .ddl.bounds import parse_by
-from .errors import ConfirmationRequired, Refused, UsageError
+from .errors import ConfirmationRequired, PgcleaveError, Refused, UsageError
 from .execute import Event, Executor
 from .journal import unfinished_jobs
 from .ops import copy as copy_ops
@@ -196,6 +196,17 @@ def dry_run_sql(settings: Settings | str, op: OnlineOperation) -> str:
     return "".join(out)
 
 
+def review_sql(settings: Settings | str, op: OnlineOperation) -> str:
+    """``dry_run_sql``, or, when the database as it is now cannot be planned against (the
+    migrations before this one have not run there: ``sqlmigrate --backwards``, a planning
+    database behind the target), the command and the reason, as SQL comments."""
+    try:
+        return dry_run_sql(settings, op)
+    except PgcleaveError as exc:
+        return (f"-- {command_line(op)}\n-- cannot be planned against the database as it is "
+                f"now: {exc}\n-- (the plan is made from the catalog when the migration runs)\n")
+
+
 def offline_sql(op: OnlineOperation, plan_dsn: str | None) -> str:
     """The text offline migration output (``alembic upgrade --sql``) shows for ``op``: with a
     planning database, pgcleave's dry run planned against it now; without one, the exact
@@ -211,7 +222,7 @@ def offline_sql(op: OnlineOperation, plan_dsn: str | None) -> str:
         return "\n".join(head) + "\n"
     head.append(f"-- dry run planned against {redact(plan_dsn)}; the plan at run time is "
                 "made again from the target's catalog")
-    return "\n".join(head) + "\n" + dry_run_sql(plan_dsn, op)
+    return "\n".join(head) + "\n" + review_sql(plan_dsn, op)
 
 
 def _already_done(conn: Connection, op: OnlineOperation) -> bool:
@@ -322,16 +333,6 @@ def _bounds(conn: Connection | None, table: str, column: str, value: str,
         return None
 
 
-__all__ = [
-    "KINDS",
-    "TUNABLES",
-    "OnlineOperation",
-    "command_line",
-    "dry_run_sql",
-    "dsn_from_params",
-    "missing_partition_message",
-    "offline_sql",
-    "plans",
-    "run",
-    "settings_for",
-]
+__all__ = ["KINDS", "TUNABLES", "OnlineOperation", "command_line", "dry_run_sql",
+           "dsn_from_params", "missing_partition_message", "offline_sql", "plans", "review_sql",
+           "run", "settings_for"]

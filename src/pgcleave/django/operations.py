@@ -40,7 +40,7 @@ from django.conf import settings
 from django.db import NotSupportedError
 from django.db.migrations.operations.base import Operation
 
-from ..frameworks import OnlineOperation, dry_run_sql, run, settings_for
+from ..frameworks import OnlineOperation, review_sql, run, settings_for
 from . import dsn_from_settings
 
 __all__ = ["AddIndexOnline", "AddPartition", "PartitionTable", "SetPrimaryKeyOnline",
@@ -97,7 +97,7 @@ class PgcleaveOperation(Operation):  # type: ignore[misc]
         dsn = dsn_from_settings(conn.settings_dict)
         if schema_editor.collect_sql:  # sqlmigrate
             schema_editor.collected_sql.append(
-                f"-- {op.describe()} (pgcleave's dry run, planned now)\n" + dry_run_sql(dsn, op))
+                f"-- {op.describe()} (pgcleave's dry run, planned now)\n" + review_sql(dsn, op))
             return
         if conn.in_atomic_block:
             raise NotSupportedError(
