@@ -17,14 +17,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg import conninfo
 
 from .catalog import resolve, snapshot
 from .connection import Connection, Settings, connect, redact
 from .ddl.bounds import parse_by
-from .errors import ConfirmationRequired, PgcleaveError, Refused, UsageError
+from .errors import ConfirmationRequired, PgcleaveError, UsageError
 from .execute import Event, Executor
 from .journal import unfinished_jobs
+from .names import quote_ident
 from .ops import copy as copy_ops
 from .ops import keys, partition
 from .ops.copy_state import load_state
@@ -293,7 +295,7 @@ def missing_partition_message(conn: Connection | None, message: str, detail: str
     m = _NO_PARTITION.search(message)
     if not m:
         return None
-    table = m.group(1)
+    table = quote_ident(m.group(1))  # PostgreSQL names the relation unqualified, unquoted
     km = _KEY_DETAIL.search(detail or "")
     key_text = f" ({km.group(1)} = {km.group(2)})" if km else ""
     fix = (f"add a partition: `pgcleave add-partition {table} --from LOWER --to UPPER` (or "
@@ -329,8 +331,8 @@ def _bounds(conn: Connection | None, table: str, column: str, value: str,
         lower = floor(parse_value(value.replace(" ", "T", 1) if kind != "integer" else value,
                                   kind, tz), iv, tz)
         return str(lower), str(add(lower, iv))
-    except (Refused, ValueError, TypeError, LookupError):
-        return None
+    except (PgcleaveError, psycopg.Error, ValueError, TypeError, LookupError):
+        return None  # the bounds are a courtesy: the message without them still names the fix
 
 
 __all__ = ["KINDS", "TUNABLES", "OnlineOperation", "command_line", "dry_run_sql",

@@ -21,6 +21,7 @@ from django.db import IntegrityError, connections
 from django.test.runner import DiscoverRunner
 
 from ..connection import connect
+from ..errors import PgcleaveError
 from ..testing.partitioned import convert, explain_missing_partition
 from . import dsn_from_settings
 
@@ -40,8 +41,11 @@ def explain_missing_partitions(alias: str = "default") -> None:
             if "no partition of relation" not in str(exc):
                 raise
             # Asked on a connection of its own: the test's transaction is aborted.
-            with connect(dsn_from_settings(conn.settings_dict), purpose="hint") as c:
-                msg = explain_missing_partition(c, exc)
+            try:
+                with connect(dsn_from_settings(conn.settings_dict), purpose="hint") as c:
+                    msg = explain_missing_partition(c, exc)
+            except PgcleaveError:
+                msg = explain_missing_partition(None, exc)
             if msg is None:
                 raise
             raise IntegrityError(f"{msg}\n(PostgreSQL: {exc})") from exc
