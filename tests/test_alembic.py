@@ -402,3 +402,31 @@ def test_add_partition_and_set_primary_key_online(db, conn, tmp_path):
     assert pk == "PRIMARY KEY (id, created_at)"
     conn.execute("INSERT INTO orders (created_at) VALUES ('2040-01-05')")
     command.check(cfg)
+
+
+def test_copy_strategy_autogenerate_leaves_out_the_kept_old_table(db, conn, tmp_path):
+    cfg = _project(tmp_path, _url(db), with_index=False,
+                   extra=', strategy="copy", confirm=True')
+    command.upgrade(cfg, "head")
+    assert _relkind(conn) == "p"
+    assert _relkind(conn, "orders_retired") == "r"
+    command.check(cfg)  # neither orders_retired nor the partitions are proposed for dropping
+
+
+@pytest.mark.xfail(strict=True, reason="core defect: unswap leaves a serial's sequence owned by "
+                   "T_intermediate, so unprep cannot drop it (the CLI fails the same way)")
+def test_copy_strategy_upgrade_check_and_downgrade(db, conn, tmp_path):
+    """strategy="copy": autogenerate also leaves out the kept old table (orders_retired); the
+    downgrade swaps back (unswap) and drops the partitioned copy (unprep), every row kept."""
+    cfg = _project(tmp_path, _url(db), with_index=False,
+                   extra=', strategy="copy", confirm=True')
+    command.upgrade(cfg, "head")
+    assert _relkind(conn) == "p"
+    assert _relkind(conn, "orders_retired") == "r"
+    conn.execute("INSERT INTO orders (created_at, amount) VALUES (now(), -5)")
+    command.check(cfg)
+    command.downgrade(cfg, "0001")
+    assert _relkind(conn) == "r"
+    assert _relkind(conn, "orders_intermediate") is None
+    assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 301
+    assert conn.execute("SELECT count(*) FROM orders WHERE amount = -5").fetchone()[0] == 1
