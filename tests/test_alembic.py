@@ -386,7 +386,7 @@ def upgrade():
     op.add_partition("orders", lower="2040-01-01", upper="2040-02-01", name="orders_2040_01")
     op.set_primary_key_online("orders", ["id", "created_at"], confirm=True)
 def downgrade():
-    pass
+    op.drop_partition("orders", "orders_2040_01")
 '''
 
 
@@ -400,8 +400,15 @@ def test_add_partition_and_set_primary_key_online(db, conn, tmp_path):
     pk = conn.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = "
                       "'orders'::regclass AND contype = 'p'").fetchone()[0]
     assert pk == "PRIMARY KEY (id, created_at)"
-    conn.execute("INSERT INTO orders (created_at) VALUES ('2040-01-05')")
     command.check(cfg)
+    conn.execute("INSERT INTO orders (created_at) VALUES ('2040-01-05')")
+    from pgcleave.errors import Refused
+    with pytest.raises(Refused, match="holds rows"):  # nothing is lost on the way back
+        command.downgrade(cfg, "0002")
+    assert _relkind(conn, "orders_2040_01") == "r"
+    conn.execute("DELETE FROM orders WHERE created_at = '2040-01-05'")
+    command.downgrade(cfg, "0002")
+    assert _relkind(conn, "orders_2040_01") is None
 
 
 def test_copy_strategy_autogenerate_leaves_out_the_kept_old_table(db, conn, tmp_path):

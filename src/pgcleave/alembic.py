@@ -43,9 +43,9 @@ from sqlalchemy.engine import URL, Connection
 
 from .frameworks import OnlineOperation, dsn_from_params, offline_sql, run, settings_for
 
-__all__ = ["AddPartitionOp", "CreateIndexOnlineOp", "PartitionTableOp",
-           "SetPrimaryKeyOnlineOp", "UnpartitionTableOp", "dsn_from_url", "include_name",
-           "include_object", "object_filter"]
+__all__ = ["AddPartitionOp", "CreateIndexOnlineOp", "DropIndexOnlineOp", "DropPartitionOp",
+           "PartitionTableOp", "SetPrimaryKeyOnlineOp", "UnpartitionTableOp", "dsn_from_url",
+           "include_name", "include_object", "object_filter"]
 
 
 def dsn_from_url(url: URL) -> str:
@@ -100,9 +100,9 @@ class UnpartitionTableOp(PgcleaveOp):
 
 @Operations.register_operation("add_partition")
 class AddPartitionOp(PgcleaveOp):
-    """``op.add_partition(table, lower=..., upper=...)`` or ``values=[...]``; no scan of the
-    DEFAULT under ACCESS EXCLUSIVE. It has no automatic reverse (an added partition may have
-    received rows); the downgrade says so."""
+    """``op.add_partition(table, lower=..., upper=..., name=...)`` or ``values=[...]``; no scan
+    of the DEFAULT under ACCESS EXCLUSIVE. With ``name``, its reverse is
+    ``op.drop_partition(table, name)``, which drops the partition only while it is empty."""
 
     @classmethod
     def add_partition(cls, operations: Operations, table_name: str, *,
@@ -156,10 +156,21 @@ class SetPrimaryKeyOnlineOp(PgcleaveOp):
             reverse_options={"columns": list(old_columns)} if old_columns else {})))
 
 
+@Operations.register_operation("drop_partition")
+class DropPartitionOp(PgcleaveOp):
+    """``op.drop_partition(table, name)``: drop an empty partition (refused if it holds rows)."""
+
+    @classmethod
+    def drop_partition(cls, operations: Operations, table_name: str, name: str) -> Any:
+        return operations.invoke(cls(OnlineOperation("drop-partition", table_name,
+                                                     {"name": name})))
+
+
 _BY_KIND: dict[str, type[PgcleaveOp]] = {
     "partition": PartitionTableOp, "unpartition": UnpartitionTableOp,
     "add-partition": AddPartitionOp, "create-index": CreateIndexOnlineOp,
-    "drop-index": DropIndexOnlineOp, "set-primary-key": SetPrimaryKeyOnlineOp}
+    "drop-index": DropIndexOnlineOp, "set-primary-key": SetPrimaryKeyOnlineOp,
+    "drop-partition": DropPartitionOp}
 
 
 def _plan_dsn(operations: Operations) -> str | None:

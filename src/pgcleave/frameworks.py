@@ -30,13 +30,14 @@ from .names import quote_ident
 from .ops import copy as copy_ops
 from .ops import keys, partition
 from .ops.copy_state import load_state
+from .ops.drop_partition import plan_drop_partition
 from .plan import Plan
 from .policy import load as load_policy
 from .schemes import Interval, add, floor, key_kind, parse_value
 
 #: Operation kinds, named as the CLI commands that run them.
 KINDS = ("partition", "add-partition", "create-index", "set-primary-key", "unpartition",
-         "drop-index")
+         "drop-index", "drop-partition")
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,14 @@ class OnlineOperation:
                                  "the old key's columns", hint="give old_columns=[...]")
             return OnlineOperation("set-primary-key", self.table, r, self.confirm,
                                    reverse_options={"columns": o["columns"]})
+        if self.kind == "add-partition":
+            if not o.get("name"):
+                raise UsageError(f"the reverse of a partition added to {self.table} needs its "
+                                 "name", hint="give name=... so the downgrade can drop it")
+            return OnlineOperation("drop-partition", self.table, {"name": o["name"]},
+                                   self.confirm)
         raise UsageError(f"pgcleave {self.kind} has no reverse here",
-                         hint="an added partition is dropped by retention or by hand, once "
-                              "empty; write the downgrade as an explicit operation")
+                         hint="write the downgrade as an explicit operation")
 
 
 def dsn_from_params(params: Mapping[str, Any]) -> str:
@@ -122,6 +128,8 @@ def command_line(op: OnlineOperation, *, dsn: str | None = None) -> str:
         args += ["--dsn", redact(dsn)]
     if op.kind == "drop-index":
         return shlex.join([*args, "drop-index", str(o["name"])])
+    if op.kind == "drop-partition":
+        return shlex.join([*args, "drop-partition", op.table, str(o["name"])])
     args += [op.kind, op.table]
     if op.kind == "create-index":
         args.append(",".join(o["columns"]))
@@ -130,6 +138,8 @@ def command_line(op: OnlineOperation, *, dsn: str | None = None) -> str:
     flags = {"by": "--by", "interval": "--interval", "premake": "--premake",
              "lower": "--from", "upper": "--to", "name": "--name", "where": "--where",
              "method": "--using"}
+    if op.kind == "add-partition" and o.get("name") is None:
+        flags.pop("name")
     for key, flag in flags.items():
         if o.get(key) is not None:
             args += [flag, str(o[key])]
@@ -179,6 +189,8 @@ def plans(conn: Connection, op: OnlineOperation) -> list[Plan]:
                                           keep_old_key=bool(o.get("keep_old_key")))]
     if op.kind == "drop-index":
         return [keys.plan_drop_index(conn, str(o["name"]))]
+    if op.kind == "drop-partition":
+        return [plan_drop_partition(conn, op.table, str(o["name"]))]
     # unpartition
     state = _copy_state(conn, op.table)
     if state == "swapped":

@@ -158,17 +158,17 @@ class UnpartitionTable(PgcleaveOperation):
 
 class AddPartition(PgcleaveOperation):
     """``AddPartition("Order", lower="2025-01-01", upper="2025-02-01")`` or ``values=[...]``,
-    without scanning the DEFAULT under ACCESS EXCLUSIVE. Not reversible (the partition may
-    hold rows by then)."""
+    without scanning the DEFAULT under ACCESS EXCLUSIVE. Reversible when it has a ``name``:
+    backwards drops the partition, only while it is empty (refused if it holds a row)."""
 
     kind = "add-partition"
-    reversible = False
 
     def __init__(self, model_name: str | None = None, *, lower: str | None = None,
                  upper: str | None = None, values: Sequence[str] | None = None,
                  name: str | None = None, table: str | None = None) -> None:
         super().__init__(model_name, table=table, lower=lower, upper=upper,
                          values=list(values) if values else None, name=name)
+        self.reversible = name is not None
 
 
 class AddIndexOnline(PgcleaveOperation):
