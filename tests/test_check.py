@@ -33,3 +33,13 @@ def test_check_problems_and_prometheus(db: Any, conn: Any, cli: Any) -> None:
     assert r.returncode == 1 and r.stdout.count("\n") == 1 and "late-rows" in r.stdout
     s = cli("--dsn", db.dsn, "maintain", "--print-schedule")
     assert "* * * * *" in s.stdout and "kind: CronJob" in s.stdout
+
+
+def test_print_schedule_covers_django_celery_and_systemd(cli):
+    s = cli("maintain", "--print-schedule", "orders")
+    assert s.returncode == 0, s.stderr
+    assert "python manage.py pgcleave --quiet maintain orders >> /var/log" in s.stdout
+    assert 'call_command("pgcleave", "--quiet", "maintain", \'orders\')' in s.stdout
+    assert '"schedule": 60.0' in s.stdout and "beat_schedule" in s.stdout
+    assert "OnCalendar=minutely" in s.stdout
+    assert "ExecStart=/usr/local/bin/pgcleave --quiet maintain orders" in s.stdout

@@ -27,6 +27,7 @@ from pgcleave.connection import Settings
 from pgcleave.execute import Executor
 from pgcleave.ops import alter, carve, copy, keys, maintain, move, partition, retention
 from pgcleave.ops.config import plan_config
+from pgcleave.ops.drop_partition import plan_drop_partition
 from pgcleave.plan import Plan
 from tests.test_move import make_table as make_sharded_table
 
@@ -232,6 +233,14 @@ def test_add_partition(db: Any, conn: Any) -> None:
     metrics(conn)
     plan = partition.plan_add_partition(conn, '"Metrics"', lower="300", upper="400")
     check_golden("add_partition", plan, conn, db)
+
+
+def test_drop_partition(db: Any, conn: Any) -> None:
+    metrics(conn)
+    run(db, partition.plan_add_partition(conn, '"Metrics"', lower="300", upper="400",
+                                         name="Metrics 300"))
+    check_golden("drop_partition", plan_drop_partition(conn, '"Metrics"', "Metrics 300"), conn,
+                 db)
 
 
 # -- carve -----------------------------------------------------------------------------------------

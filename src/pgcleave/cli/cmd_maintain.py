@@ -63,7 +63,8 @@ def _names(conn: Connection, tables: tuple[str, ...]) -> list[str]:
 @click.argument("tables", nargs=-1)
 @now_option
 @click.option("--print-schedule", is_flag=True,
-              help="Print a crontab line and a Kubernetes CronJob manifest that run maintain "
+              help="Print a crontab line, a Kubernetes CronJob manifest, a Django management "
+                   "command line, a Celery beat entry and a systemd timer that run maintain "
                    "every minute, and exit.")
 @dry_run_option
 @yes_option
@@ -189,6 +190,10 @@ def _print_schedule(tables: tuple[str, ...]) -> None:
     args = " ".join(shlex.quote(t) for t in tables)
     cmd = f"pgcleave --quiet maintain {args}".rstrip()
     yaml_args = "".join(f'\n                - {t!r}' for t in tables)
+    celery_args = "".join(f", {t!r}" for t in tables)
+    # one line: crontab has no line continuation
+    django_line = (f"* * * * * cd /srv/app && python manage.py pgcleave --quiet maintain {args}"
+                   .rstrip() + " >> /var/log/pgcleave-maintain.log 2>&1")
     out.print(f"""# crontab (crontab -e): every minute; set PGCLEAVE_DSN (or PG* variables/.pgpass)
 * * * * * PGCLEAVE_DSN='postgresql://USER@HOST/DB' {cmd} >> /var/log/pgcleave-maintain.log 2>&1
 */5 * * * * PGCLEAVE_DSN='postgresql://USER@HOST/DB' pgcleave check {args} \\
@@ -222,6 +227,36 @@ spec:
                   valueFrom:
                     secretKeyRef: {{name: pgcleave-dsn, key: dsn}}
               # archive retention needs the archive directory mounted here
+
+# Django (INSTALLED_APPS += ["pgcleave.django"]): the same run with DATABASES' connection
+{django_line}
+
+# Celery beat (settings or celery.py); the task runs the Django command above:
+#   @app.task(ignore_result=True)
+#   def pgcleave_maintain():
+#       from django.core.management import call_command
+#       call_command("pgcleave", "--quiet", "maintain"{celery_args})
+app.conf.beat_schedule = {{
+    "pgcleave-maintain": {{"task": "yourproject.tasks.pgcleave_maintain", "schedule": 60.0,
+                           "options": {{"expires": 55}}}},   # a late run is skipped, not queued
+}}
+
+# systemd timer: /etc/systemd/system/pgcleave-maintain.service
+[Unit]
+Description=pgcleave maintain
+[Service]
+Type=oneshot
+EnvironmentFile=/etc/pgcleave.env                    # PGCLEAVE_DSN=postgresql://USER@HOST/DB
+ExecStart=/usr/local/bin/{cmd}
+# /etc/systemd/system/pgcleave-maintain.timer  (systemctl enable --now pgcleave-maintain.timer)
+[Unit]
+Description=Run pgcleave maintain every minute
+[Timer]
+OnCalendar=minutely
+AccuracySec=1s
+Persistent=true
+[Install]
+WantedBy=timers.target
 """, markup=False, end="")
 
 

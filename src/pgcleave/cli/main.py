@@ -13,6 +13,7 @@ from . import (
     cmd_copy,
     cmd_demo,
     cmd_doctor,
+    cmd_drop_partition,
     cmd_jobs,
     cmd_keys,
     cmd_maintain,
@@ -27,7 +28,7 @@ from .common import err
 
 #: The modules whose commands are attached to ``app`` (each does so as it is imported).
 COMMAND_MODULES = (
-    cmd_copy, cmd_demo, cmd_doctor, cmd_jobs,
+    cmd_copy, cmd_demo, cmd_doctor, cmd_drop_partition, cmd_jobs,
     cmd_keys, cmd_maintain, cmd_partition, cmd_sandbox, cmd_server, cmd_shards, cmd_status,
 )
 
