@@ -33,6 +33,9 @@ def test_check_problems_and_prometheus(db: Any, conn: Any, cli: Any) -> None:
     assert r.returncode == 1 and r.stdout.count("\n") == 1 and "late-rows" in r.stdout
     s = cli("--dsn", db.dsn, "maintain", "--print-schedule")
     assert "* * * * *" in s.stdout and "kind: CronJob" in s.stdout
+    crontab = s.stdout.split("# Kubernetes")[0]
+    assert "\\\n" not in crontab  # crontab knows no line continuation
+    assert "pgcleave check" in crontab and "|| logger" in crontab
 
 
 def test_print_schedule_covers_django_celery_and_systemd(cli):

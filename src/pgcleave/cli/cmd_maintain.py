@@ -194,10 +194,12 @@ def _print_schedule(tables: tuple[str, ...]) -> None:
     # one line: crontab has no line continuation
     django_line = (f"* * * * * cd /srv/app && python manage.py pgcleave --quiet maintain {args}"
                    .rstrip() + " >> /var/log/pgcleave-maintain.log 2>&1")
+    # one line: crontab knows no line continuation
+    check_line = (f"*/5 * * * * PGCLEAVE_DSN='postgresql://USER@HOST/DB' pgcleave check {args}"
+                  ' || logger -t pgcleave "pgcleave check found problems"')
     out.print(f"""# crontab (crontab -e): every minute; set PGCLEAVE_DSN (or PG* variables/.pgpass)
 * * * * * PGCLEAVE_DSN='postgresql://USER@HOST/DB' {cmd} >> /var/log/pgcleave-maintain.log 2>&1
-*/5 * * * * PGCLEAVE_DSN='postgresql://USER@HOST/DB' pgcleave check {args} \\
-    || logger -t pgcleave "pgcleave check found problems"
+{check_line}
 
 # Kubernetes CronJob
 apiVersion: batch/v1
