@@ -191,11 +191,14 @@ def test_partition_in_place_fails_at_each_step(db, conn, cli):
 
 
 def test_partition_by_copy_fails_at_each_step(db, conn, cli):
-    from tests.test_copy import _events
-
     def reset() -> None:
         _fresh(conn, "events", "events_intermediate", "events_retired")
-        _events(conn, 600)
+        conn.execute("CREATE TABLE events (id bigserial PRIMARY KEY, created_at timestamptz NOT"
+                     " NULL, payload text)")
+        conn.execute("CREATE INDEX events_created ON events (created_at)")
+        # 40 days of rows: a few partitions, so a few partition steps among the others
+        conn.execute("INSERT INTO events (created_at, payload) SELECT now() - (i % 40) *"
+                     " interval '1 day', 'seed' FROM generate_series(1, 600) i")
 
     def done() -> None:
         assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'events'::regclass"
