@@ -31,7 +31,7 @@ from .. import journal, preflight
 from .. import policy as policy_mod
 from ..catalog import Index, TableInfo, relation_exists, snapshot
 from ..connection import Connection
-from ..ddl import dependents, identity
+from ..ddl import dependents, identity, orm
 from ..ddl.bounds import (
     Bound,
     check_new_bound,
@@ -210,9 +210,9 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
             f"the primary key ({', '.join(info.primary_key.columns)}) does not include the "
             f"partition key {col}: the partitioned table {name} gets no primary key; every "
             f"partition keeps its own PRIMARY KEY ({', '.join(info.primary_key.columns)}), so "
-            "values are unique within a partition but no longer across partitions, and "
-            f"`INSERT ... ON CONFLICT ({', '.join(info.primary_key.columns)})` on {name} fails "
-            "(no unique index on the parent to infer)")
+            "values are unique within a partition but no longer across partitions (a second "
+            "row with an existing key can be inserted into another partition). "
+            + orm.key_change(name.name, list(info.primary_key.columns), None))
     for ix in keys.per_partition:
         if not ix.primary:
             warnings.append(f"unique index {ix.name} does not include {col}: it stays unique "
