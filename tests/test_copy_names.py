@@ -243,3 +243,48 @@ def test_column_grants_survive_in_place(db: Any, conn: Any, cli: Any) -> None:
         conn.execute("DROP TABLE IF EXISTS ev CASCADE")
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_exclusion_in_place(db: Any, conn: Any, cli: Any, pg_version: int) -> None:
+    """In place: on 17+ an exclusion constraint comparing the key with = moves to the parent
+    under its name (ATTACH adopts the old table's) and new partitions enforce it; before 17 it
+    is refused, naming it, and nothing changes."""
+    conn.execute("CREATE EXTENSION IF NOT EXISTS btree_gist")
+    conn.execute(
+        "CREATE TABLE rooms (id bigint, at timestamptz NOT NULL, room int, slot tstzrange,"
+        " PRIMARY KEY (id, at), CONSTRAINT rooms_no_overlap EXCLUDE USING gist"
+        " (at WITH =, room WITH =, slot WITH &&))")
+    conn.execute("INSERT INTO rooms SELECT i, now() - i * interval '1 day', 1,"
+                 " tstzrange(now(), now() + interval '1 hour') FROM generate_series(1, 40) i")
+    r = cli("--dsn", db.dsn, "partition", "rooms", "--by", "range(at)", "--interval", "1 month",
+            "--strategy", "legacy", "--yes")
+    if pg_version < 17:
+        assert r.returncode == 3 and "rooms_no_overlap" in r.stderr, r.stderr
+        assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'rooms'::regclass"
+                            ).fetchone()[0] == "r"
+        return
+    _ok(r)
+    assert conn.execute("SELECT conname FROM pg_constraint WHERE conrelid = 'rooms'::regclass"
+                        " AND contype = 'x'").fetchall() == [("rooms_no_overlap",)]
+    at = "date_trunc('month', now()) + interval '40 days'"  # in a partition made at the cut-over
+    conn.execute(f"INSERT INTO rooms VALUES (1000, {at}, 2, tstzrange(now(), now() + interval"
+                 " '1 hour'))")
+    try:
+        conn.execute(f"INSERT INTO rooms VALUES (1001, {at}, 2, tstzrange(now(), now() +"
+                     " interval '2 hours'))")
+        raise AssertionError("the exclusion constraint was not enforced on a new partition")
+    except psycopg.errors.ExclusionViolation:
+        pass
+
+
+def test_derived_names_fit_and_differ() -> None:
+    from pgcleave.ddl.renames import derived_name
+
+    assert derived_name("orders_pkey", "orders", "retired") == "orders_retired_pkey"
+    assert derived_name("my_idx", "orders", "retired") == "my_idx_retired"
+    assert derived_name("Orders_pkey", "Orders", "intermediate") == "Orders_intermediate_pkey"
+    t = "t" * 60
+    a, b = derived_name(t + "_a_idx", t, "retired"), derived_name(t + "_b_idx", t, "retired")
+    assert len(a.encode()) <= 63 and len(b.encode()) <= 63 and a != b
+    u = "é" * 31  # 62 bytes: cut on a character boundary
+    assert len(derived_name(u + "_pkey", u, "intermediate").encode()) <= 63

@@ -53,9 +53,9 @@ from ..connection import Connection
 from ..ddl import orm
 from ..ddl.bounds import parse_by
 from ..ddl.renames import NameSwap, derived_name, index_names, taken
-from ..ddl.tables import collist, parse_indexdef
+from ..ddl.tables import collist, excludes_by_key, parse_indexdef
 from ..errors import NotFound, Refused
-from ..names import QualifiedName, quote_ident
+from ..names import QualifiedName
 from ..plan import Lock, LockTaken, Plan, Statement, Step
 from ..schemes import (
     add,
@@ -167,12 +167,6 @@ class NewIndex:
     exclusion: str | None = None  # an EXCLUDE constraint: its definition
 
 
-def _excludes_by_key(definition: str, by: str) -> bool:
-    """Whether an EXCLUDE constraint compares the partition key with ``=`` (PostgreSQL 17+
-    accepts it on a partitioned table then: rows that conflict are always in one partition)."""
-    return re.search(r"(?:\(|,)\s*" + re.escape(quote_ident(by)) + r"\s+WITH\s+=\s*(?:,|\))",
-                     definition) is not None
-
 
 def new_indexes(info: TableInfo, spec: Spec, notes: list[str],
                 warnings: list[str] | None = None) -> list[NewIndex]:
@@ -191,7 +185,7 @@ def new_indexes(info: TableInfo, spec: Spec, notes: list[str],
             continue
         if ix.constraint and cons_types.get(ix.constraint) == "x":
             definition = cons_defs[ix.constraint]
-            if info.server_version >= 170000 and _excludes_by_key(definition, spec.by):
+            if info.server_version >= 170000 and excludes_by_key(definition, spec.by):
                 out.append(NewIndex(ix.name, "", False, False, exclusion=definition))
                 continue
             why = (f"it does not compare {spec.by} with =" if info.server_version >= 170000
