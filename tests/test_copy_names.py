@@ -288,3 +288,29 @@ def test_derived_names_fit_and_differ() -> None:
     assert len(a.encode()) <= 63 and len(b.encode()) <= 63 and a != b
     u = "é" * 31  # 62 bytes: cut on a character boundary
     assert len(derived_name(u + "_pkey", u, "intermediate").encode()) <= 63
+
+
+def test_step_by_step_with_deferred_indexes_keeps_names(db: Any, conn: Any, cli: Any) -> None:
+    """prep --defer-indexes, fill (which builds them after the copy), swap: the indexes built
+    late carry the original names too, and the odd names (capitals, spaces) survive."""
+    conn.execute('CREATE TABLE "Log Book" (id bigserial PRIMARY KEY, at timestamptz NOT NULL,'
+                 ' note text)')
+    conn.execute('CREATE INDEX "Log Book by note" ON "Log Book" (note)')
+    conn.execute('CREATE INDEX lb_at ON "Log Book" (at)')
+    conn.execute('INSERT INTO "Log Book" (at, note) SELECT now() - i * interval \'1 day\','
+                 " 'n' || i FROM generate_series(1, 400) i")
+    before = _names(conn, '"Log Book"')
+    d = db.dsn
+    _ok(cli("--dsn", d, "prep", '"Log Book"', "--by", "at", "--interval", "1 month",
+            "--past", "14", "--future", "1", "--defer-indexes", "--yes"))
+    _ok(cli("--dsn", d, "fill", '"Log Book"', "--yes"))
+    _ok(cli("--dsn", d, "swap", '"Log Book"', "--yes"))
+    assert _names(conn, '"Log Book"') == before
+    assert _names(conn, '"Log Book_retired"')["indexes"] == {
+        "Log Book_retired_pkey", "Log Book by note_retired", "lb_at_retired"}
+    _ok(cli("--dsn", d, "unswap", '"Log Book"', "--yes"))
+    assert _names(conn, '"Log Book"') == before
+    # the serial's sequence is the plain table's again: dropping the partitioned copy keeps it
+    _ok(cli("--dsn", d, "unprep", '"Log Book"', "--yes"))
+    assert conn.execute('INSERT INTO "Log Book" (at) VALUES (now()) RETURNING id'
+                        ).fetchone()[0] == 401

@@ -193,6 +193,10 @@ def unswap_steps(new: TableInfo, old: TableInfo, spec: Spec) -> list[Step]:
         *swap_names(back_names(new, old), replaced=inter, taking_over=t, back=True),
         *sequence_names_back(new, old, t),
         *_sequences(old, to=t, frm=inter),
+        # a serial's sequence went to the partitioned table at the swap: the retired table's
+        # snapshot lists none, the live one's does (else dropping T_intermediate later would
+        # take the sequence the plain table's default calls with it)
+        *dependents.sequence_ownership(new, t),
         *dependents.grants(new, t),
         # the new table's copies of the user triggers carry their original enabled state
         *[sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(t.ident, sql.Identifier(tr.name))
