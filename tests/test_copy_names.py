@@ -239,6 +239,13 @@ def test_column_grants_survive_in_place(db: Any, conn: Any, cli: Any) -> None:
             "SELECT has_column_privilege(%s, 'ev', 'id', 'SELECT'),"
             " has_column_privilege(%s, 'ev', 'secret', 'SELECT')", [role, role]).fetchone()
         assert got == (True, False)
+        _ok(cli("--dsn", db.dsn, "unpartition", "ev", "--yes"))
+        assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'ev'::regclass"
+                            ).fetchone()[0] == "r"
+        assert conn.execute(
+            "SELECT has_column_privilege(%s, 'ev', 'id', 'SELECT'),"
+            " has_column_privilege(%s, 'ev', 'secret', 'SELECT')", [role, role]).fetchone() \
+            == (True, False)
     finally:
         conn.execute("DROP TABLE IF EXISTS ev CASCADE")
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
