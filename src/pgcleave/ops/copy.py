@@ -713,7 +713,9 @@ def _names_to_swap(conn: Connection, info: TableInfo, spec: Spec, notes: list[st
                    ) -> list[NameSwap]:
     """The names the swap moves: those the intermediate table carries (a prep by an older
     pgcleave named its indexes otherwise: they keep their names, and the plan says so)."""
-    have = {ix.name for ix in snapshot(conn, spec.intermediate.quoted).indexes}
+    have = {r[0] for r in conn.execute(
+        "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = to_regclass(%s)", [spec.intermediate.quoted])}
     names = copied_names(info, new_indexes(info, spec, [], []))
     keep = [n for n in names if n.incoming in have]
     if len(keep) < len(names):
