@@ -321,3 +321,27 @@ def test_step_by_step_with_deferred_indexes_keeps_names(db: Any, conn: Any, cli:
     _ok(cli("--dsn", d, "unprep", '"Log Book"', "--yes"))
     assert conn.execute('INSERT INTO "Log Book" (at) VALUES (now()) RETURNING id'
                         ).fetchone()[0] == 401
+
+
+def test_kill_inside_swap_then_resume_keeps_names(db: Any, conn: Any, cli: Any) -> None:
+    """Killed inside the swap transaction (every rename ran, nothing committed): the old
+    table has all its names; the resumed job swaps them."""
+    import re
+
+    _shop(conn, 300)
+    before = _names(conn, "shop_order")
+    d = db.dsn
+    _ok(cli("--dsn", d, "prep", "shop_order", "--by", "scheduled_at", "--interval", "1 month",
+            "--past", "8", "--future", "1", "--yes"))
+    _ok(cli("--dsn", d, "fill", "shop_order", "--yes"))
+    r = cli("--dsn", d, "swap", "shop_order", "--yes", env={"PGCLEAVE_FAULT": "kill-inside:swap"})
+    assert r.returncode == -9, r.stderr
+    assert _names(conn, "shop_order") == before
+    assert "shop_order_intermediate_pkey" in _names(conn, "shop_order_intermediate")["indexes"]
+    m = re.search(r"job (\d+):", r.stderr)
+    assert m, r.stderr
+    _ok(cli("--dsn", d, "resume", m.group(1)))
+    assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'shop_order'::regclass"
+                        ).fetchone()[0] == "p"
+    assert _names(conn, "shop_order") == before
+    assert "shop_order_retired_pkey" in _names(conn, "shop_order_retired")["indexes"]
