@@ -8,8 +8,8 @@
 --   runs: one transaction, under lock_timeout with retry
 BEGIN;
 CREATE TABLE "public"."ledger_intermediate" (LIKE "public"."ledger" INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS INCLUDING STATISTICS INCLUDING COMPRESSION) PARTITION BY RANGE ("id");
-ALTER TABLE "public"."ledger_intermediate" ADD PRIMARY KEY ("id");
-CREATE INDEX  ON "public"."ledger_intermediate" USING btree (account);
+ALTER TABLE "public"."ledger_intermediate" ADD CONSTRAINT "ledger_intermediate_pkey" PRIMARY KEY ("id");
+CREATE INDEX "ledger_intermediate_account" ON "public"."ledger_intermediate" USING btree (account);
 CREATE TABLE "public"."ledger_default" PARTITION OF "public"."ledger_intermediate" DEFAULT;
 INSERT INTO pgcleave.copies (table_schema, table_name, table_oid, intermediate, retired, by_column, "interval", time_zone, deferred) VALUES ('public', 'ledger', <oid:public.ledger>, 'ledger_intermediate', 'ledger_retired', 'id', '1000', 'UTC', '[]'::jsonb);
 COMMIT;

@@ -23,6 +23,10 @@ DROP TRIGGER IF EXISTS "pgcleave_capture" ON "public"."ledger";
 DROP TRIGGER IF EXISTS "pgcleave_capture_truncate" ON "public"."ledger";
 ALTER TABLE "public"."ledger" RENAME TO "ledger_retired";
 ALTER TABLE "public"."ledger_intermediate" RENAME TO "ledger";
+ALTER INDEX "public"."ledger_account" RENAME TO "ledger_retired_account";
+ALTER TABLE "public"."ledger_retired" RENAME CONSTRAINT "ledger_pkey" TO "ledger_retired_pkey";
+ALTER INDEX "public"."ledger_intermediate_account" RENAME TO "ledger_account";
+ALTER TABLE "public"."ledger" RENAME CONSTRAINT "ledger_intermediate_pkey" TO "ledger_pkey";
 ALTER TABLE "public"."ledger" OWNER TO "postgres";
 CREATE OR REPLACE FUNCTION "pgcleave"."copy_capture_back_<oid:public.ledger>"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
 BEGIN

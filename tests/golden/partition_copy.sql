@@ -8,8 +8,8 @@
 --   runs: one transaction, under lock_timeout with retry
 BEGIN;
 CREATE TABLE "public"."ledger_intermediate" (LIKE "public"."ledger" INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS INCLUDING STATISTICS INCLUDING COMPRESSION) PARTITION BY RANGE ("id");
-ALTER TABLE "public"."ledger_intermediate" ADD PRIMARY KEY ("id");
-CREATE INDEX  ON "public"."ledger_intermediate" USING btree (account);
+ALTER TABLE "public"."ledger_intermediate" ADD CONSTRAINT "ledger_intermediate_pkey" PRIMARY KEY ("id");
+CREATE INDEX "ledger_intermediate_account" ON "public"."ledger_intermediate" USING btree (account);
 CREATE TABLE "public"."ledger_default" PARTITION OF "public"."ledger_intermediate" DEFAULT;
 INSERT INTO pgcleave.copies (table_schema, table_name, table_oid, intermediate, retired, by_column, "interval", time_zone, deferred) VALUES ('public', 'ledger', <oid:public.ledger>, 'ledger_intermediate', 'ledger_retired', 'id', '1000', 'UTC', '[]'::jsonb);
 COMMIT;
@@ -107,6 +107,10 @@ DROP TRIGGER IF EXISTS "pgcleave_capture" ON "public"."ledger";
 DROP TRIGGER IF EXISTS "pgcleave_capture_truncate" ON "public"."ledger";
 ALTER TABLE "public"."ledger" RENAME TO "ledger_retired";
 ALTER TABLE "public"."ledger_intermediate" RENAME TO "ledger";
+ALTER INDEX "public"."ledger_account" RENAME TO "ledger_retired_account";
+ALTER TABLE "public"."ledger_retired" RENAME CONSTRAINT "ledger_pkey" TO "ledger_retired_pkey";
+ALTER INDEX "public"."ledger_intermediate_account" RENAME TO "ledger_account";
+ALTER TABLE "public"."ledger" RENAME CONSTRAINT "ledger_intermediate_pkey" TO "ledger_pkey";
 ALTER TABLE "public"."ledger" OWNER TO "postgres";
 CREATE OR REPLACE FUNCTION "pgcleave"."copy_capture_back_<oid:public.ledger>"() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS '
 BEGIN

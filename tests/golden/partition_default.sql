@@ -1,6 +1,6 @@
 -- pgcleave partition public.orders
 -- note: strategy default: chosen with --strategy
--- WARNING: the primary key (id) does not include the partition key region: the partitioned table orders gets no primary key; every partition keeps its own PRIMARY KEY (id), so values are unique within a partition but no longer across partitions, and `INSERT ... ON CONFLICT (id)` on orders fails (no unique index on the parent to infer)
+-- WARNING: the primary key (id) does not include the partition key region: the partitioned table orders gets no primary key; every partition keeps its own PRIMARY KEY (id), so values are unique within a partition but no longer across partitions (a second row with an existing key can be inserted into another partition). orders has no primary key any more (each partition keeps its own): ActiveRecord finds none (`create!` returns id nil, `find` raises): set `self.primary_key = :id` in the model; Django reads no key from the database: keep `id` as `primary_key=True` in the model, and `bulk_create(update_conflicts=True, unique_fields=[...])` must name the whole key; SQLAlchemy maps the model's key, but reflected/automap tables get no primary key: set `__mapper_args__ = {"primary_key": [orders.c.id]}`; `ON CONFLICT (id)` on orders fails (no unique index on it to infer)
 -- requires: owner of orders
 -- requires: CREATE on schema public
 -- requires: owner of big_orders

@@ -180,6 +180,8 @@ class TableInfo:
     rows: int | None
     bytes: int
     server_version: int
+    # Column privileges ({"column", "grantee", "privilege", "grantable"}), owner excluded.
+    column_grants: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_partitioned(self) -> bool:
@@ -335,6 +337,13 @@ def _snapshot_oid(conn: Connection, oid: int, qname: QualifiedName, kind: str) -
         " a.privilege_type, a.is_grantable FROM pg_class c, aclexplode(c.relacl) a"
         " WHERE c.oid = %s AND a.grantee <> c.relowner ORDER BY 1, 2", oid)]
 
+    column_grants = [{"column": r[0], "grantee": r[1], "privilege": r[2], "grantable": r[3]}
+                     for r in q.all(
+        "SELECT a.attname, CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee)"
+        " END, x.privilege_type, x.is_grantable FROM pg_attribute a JOIN pg_class c"
+        " ON c.oid = a.attrelid, aclexplode(a.attacl) x WHERE a.attrelid = %s AND a.attnum > 0"
+        " AND NOT a.attisdropped AND x.grantee <> c.relowner ORDER BY a.attnum, 2, 3", oid)]
+
     views = [View(QualifiedName(r[0], r[1]), r[2], r[3] == "m") for r in q.all(
         "SELECT DISTINCT vn.nspname, v.relname, pg_get_viewdef(v.oid), v.relkind::text"
         " FROM pg_depend d JOIN pg_rewrite rw ON rw.oid = d.objid"
@@ -380,7 +389,7 @@ def _snapshot_oid(conn: Connection, oid: int, qname: QualifiedName, kind: str) -
         sequences=sequences, triggers=triggers, grants=grants, acl=acl, views=views,
         comment=comment, rls_enabled=rls, rls_forced=rls_forced, policies=policies,
         reloptions=list(reloptions), partitioning=partitioning, parent=parent, rows=rows,
-        bytes=total_bytes, server_version=server_version(q.conn),
+        bytes=total_bytes, server_version=server_version(q.conn), column_grants=column_grants,
     )
 
 

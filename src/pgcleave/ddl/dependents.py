@@ -17,7 +17,8 @@ from ..names import QualifiedName
 
 
 def grants(info: TableInfo, target: QualifiedName) -> list[sql.Composable]:
-    """Owner and table privileges (column privileges are not carried over)."""
+    """Owner, table privileges and column privileges (``GRANT SELECT (col)``: an application
+    role that may read only some columns keeps exactly those)."""
     out: list[sql.Composable] = [
         sql.SQL("ALTER TABLE {} OWNER TO {}").format(target.ident, sql.Identifier(info.owner))]
     for g in info.grants:
@@ -25,6 +26,12 @@ def grants(info: TableInfo, target: QualifiedName) -> list[sql.Composable]:
                    else sql.Identifier(g["grantee"]))
         out.append(sql.SQL("GRANT {} ON {} TO {}{}").format(
             sql.SQL(g["privilege"]), target.ident, grantee,
+            sql.SQL(" WITH GRANT OPTION") if g["grantable"] else sql.SQL("")))
+    for g in info.column_grants:
+        grantee = (sql.SQL("PUBLIC") if g["grantee"] == "PUBLIC"
+                   else sql.Identifier(g["grantee"]))
+        out.append(sql.SQL("GRANT {} ({}) ON {} TO {}{}").format(
+            sql.SQL(g["privilege"]), sql.Identifier(g["column"]), target.ident, grantee,
             sql.SQL(" WITH GRANT OPTION") if g["grantable"] else sql.SQL("")))
     return out
 

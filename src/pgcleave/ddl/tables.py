@@ -11,7 +11,7 @@ from psycopg import sql
 from ..catalog import Index, TableInfo
 from ..connection import Connection
 from ..errors import Refused
-from ..names import QualifiedName
+from ..names import QualifiedName, quote_ident
 from ..plan import Statement
 from .bounds import (
     Bound,
@@ -48,6 +48,14 @@ def parse_indexdef(definition: str) -> IndexDef:
 def index_tail(definition: str) -> str:
     """``USING btree (id) WHERE ...`` of an index definition: what follows the table name."""
     return parse_indexdef(definition).tail
+
+
+def excludes_by_key(definition: str, col: str) -> bool:
+    """Whether an EXCLUDE constraint (``pg_get_constraintdef``) compares the partition key
+    ``col`` with ``=``: PostgreSQL 17+ accepts it on a partitioned table then (rows that
+    conflict always fall in one partition), and ATTACH adopts a partition's equal one."""
+    return re.search(r"(?:\(|,)\s*" + re.escape(quote_ident(col)) + r"\s+WITH\s+=\s*(?:,|\))",
+                     definition) is not None
 
 
 def is_partition_of(part: QualifiedName, parent: QualifiedName) -> sql.Composable:

@@ -38,7 +38,6 @@ Rows never pass through Python: each batch is one ``INSERT ... SELECT`` on the s
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,13 +48,14 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from .. import preflight
-from ..catalog import TableInfo, Trigger, relation_exists, relation_exists_sql, snapshot
+from ..catalog import TableInfo, relation_exists, relation_exists_sql, snapshot
 from ..connection import Connection
-from ..ddl import dependents
+from ..ddl import orm
 from ..ddl.bounds import parse_by
-from ..ddl.tables import collist, parse_indexdef
+from ..ddl.renames import NameSwap, derived_name, index_names, taken
+from ..ddl.tables import collist, excludes_by_key, parse_indexdef
 from ..errors import NotFound, Refused
-from ..names import QualifiedName, child_name
+from ..names import QualifiedName
 from ..plan import Lock, LockTaken, Plan, Statement, Step
 from ..schemes import (
     add,
@@ -80,9 +80,9 @@ from .copy_state import (
     load_state,
     make_spec,
     resolve_copy,
-    set_state,
     state_where,
 )
+from .copy_swap import INCOMING, OUTGOING, swap_steps, unswap_steps
 
 AE = Lock.ACCESS_EXCLUSIVE
 SRE = Lock.SHARE_ROW_EXCLUSIVE
@@ -164,11 +164,19 @@ class NewIndex:
     tail: str  # "USING btree (a, b) WHERE ..."
     unique: bool
     constraint: bool  # a UNIQUE constraint (not only an index)
+    exclusion: str | None = None  # an EXCLUDE constraint: its definition
 
 
-def new_indexes(info: TableInfo, spec: Spec, notes: list[str]) -> list[NewIndex]:
+
+def new_indexes(info: TableInfo, spec: Spec, notes: list[str],
+                warnings: list[str] | None = None) -> list[NewIndex]:
+    """The old table's indexes as the new table gets them. A change that weakens uniqueness
+    (a unique key widened by the partition key, an exclusion constraint not carried over) is
+    a warning: the plan needs --yes."""
+    warnings = notes if warnings is None else warnings
     out: list[NewIndex] = []
     cons_types = {c.name: c.type for c in info.constraints}
+    cons_defs = {c.name: c.definition for c in info.constraints}
     for ix in info.indexes:
         if ix.primary:
             continue
@@ -176,8 +184,16 @@ def new_indexes(info: TableInfo, spec: Spec, notes: list[str]) -> list[NewIndex]
             notes.append(f"index {ix.name} is invalid on {info.name} and is not copied")
             continue
         if ix.constraint and cons_types.get(ix.constraint) == "x":
-            notes.append(f"exclusion constraint {ix.constraint} is not copied: on a partitioned "
-                         "table it must include the partition key; add it by hand")
+            definition = cons_defs[ix.constraint]
+            if info.server_version >= 170000 and excludes_by_key(definition, spec.by):
+                out.append(NewIndex(ix.name, "", False, False, exclusion=definition))
+                continue
+            why = (f"it does not compare {spec.by} with =" if info.server_version >= 170000
+                   else "PostgreSQL before 17 allows none on a partitioned table")
+            warnings.append(
+                f"exclusion constraint {ix.constraint} ({definition}) is not carried to the "
+                f"partitioned table ({why}): rows that conflict can be inserted; it stays on "
+                f"{spec.retired} only. Add it to each partition by hand, or drop it first")
             continue
         d = parse_indexdef(ix.definition)
         unique, tail = d.unique, d.tail
@@ -185,9 +201,12 @@ def new_indexes(info: TableInfo, spec: Spec, notes: list[str]) -> list[NewIndex]
             missing = [spec.by] if spec.by not in ix.columns else []
             if missing:
                 tail = _append_columns(tail, missing)
-                notes.append(f"unique index {ix.name} becomes unique on its columns plus {spec.by}"
-                             " (a unique key of a partitioned table must include the partition "
-                             "key)")
+                warnings.append(
+                    f"unique index {ix.name} ({', '.join(ix.columns)}) becomes unique on "
+                    f"({', '.join([*ix.columns, spec.by])}): ({', '.join(ix.columns)}) alone is "
+                    "no longer unique, a second row with existing values can be inserted into "
+                    "another partition (a unique key of a partitioned table must include the "
+                    "partition key)")
         is_constraint = ix.constraint is not None and cons_types.get(ix.constraint) == "u"
         out.append(NewIndex(ix.name, tail, unique, is_constraint))
     return out
@@ -202,10 +221,12 @@ def _index_stmt(name: str | None, table: QualifiedName, ix: NewIndex, *, only: b
         t=table.ident, tail=sql.SQL(ix.tail))
 
 
-def deferred_params(spec: Spec, deferred: list[NewIndex]) -> list[DeferredIndex]:
-    """Indexes built after the fill: the parent's index name, the suffix of each partition's,
-    and the definition tail."""
-    return [DeferredIndex(name=child_name(spec.table.name, f"copyidx{i}"), suffix=f"copyidx{i}",
+def deferred_params(spec: Spec, deferred: list[NewIndex], info: TableInfo
+                    ) -> list[DeferredIndex]:
+    """Indexes built after the fill: the parent's index name (the old index's, as the
+    intermediate carries it until the swap), the suffix of each partition's, and the
+    definition tail."""
+    return [DeferredIndex(name=incoming_name(info, ix.name), suffix=f"copyidx{i}",
                           tail=ix.tail, unique=ix.unique) for i, ix in enumerate(deferred)]
 
 
@@ -390,42 +411,88 @@ def _check_inbound_fks(info: TableInfo, spec: Spec, notes: list[str]) -> None:
                      "(NOT VALID, then validated without blocking writes)")
 
 
+def incoming_name(info: TableInfo, name: str) -> str:
+    """The name the intermediate table's copy of the index or constraint ``name`` carries
+    until the swap gives it ``name`` itself."""
+    return derived_name(name, info.name.name, INCOMING)
+
+
+def copied_names(info: TableInfo, indexes: list[NewIndex]) -> list[NameSwap]:
+    """The schema-wide names the swap moves: the primary key and each index copied."""
+    keep = {ix.name for ix in indexes}
+    skip = {ix.name for ix in info.indexes if not ix.primary and ix.name not in keep}
+    return index_names(info, incoming_word=INCOMING, outgoing_word=OUTGOING, skip=skip)
+
+
+def check_names_free(conn: Connection, spec: Spec, wanted: list[str]) -> None:
+    """Refuse when a name the copy gives an index is taken in the schema."""
+    row = conn.execute(taken(wanted, spec.table.schema)).fetchone()
+    used = list(row[0]) if row else []
+    if used:
+        raise Refused(f"the index name(s) {', '.join(used)} are taken in schema "
+                      f"{spec.table.schema}: the copy names {spec.intermediate}'s and "
+                      f"{spec.retired}'s indexes after {spec.table}'s",
+                      hint="rename or drop those relations first")
+
+
+def key_change_warning(spec: Spec) -> str:
+    """The copy widens the primary key by the partition key: say what that changes."""
+    old, new = ", ".join(spec.pk), ", ".join(spec.match)
+    return (f"the primary key ({old}) becomes ({new}) on the partitioned table: ({old}) alone "
+            f"is no longer unique, a second row with an existing {old} can be inserted into "
+            f"another partition. " + orm.key_change(spec.table.name, spec.pk, spec.match))
+
+
 def prep_steps(conn: Connection, info: TableInfo, spec: Spec, *, defer_indexes: bool,
-               notes: list[str]) -> tuple[list[Step], list[NewIndex]]:
+               notes: list[str], warnings: list[str] | None = None
+               ) -> tuple[list[Step], list[NewIndex]]:
     """Create the intermediate table (with its key, indexes and outbound foreign keys) and its
-    DEFAULT partition, and record the copy. Capture is installed separately (after partitions)."""
+    DEFAULT partition, and record the copy. Capture is installed separately (after partitions).
+    Its key and indexes are named after the old table's (``T_intermediate_...``), so the swap
+    can give them the old names."""
     t, new = spec.table, spec.intermediate
-    indexes = new_indexes(info, spec, notes)
+    warnings = notes if warnings is None else warnings
+    indexes = new_indexes(info, spec, notes, warnings)
     _check_inbound_fks(info, spec, notes)
     if len(spec.match) > len(spec.pk):
-        notes.append(f"the primary key ({', '.join(spec.pk)}) becomes ({', '.join(spec.match)}) "
-                     "on the partitioned table")
+        warnings.append(key_change_warning(spec))
+    assert info.primary_key is not None
+    names = copied_names(info, indexes)
+    check_names_free(conn, spec, [n.incoming for n in names] + [n.outgoing for n in names])
     stmts: list[sql.Composable] = [
         sql.SQL("CREATE TABLE {new} (LIKE {old} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
                 "INCLUDING IDENTITY INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS "
                 "INCLUDING STATISTICS INCLUDING COMPRESSION) PARTITION BY RANGE ({by})").format(
             new=new.ident, old=t.ident, by=sql.Identifier(spec.by)),
-        sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(new.ident, collist(spec.match)),
+        sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+            new.ident, sql.Identifier(incoming_name(info, info.primary_key.name)),
+            collist(spec.match)),
     ]
     deferred: list[NewIndex] = []
     for ix in indexes:
-        if ix.constraint:
-            stmts.append(sql.SQL("ALTER TABLE {} ADD UNIQUE ({})").format(
-                new.ident, sql.SQL(ix.tail[ix.tail.index("(") + 1:ix.tail.rindex(")")])))
+        iname = sql.Identifier(incoming_name(info, ix.name))
+        if ix.exclusion is not None:
+            stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                new.ident, iname, sql.SQL(ix.exclusion)))
+        elif ix.constraint:
+            stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE ({})").format(
+                new.ident, iname,
+                sql.SQL(ix.tail[ix.tail.index("(") + 1:ix.tail.rindex(")")])))
         elif defer_indexes and not ix.unique:
             deferred.append(ix)
         else:
-            stmts.append(_index_stmt(None, new, ix, only=False))
+            stmts.append(_index_stmt(incoming_name(info, ix.name), new, ix, only=False))
     for fk in info.foreign_keys_out:
         if not fk.validated:
             notes.append(f"foreign key {fk.name} is NOT VALID on {t} and is not copied")
             continue
-        stmts.append(sql.SQL("ALTER TABLE {} ADD FOREIGN KEY ({}) {}").format(
-            new.ident, collist(fk.columns), sql.SQL(fk.definition[fk.definition.index(
-                "REFERENCES"):])))
+        # the same name: a foreign key's name is unique per table only
+        stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) {}").format(
+            new.ident, sql.Identifier(fk.name), collist(fk.columns),
+            sql.SQL(fk.definition[fk.definition.index("REFERENCES"):])))
     stmts.append(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
         spec.default.ident, new.ident))
-    deferred_json = deferred_params(spec, deferred)
+    deferred_json = deferred_params(spec, deferred, info)
 
     stmts.append(sql.SQL(
         'INSERT INTO pgcleave.copies (table_schema, table_name, table_oid, intermediate, retired,'
@@ -462,7 +529,9 @@ def plan_prep(conn: Connection, table: str, *, by: str, interval: str, time_zone
     spec = make_spec(info, _key_column(by), interval, time_zone)
     _check_fresh(conn, info, spec)
     notes: list[str] = []
-    steps, deferred = prep_steps(conn, info, spec, defer_indexes=defer_indexes, notes=notes)
+    warnings: list[str] = []
+    steps, deferred = prep_steps(conn, info, spec, defer_indexes=defer_indexes, notes=notes,
+                                 warnings=warnings)
     if past is not None or future is not None:
         wanted = candidate_ranges(conn, spec, source=spec.table, past=past or 0,
                                   future=future or 0)
@@ -475,7 +544,7 @@ def plan_prep(conn: Connection, table: str, *, by: str, interval: str, time_zone
                  "(in the same transaction)")
     return Plan("prep", spec.table.quoted, {"by": by, "interval": interval,
                                             "defer_indexes": defer_indexes}, steps, notes=notes,
-                requires=preflight.table_change(spec.table))
+                warnings=warnings, requires=preflight.table_change(spec.table))
 
 
 
@@ -640,94 +709,21 @@ def verify_step(spec: Spec) -> Step:
 
 
 # -- swap ------------------------------------------------------------------------------------------
-def _identity_sync(to: QualifiedName, frm: QualifiedName, column: str) -> sql.Composable:
-    """Set ``to``'s identity sequence to where ``frm``'s stands, both found by name at run time
-    (the intermediate table's identity sequence did not exist when the job was planned)."""
-    return sql.SQL(
-        "SELECT setval(pg_get_serial_sequence({to}, {c}), "
-        "(pg_sequence_last_value(pg_get_serial_sequence({frm}, {c})::regclass)), "
-        "(pg_sequence_last_value(pg_get_serial_sequence({frm}, {c})::regclass)) IS NOT NULL) "
-        "WHERE pg_sequence_last_value(pg_get_serial_sequence({frm}, {c})::regclass) IS NOT NULL"
-    ).format(to=to.literal, frm=frm.literal, c=sql.Literal(column))
-
-
-def _sequences(info: TableInfo, *, to: QualifiedName, frm: QualifiedName
-               ) -> list[sql.Composable]:
-    out: list[sql.Composable] = []
-    for s in info.sequences:
-        if s.kind == "serial":
-            out.append(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
-                s.name.ident, to.ident, sql.Identifier(s.column)))
-        else:
-            out.append(_identity_sync(to, frm, s.column))
-    return out
-
-
-def _fk_moves(info: TableInfo, to: QualifiedName) -> tuple[list[sql.Composable], list[Step]]:
-    """Inbound foreign keys dropped from the old table and added NOT VALID to ``to`` inside the
-    swap; validated afterwards (SHARE UPDATE EXCLUSIVE on the referencing table: writes go on)."""
-    stmts: list[sql.Composable] = []
-    steps: list[Step] = []
-    for fk in info.foreign_keys_in:
-        refs = fk.definition[fk.definition.index("REFERENCES"):]
-        tail = refs[refs.index(")") + 1:]
-        tail = tail.replace(" NOT VALID", "")
-        stmts.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
-            fk.table.ident, sql.Identifier(fk.name)))
-        stmts.append(sql.SQL(
-            "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}){} NOT VALID"
-        ).format(fk.table.ident, sql.Identifier(fk.name), collist(fk.columns), to.ident,
-                 collist(fk.ref_columns), sql.SQL(tail)))
-        if fk.validated:
-            steps.append(Step.sql(
-                f"validate {fk.name}", f"validate foreign key {fk.name} of {fk.table}",
-                [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
-                    fk.table.ident, sql.Identifier(fk.name))],
-                locks=[LockTaken(SUE, str(fk.table)), LockTaken(Lock.ROW_SHARE, str(to))],
-                guard=sql.SQL("SELECT EXISTS (SELECT FROM pg_constraint WHERE conrelid = "
-                              "to_regclass({}) AND conname = {} AND convalidated)").format(
-                    fk.table.literal, sql.Literal(fk.name))))
-    return stmts, steps
-
-
-def swap_steps(conn: Connection, old: TableInfo, spec: Spec) -> list[Step]:
-    """One short transaction: lock, renames, sequences, grants, comments, RLS, triggers, views,
-    inbound foreign keys, capture turned around. Then validate the moved foreign keys."""
-    t, new, retired = spec.table, spec.intermediate, spec.retired
-    fk_stmts, fk_steps = _fk_moves(old, t)
-    stmts: list[sql.Composable] = [
-        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(t.ident),
-        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(new.ident),
-        *drop_capture_statements(spec, t, back=False),
-        sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident, sql.Identifier(retired.name)),
-        sql.SQL("ALTER TABLE {} RENAME TO {}").format(new.ident, sql.Identifier(t.name)),
-        *_sequences(old, to=t, frm=retired),
-        *dependents.grants(old, t),
-        *dependents.comments(old, t),
-        *dependents.row_security(old, t),
-        *dependents.triggers(dataclasses.replace(old, triggers=_user_triggers(old))),
-        *[sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(retired.ident,
-                                                              sql.Identifier(tr.name))
-          for tr in old.triggers if tr.name not in (TRIGGER, TRIGGER_TRUNCATE)
-          and tr.enabled != "D"],
-        *dependents.views(old),
-        *fk_stmts,
-        *capture_statements(spec, t, retired, back=True),
-        set_state(t, "state = 'swapped', swapped_at = now()"),
-    ]
-    locks = [LockTaken(AE, str(t)), LockTaken(AE, str(new))]
-    locks += [LockTaken(SRE, str(fk.table)) for fk in old.foreign_keys_in]
-    swap = Step.sql(
-        "swap", f"swap {t} and {new} (the old table stays as {retired}, kept in sync)", _st(stmts),
-        locks=locks,
-        guard=sql.SQL("SELECT EXISTS (SELECT FROM pgcleave.copies WHERE {} AND state = "
-                      "'swapped')").format(state_where(t)))
-    return [swap, *fk_steps]
-
-
-def _user_triggers(info: TableInfo) -> list[Trigger]:
-    return [tr for tr in info.triggers
-            if tr.name not in (TRIGGER, TRIGGER_BACK, TRIGGER_TRUNCATE)]
+def _names_to_swap(conn: Connection, info: TableInfo, spec: Spec, notes: list[str]
+                   ) -> list[NameSwap]:
+    """The names the swap moves: those the intermediate table carries (a prep by an older
+    pgcleave named its indexes otherwise: they keep their names, and the plan says so)."""
+    have = {r[0] for r in conn.execute(
+        "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = to_regclass(%s)", [spec.intermediate.quoted])}
+    names = copied_names(info, new_indexes(info, spec, [], []))
+    keep = [n for n in names if n.incoming in have]
+    if len(keep) < len(names):
+        notes.append(f"{spec.intermediate} does not carry the names "
+                     + ", ".join(n.incoming for n in names if n.incoming not in have)
+                     + f": the indexes of {spec.table} keep the names they have there")
+    check_names_free(conn, spec, [n.outgoing for n in keep])
+    return keep
 
 
 def plan_swap(conn: Connection, table: str) -> Plan:
@@ -745,41 +741,10 @@ def plan_swap(conn: Connection, table: str) -> Plan:
     if st.fill_where:
         notes.append(f"the fill copied only rows matching {st.fill_where!r}: the others stay in "
                      f"{spec.retired} only")
-    steps = [verify_step(spec), *swap_steps(conn, info, spec)]
+    steps = [verify_step(spec), *swap_steps(conn, info, spec, _names_to_swap(conn, info, spec,
+                                                                              notes))]
     return Plan("swap", info.name.quoted, {}, steps, notes=notes,
                 requires=[*preflight.table_change(info.name), preflight.owner(spec.intermediate)])
-
-
-def unswap_steps(new: TableInfo, old: TableInfo, spec: Spec) -> list[Step]:
-    t, inter, retired = spec.table, spec.intermediate, spec.retired
-    fk_stmts, fk_steps = _fk_moves(new, t)
-    stmts: list[sql.Composable] = [
-        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(t.ident),
-        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(retired.ident),
-        *drop_capture_statements(spec, t, back=True),
-        *[sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(tr.name), t.ident)
-          for tr in _user_triggers(new)],
-        sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident, sql.Identifier(inter.name)),
-        sql.SQL("ALTER TABLE {} RENAME TO {}").format(retired.ident, sql.Identifier(t.name)),
-        *_sequences(old, to=t, frm=inter),
-        *dependents.grants(new, t),
-        # the new table's copies of the user triggers carry their original enabled state
-        *[sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(t.ident, sql.Identifier(tr.name))
-          for tr in _user_triggers(new) if tr.enabled != "D"
-          and tr.name in {o.name for o in _user_triggers(old)}],
-        *dependents.views(new),
-        *fk_stmts,
-        *capture_statements(spec, t, inter, back=False),
-        set_state(t, "state = 'prepped', swapped_at = NULL"),
-    ]
-    locks = [LockTaken(AE, str(t)), LockTaken(AE, str(retired))]
-    locks += [LockTaken(SRE, str(fk.table)) for fk in new.foreign_keys_in]
-    step = Step.sql(
-        "unswap", f"swap back: {retired} becomes {t} again, the partitioned table {inter}",
-        _st(stmts), locks=locks,
-        guard=sql.SQL("SELECT EXISTS (SELECT FROM pgcleave.copies WHERE {} AND state = "
-                      "'prepped')").format(state_where(t)))
-    return [step, *fk_steps]
 
 
 def plan_unswap(conn: Connection, table: str) -> Plan:
@@ -864,24 +829,27 @@ def plan_partition_copy(conn: Connection, table: str, *, by: str, interval: str 
     if where:
         _check_where(conn, spec.table, where)
     notes: list[str] = []
-    steps, deferred = prep_steps(conn, info, spec, defer_indexes=defer_indexes, notes=notes)
+    warnings: list[str] = []
+    steps, deferred = prep_steps(conn, info, spec, defer_indexes=defer_indexes, notes=notes,
+                                 warnings=warnings)
     wanted = candidate_ranges(conn, spec, source=spec.table, past=past, future=premake)
     steps += add_partition_steps(conn, spec, spec.intermediate, wanted, has_default=False,
                                  exists=False)
     steps.append(capture_step(spec))
-    deferred_json = deferred_params(spec, deferred)
+    deferred_json = deferred_params(spec, deferred, info)
     steps += fill_steps(spec, deferred_json, batch_size=batch_size, sleep=sleep, where=where,
                         max_rate=max_rate, order=resolve_order(conn, order))
     steps.append(analyze_step(spec.intermediate))
     steps.append(verify_step(spec))
     if swap:
-        steps += swap_steps(conn, info, spec)
+        steps += swap_steps(conn, info, spec,
+                            copied_names(info, new_indexes(info, spec, [], [])))
     notes.append(f"{len(wanted)} partitions of {spec.interval} plus a DEFAULT partition; "
                  f"{spec.table} is kept as {spec.retired}, in sync, until `pgcleave unprep`")
     return Plan("partition", spec.table.quoted,
                 {"strategy": "copy", "by": by, "interval": interval, "premake": premake,
                  "past": past, "batch_size": batch_size}, steps, notes=notes,
-                requires=preflight.table_change(spec.table))
+                warnings=warnings, requires=preflight.table_change(spec.table))
 
 
 __all__ = ["plan_add_partitions", "plan_analyze", "plan_fill", "plan_partition_copy",

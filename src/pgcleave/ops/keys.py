@@ -36,6 +36,7 @@ from .. import preflight
 from ..catalog import Partition, Partitioning, TableInfo, snapshot
 from ..catalog.table import foreign_target
 from ..connection import Connection
+from ..ddl import orm
 from ..errors import NotFound, Refused
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Residue, Step
@@ -480,6 +481,9 @@ def plan_set_primary_key(conn: Connection, table: str, columns: list[str], *,
                 "within a partition is no longer enforced (it never was across partitions); "
                 "pass --keep-old-key to keep it as a UNIQUE constraint per partition (one more "
                 "index build per partition)"])
+    old_cols = next((f.pk_cols for f in facts.values() if f.pk_cols), None)
+    if len(cols) > 1 and old_cols and old_cols != cols:
+        plan = plan.add(notes=[orm.key_change(info.name.name, old_cols, cols)])
     return plan
 
 

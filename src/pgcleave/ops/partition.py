@@ -31,7 +31,7 @@ from .. import journal, preflight
 from .. import policy as policy_mod
 from ..catalog import Index, TableInfo, relation_exists, snapshot
 from ..connection import Connection
-from ..ddl import dependents, identity
+from ..ddl import dependents, identity, orm
 from ..ddl.bounds import (
     Bound,
     check_new_bound,
@@ -43,6 +43,7 @@ from ..ddl.exclusion import default_exclusion, drop_default_exclusion
 from ..ddl.tables import (
     collist,
     create_partition,
+    excludes_by_key,
     index_tail,
     insert_columns,
     is_partition_of,
@@ -180,8 +181,19 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
 
     # Things that cannot survive, refused before anything changes.
     for c in info.constraints:
-        if c.type == "x":
-            raise Refused(f"{name} has an exclusion constraint ({c.name}); not supported")
+        # On 17+ an exclusion constraint that compares the key with = lives on the parent
+        # (created on it empty; ATTACH adopts the old table's). Otherwise the partitions
+        # created from now on would not carry it: refused rather than silently weakened.
+        if c.type == "x" and not (info.server_version >= 170000
+                                  and excludes_by_key(c.definition, col)):
+            why = (f"it does not compare {col} with =" if info.server_version >= 170000
+                   else "PostgreSQL before 17 allows none on a partitioned table")
+            raise Refused(f"{name} has an exclusion constraint {c.name} ({c.definition}) that "
+                          f"cannot live on the partitioned table ({why}): new partitions "
+                          "would not enforce it",
+                          hint="use --strategy copy (it warns and keeps it on the retired "
+                               f"table only), add {col} WITH = to the constraint on "
+                               "PostgreSQL 17+, or drop it first")
     for fk in info.foreign_keys_out:
         if fk.ref_table == name:
             raise Refused(f"{name} has a self-referencing foreign key ({fk.name}); not supported")
@@ -210,9 +222,9 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
             f"the primary key ({', '.join(info.primary_key.columns)}) does not include the "
             f"partition key {col}: the partitioned table {name} gets no primary key; every "
             f"partition keeps its own PRIMARY KEY ({', '.join(info.primary_key.columns)}), so "
-            "values are unique within a partition but no longer across partitions, and "
-            f"`INSERT ... ON CONFLICT ({', '.join(info.primary_key.columns)})` on {name} fails "
-            "(no unique index on the parent to infer)")
+            "values are unique within a partition but no longer across partitions (a second "
+            "row with an existing key can be inserted into another partition). "
+            + orm.key_change(name.name, list(info.primary_key.columns), None))
     for ix in keys.per_partition:
         if not ix.primary:
             warnings.append(f"unique index {ix.name} does not include {col}: it stays unique "
