@@ -420,8 +420,6 @@ def test_copy_strategy_autogenerate_leaves_out_the_kept_old_table(db, conn, tmp_
     command.check(cfg)  # neither orders_retired nor the partitions are proposed for dropping
 
 
-@pytest.mark.xfail(strict=True, reason="core defect: unswap leaves a serial's sequence owned by "
-                   "T_intermediate, so unprep cannot drop it (the CLI fails the same way)")
 def test_copy_strategy_upgrade_check_and_downgrade(db, conn, tmp_path):
     """strategy="copy": autogenerate also leaves out the kept old table (orders_retired); the
     downgrade swaps back (unswap) and drops the partitioned copy (unprep), every row kept."""

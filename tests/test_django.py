@@ -247,7 +247,6 @@ def test_the_test_runner_finds_a_hard_coded_date_without_partition(dj, conn, cap
     assert "--to '2001-04-01" in text
 
 
-@pytest.mark.xfail(strict=True, reason="needs branch names: swaps keep names")
 def test_copy_conversion_and_unswap_keep_names_and_rename_index_works(dj, conn):
     _migrate("0001", "shop.migrations_copy")
     _seed(conn, 50)
