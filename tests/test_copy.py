@@ -247,9 +247,17 @@ def test_swap_retries_behind_a_long_transaction(db: Any, conn: Any, cli: Any) ->
     assert 'RENAME TO "events_retired"' in r.stdout
 
     def hold() -> None:
-        with psycopg.connect(d) as c:  # a transaction reading the table for 1.5 s
+        """A transaction reading the table, held until the swap has been seen waiting for its
+        lock (on a loaded machine the CLI may take longer than any fixed time to get there),
+        then for a few more of its 50 ms lock timeouts."""
+        with psycopg.connect(d) as c, psycopg.connect(d, autocommit=True) as watch:
             c.execute("SELECT count(*) FROM events")
-            time.sleep(1.5)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE"
+                    " 'pgcleave%%' AND wait_event_type = 'Lock'").fetchone()[0]:
+                time.sleep(0.01)
+            time.sleep(0.5)
             c.rollback()
 
     t = threading.Thread(target=hold)
