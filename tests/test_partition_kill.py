@@ -9,7 +9,7 @@ import pytest
 LEGACY_STEPS = ["add-cutoff-check", "validate-cutoff-check", "cut-over"]
 CARVE_STEPS = ["carve-prepare", "carve-copy", "carve-verify", "carve-swap", "carve-drop-old"]
 ADD_STEPS = ["add-exclusion-check", "validate-exclusion-check", "create-partition",
-             "drop-exclusion-check"]
+             "drop-exclusion-check"]  # --method check
 
 
 def one(conn: Any, q: str) -> Any:
@@ -109,7 +109,8 @@ def test_kill_add_partition(db: Any, conn: Any, cli: Any, step: str, how: str) -
     conn.execute("CREATE TABLE a (id bigserial, k text NOT NULL, PRIMARY KEY (id, k))")
     conn.execute("INSERT INTO a (k) SELECT 'z' || i FROM generate_series(1, 100) i")
     assert cli("--dsn", db.dsn, "partition", "a", "--by", "list(k)").returncode == 0
-    job = killed(cli, db.dsn, step, "add-partition", "a", "--values", "x,y", "--name", "a_xy")
+    job = killed(cli, db.dsn, step, "add-partition", "a", "--values", "x,y", "--name", "a_xy",
+                 "--method", "check")
     finish(cli, db.dsn, job, how)
     exists = one(conn, "SELECT to_regclass('a_xy') IS NOT NULL")
     assert exists == (how == "resume")
