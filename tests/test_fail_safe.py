@@ -131,7 +131,7 @@ def march() -> Spec:
                 payload_col="v")
 
 
-@pytest.mark.parametrize("step", ["premake:validate", "premake:create"])
+@pytest.mark.parametrize("step", ["premake:create"])
 def test_maintain_premake_failing_leaves_the_default_open(db, conn, cli, step):
     monthly(conn)
     ok(cli("--dsn", db.dsn, "config", "r", "--interval", "1 month", "--premake", "3"))
