@@ -158,3 +158,21 @@ def test_maintain_premake_and_drain_never_refuse_inserts(db: Any, conn: Any, cli
     assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conname LIKE 'pgcleave%%'"
                         " AND conname <> 'pgcleave_bound' AND conrelid = %s::regclass",
                         [sql.Identifier(EV + "_default").as_string(None)]).fetchone()[0] == 0
+
+
+def test_partition_in_place_warns_about_future_dated_keys(db: Any, conn: Any, cli: Any
+                                                          ) -> None:
+    """The legacy cutoff CHECK refuses keys at or past the cutoff until the cut-over: a table
+    that already holds future-dated keys gets a warning (a confirmation) naming the
+    strategies that refuse nothing; one that does not, none."""
+    conn.execute("CREATE TABLE s (id bigserial, due timestamptz NOT NULL, PRIMARY KEY (id, due))")
+    conn.execute("CREATE INDEX ON s (due)")
+    conn.execute("INSERT INTO s (due) SELECT now() - i * interval '1 day'"
+                 " FROM generate_series(1, 50) i")
+    d = ("--dsn", db.dsn)
+    args = ("partition", "s", "--by", "range(due)", "--interval", "1 month", "--dry-run",
+            "--json")
+    assert json.loads(ok(cli(*d, *args)).stdout)["warnings"] == []
+    conn.execute("INSERT INTO s (due) VALUES (now() + interval '10 days')")
+    w = json.loads(ok(cli(*d, *args)).stdout)["warnings"]
+    assert any("future-dated" in x and "--strategy default or copy" in x for x in w), w

@@ -244,6 +244,12 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
                             Bound("range", literal(lo), literal(hi))))
         notes.append(f"cutoff {cut_value}: rows with {col} below it stay in {old}; until the "
                      f"cut-over, rows with {col} >= {cut_value} are refused by the CHECK")
+        if _future_dated(conn, info, col, kind):
+            warnings.append(
+                f"{name} holds rows with {col} in the future: the application writes "
+                f"future-dated keys, and one at or past {cut_value} written before the "
+                "cut-over would be refused by the CHECK (which reads the whole table first); "
+                "--strategy default or copy refuse nothing")
     else:
         attach = Bound("default")
     for pname, _ in premade:
@@ -365,6 +371,17 @@ def _cutoff(conn: Connection, info: TableInfo, col: str, kind: str, iv: Interval
     if _too_close(base, cut, iv):
         cut = add(cut, iv)
     return cut
+
+
+def _future_dated(conn: Connection, info: TableInfo, col: str, kind: str) -> bool:
+    """Whether a time key already holds values past now (read from an index on it only)."""
+    if kind not in ("date", "timestamp", "timestamptz") or not any(
+            ix.columns and ix.columns[0] == col and ix.valid for ix in info.indexes):
+        return False
+    now = {"timestamptz": "now()", "timestamp": "localtimestamp", "date": "current_date"}[kind]
+    row = conn.execute(sql.SQL("SELECT max({}) > {} FROM {}").format(
+        sql.Identifier(col), sql.SQL(now), info.name.ident)).fetchone()
+    return bool(row and row[0])
 
 
 def _lt(a: Any, b: Any) -> bool:
