@@ -176,3 +176,25 @@ def test_partition_in_place_warns_about_future_dated_keys(db: Any, conn: Any, cl
     conn.execute("INSERT INTO s (due) VALUES (now() + interval '10 days')")
     w = json.loads(ok(cli(*d, *args)).stdout)["warnings"]
     assert any("future-dated" in x and "--strategy default or copy" in x for x in w), w
+
+
+def test_add_partition_falls_back_with_a_warning(db: Any, conn: Any, cli: Any) -> None:
+    """A DEFAULT without a primary key, too large for the direct transaction: carve cannot
+    copy it, so the excluding CHECK is used, with a warning that says what it refuses (a
+    confirmation; without a terminal it needs --yes)."""
+    conn.execute("CREATE TABLE nk (k int NOT NULL, v text) PARTITION BY RANGE (k)")
+    conn.execute("CREATE TABLE nk_default PARTITION OF nk DEFAULT")
+    conn.execute("INSERT INTO nk SELECT i, 'x' FROM generate_series(1, 1000) i")
+    d = ("--dsn", db.dsn)
+    plan = json.loads(ok(cli(*d, "add-partition", "nk", "--from", "5000", "--to", "6000",
+                             "--max-lock-ms", "0", "--dry-run", "--json")).stdout)
+    assert plan["args"]["path"] == "check"
+    assert any("carve cannot add" in w and "fails" in w for w in plan["warnings"]), plan
+    r = cli(*d, "add-partition", "nk", "--from", "5000", "--to", "6000", "--max-lock-ms", "0")
+    assert r.returncode != 0, r.stdout
+    ok(cli(*d, "add-partition", "nk", "--from", "5000", "--to", "6000", "--max-lock-ms", "0",
+           "--yes"))
+    # small enough for the direct transaction: carved, no primary key needed
+    plan = json.loads(ok(cli(*d, "add-partition", "nk", "--from", "7000", "--to", "8000",
+                             "--dry-run", "--json")).stdout)
+    assert plan["args"]["path"] == "carve-direct" and plan["warnings"] == [], plan
