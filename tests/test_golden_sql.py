@@ -243,6 +243,13 @@ def test_drop_partition(db: Any, conn: Any) -> None:
                  db)
 
 
+def test_add_partition_check(db: Any, conn: Any) -> None:
+    metrics(conn)
+    plan = partition.plan_add_partition(conn, '"Metrics"', lower="300", upper="400",
+                                        method="check")
+    check_golden("add_partition_check", plan, conn, db)
+
+
 # -- carve -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["direct", "swap"])
 def test_carve(db: Any, conn: Any, method: str) -> None:

@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 from psycopg import sql
 
+from pgcleave.connection import Settings
+from pgcleave.execute import Executor
+from pgcleave.ops import maintain
 from pgcleave.testing.workload import Spec, Workload
 
 
@@ -115,30 +118,39 @@ def test_month_table_across_months(db: Any, conn: Any, cli: Any, tmp_path: Path)
     assert conn.execute("SELECT count(*) FROM jan_back").fetchone()[0] == 744
 
 
-def test_premake_does_not_scan_default(db: Any, conn: Any, cli: Any) -> None:
-    """The DEFAULT's new partition constraint is proven by the validated CHECK: the server
-    logs that it is implied, and never scans it under ACCESS EXCLUSIVE."""
+def test_premake_next_to_late_rows(db: Any, conn: Any, cli: Any, monkeypatch: Any) -> None:
+    """A DEFAULT holding rows past retention (they stay there): premake puts no CHECK on it
+    that would refuse the new months' rows meanwhile. A small DEFAULT is scanned by
+    PostgreSQL in the one short transaction that creates the partitions under the parent's
+    lock; one too large for that has the partitions carved out of it (copy and swap)."""
     conn.execute("CREATE TABLE m (id bigserial, d date NOT NULL, PRIMARY KEY (id, d))"
                  " PARTITION BY RANGE (d)")
     conn.execute("CREATE TABLE m_default PARTITION OF m DEFAULT")
     conn.execute("INSERT INTO m (d) SELECT '2024-01-01'::date + (i % 300) FROM "
                  "generate_series(1, 20000) i")  # late rows, past retention: they stay
+    conn.execute("ANALYZE m_default")
     assert cli("--dsn", db.dsn, "config", "m", "--interval", "1 month", "--premake", "1",
                "--retention", "3 months").returncode == 0
-    conn.execute(sql.SQL("ALTER DATABASE {} SET log_min_messages = 'debug1'").format(
-        sql.Identifier(db.name)))
-    log = Path(db.server.logfile)
-    before = log.stat().st_size
+    with db.connect() as c:
+        plan, _ = maintain.plan_maintain(c, "m", now=datetime(2025, 6, 15, tzinfo=UTC))
+    assert [s.name for s in plan.steps] == ["premake:create"], plan.steps
+    assert plan.steps[0].action == "maintain.premake_locked"
     r = cli("--dsn", db.dsn, "maintain", "m", "--now", "2025-06-15")
-    conn.execute(sql.SQL("ALTER DATABASE {} RESET log_min_messages").format(
-        sql.Identifier(db.name)))
     assert r.returncode == 0, r.stderr
-    with open(log, "rb") as fh:
-        fh.seek(before)
-        text = fh.read().decode(errors="replace")
-    assert 'updated partition constraint for default partition "m_default" is implied' in text
     assert {p[0] for p in parts(conn, "m")} == {"m_p2025_06", "m_p2025_07", "m_default"}
     assert conn.execute("SELECT count(*) FROM m_default").fetchone()[0] == 20000
+    # a DEFAULT too large to scan under the lock (threshold lowered): carved, not scanned
+    monkeypatch.setattr(maintain, "DIRECT_MAX_LOCK_MS", 0)
+    with db.connect() as c:
+        plan, _ = maintain.plan_maintain(c, "m", now=datetime(2025, 7, 15, tzinfo=UTC))
+    assert "carve-swap" in [s.name for s in plan.steps], plan.steps
+    assert not any(s.residue_note for s in plan.steps)
+    Executor(Settings(dsn=db.dsn)).run(plan)
+    assert {p[0] for p in parts(conn, "m")} == {"m_p2025_06", "m_p2025_07", "m_p2025_08",
+                                                "m_default"}
+    assert conn.execute("SELECT count(*) FROM ONLY m_default").fetchone()[0] == 20000
+    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = "
+                        "'m_default'::regclass AND contype = 'c'").fetchone()[0] == 0
 
 
 def test_writers_during_maintain(db: Any, conn: Any, cli: Any, tmp_path: Path) -> None:

@@ -286,24 +286,35 @@ def test_add_partition_without_scanning_default(db: Any, conn: Any, cli: Any) ->
     conn.execute("INSERT INTO t (tenant) SELECT 'Z' || i FROM generate_series(1, 1000) i")
     d = ("--dsn", db.dsn)
     ok(cli(*d, "partition", "t", "--by", "range(tenant)"))
+    # next to a DEFAULT, the partition is carved out of it (nothing refused meanwhile)
     plan = json.loads(ok(cli(*d, "add-partition", "t", "--from", "A", "--to", "B",
                              "--dry-run", "--json")).stdout)
-    assert [s["name"] for s in plan["steps"]] == [
-        "add-exclusion-check", "validate-exclusion-check", "create-partition",
-        "drop-exclusion-check"]
+    assert [s["name"] for s in plan["steps"]] == ["carve-direct"]
     ok(cli(*d, "add-partition", "t", "--from", "A", "--to", "B"))
     assert one(conn, "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 't_0'"
                ) == "FOR VALUES FROM ('A') TO ('B')"
+    # rows of the range in the DEFAULT: they move into the new partition
+    ok(cli(*d, "add-partition", "t", "--from", "Z", "--to", "ZZ", "--name", "t_z"))
+    assert one(conn, "SELECT count(*) FROM t_z") == 1000
+    assert one(conn, "SELECT count(*) FROM t") == 1000
+    # the excluding CHECK, when asked for: the DEFAULT is validated, not scanned under the
+    # exclusive lock; rows of the range make the validation fail and the job roll back cleanly
+    plan = json.loads(ok(cli(*d, "add-partition", "t", "--from", "B", "--to", "C",
+                             "--method", "check", "--dry-run", "--json")).stdout)
+    assert [s["name"] for s in plan["steps"]] == [
+        "add-exclusion-check", "validate-exclusion-check", "create-partition",
+        "drop-exclusion-check"]
+    ok(cli(*d, "add-partition", "t", "--from", "B", "--to", "C", "--method", "check"))
     assert one(conn, "SELECT count(*) FROM pg_constraint WHERE conname LIKE 'pgcleave_excl%'"
                ) == 0
-    # rows of the range in the DEFAULT: validation fails, the job rolls back cleanly
-    proc = cli(*d, "add-partition", "t", "--from", "Z", "--to", "ZZ")
+    conn.execute("INSERT INTO t (tenant) SELECT 'X' || i FROM generate_series(1, 10) i")
+    proc = cli(*d, "add-partition", "t", "--from", "X", "--to", "Y", "--method", "check")
     assert proc.returncode == 1, proc.stderr
     job = one(conn, "SELECT max(id) FROM pgcleave.jobs")
     ok(cli(*d, "rollback", str(job)))
     assert one(conn, "SELECT count(*) FROM pg_constraint WHERE conname LIKE 'pgcleave_excl%'"
                ) == 0
-    assert one(conn, "SELECT count(*) FROM t") == 1000
+    assert one(conn, "SELECT count(*) FROM t") == 1010
 
 
 def test_list_two_levels_policy_and_hash(db: Any, conn: Any, cli: Any) -> None:

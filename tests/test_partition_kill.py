@@ -9,7 +9,7 @@ import pytest
 LEGACY_STEPS = ["add-cutoff-check", "validate-cutoff-check", "cut-over"]
 CARVE_STEPS = ["carve-prepare", "carve-copy", "carve-verify", "carve-swap", "carve-drop-old"]
 ADD_STEPS = ["add-exclusion-check", "validate-exclusion-check", "create-partition",
-             "drop-exclusion-check"]
+             "drop-exclusion-check"]  # --method check
 
 
 def one(conn: Any, q: str) -> Any:
@@ -109,7 +109,8 @@ def test_kill_add_partition(db: Any, conn: Any, cli: Any, step: str, how: str) -
     conn.execute("CREATE TABLE a (id bigserial, k text NOT NULL, PRIMARY KEY (id, k))")
     conn.execute("INSERT INTO a (k) SELECT 'z' || i FROM generate_series(1, 100) i")
     assert cli("--dsn", db.dsn, "partition", "a", "--by", "list(k)").returncode == 0
-    job = killed(cli, db.dsn, step, "add-partition", "a", "--values", "x,y", "--name", "a_xy")
+    job = killed(cli, db.dsn, step, "add-partition", "a", "--values", "x,y", "--name", "a_xy",
+                 "--method", "check")
     finish(cli, db.dsn, job, how)
     exists = one(conn, "SELECT to_regclass('a_xy') IS NOT NULL")
     assert exists == (how == "resume")
@@ -117,3 +118,28 @@ def test_kill_add_partition(db: Any, conn: Any, cli: Any, step: str, how: str) -
                ) == 0
     conn.execute("INSERT INTO a (k) VALUES ('x')")
     assert one(conn, "SELECT count(*) FROM a") == 101
+
+
+@pytest.mark.parametrize("how", ["resume", "rollback"])
+def test_kill_add_partition_carved(db: Any, conn: Any, cli: Any, how: str) -> None:
+    """The default path next to a DEFAULT (one carve-direct transaction, rows of the range
+    moved): killed inside it, nothing is half done; after it, resume or rollback."""
+    conn.execute("CREATE TABLE a (id bigserial, k text NOT NULL, PRIMARY KEY (id, k))")
+    conn.execute("INSERT INTO a (k) SELECT (ARRAY['x', 'z'])[1 + i % 2] FROM"
+                 " generate_series(1, 100) i")
+    assert cli("--dsn", db.dsn, "partition", "a", "--by", "list(k)").returncode == 0
+    for when in ("kill-inside", "kill-after"):
+        proc = cli("--dsn", db.dsn, "add-partition", "a", "--values", "x,y", "--name", "a_xy",
+                   env={"PGCLEAVE_FAULT": f"{when}:carve-direct"})
+        assert proc.returncode != 0, proc.stderr
+        job = one(conn, "SELECT max(id) FROM pgcleave.jobs")
+        if when == "kill-inside":
+            assert one(conn, "SELECT to_regclass('a_xy') IS NULL")
+            finish(cli, db.dsn, job, "rollback")
+            continue
+        finish(cli, db.dsn, job, how)
+    assert one(conn, "SELECT to_regclass('a_xy') IS NOT NULL") == (how == "resume")
+    if how == "resume":
+        assert one(conn, "SELECT count(*) FROM a_xy") == 50
+    conn.execute("INSERT INTO a (k) VALUES ('x'), ('y')")
+    assert one(conn, "SELECT count(*) FROM a") == 102

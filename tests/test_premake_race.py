@@ -1,6 +1,7 @@
 """Premake race: writers insert rows for a month premake is about to create, after planning and
-before the excluding CHECK on the DEFAULT is validated. The run must end well (the month is left
-to the drain, nothing lost, no writer error), not fail and fail again on every resume."""
+before the partition is created. No CHECK on the DEFAULT refuses them (premake creates its
+partitions in one transaction under the parent's lock); the run ends well (the month is left
+to the drain, nothing lost, no writer error), not failing again on every resume."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ def test_rows_for_a_premade_month_arrive_before_validation(db: Any, conn: Any,
     now = datetime(2025, 5, 10, tzinfo=UTC)
     with db.connect() as c:
         plan, summary = plan_maintain(c, Q, now=now)
-    assert any(s.name == "premake:validate" for s in plan.steps)
+    assert any(s.name == "premake:create" and s.action == "maintain.premake_locked"
+               for s in plan.steps)
+    assert not any(s.name in ("premake:guard", "premake:validate") for s in plan.steps)
     assert any("2025_08" in n for n in summary.created), summary.created  # August is premade
     # a writer ahead of premake: a row for August lands in the DEFAULT after planning
     conn.execute(sql.SQL("INSERT INTO {} (at, payload) VALUES ('2025-08-03 10:00+00', 'early')")
@@ -62,25 +65,21 @@ def test_rows_for_a_premade_month_arrive_before_validation(db: Any, conn: Any,
 
 
 def test_cli_reports_deferred_month(db: Any, conn: Any, cli: Any) -> None:
-    """Through the CLI with a kill before validation: the resumed job defers the month too."""
+    """Through the CLI with a kill before the creation: the resumed job defers the month."""
     make_events(conn)
     r = cli("--dsn", db.dsn, "config", Q, "--premake", "3")
     assert r.returncode == 0, r.stderr
     r = cli("--dsn", db.dsn, "maintain", Q, "--now", "2025-03-10")
     assert r.returncode == 0, r.stderr
     r = cli("--dsn", db.dsn, "maintain", Q, "--now", "2025-05-10",
-            env={"PGCLEAVE_FAULT": "kill-before:premake:validate"})
+            env={"PGCLEAVE_FAULT": "kill-before:premake:create"})
     assert r.returncode == -9, r.stderr
-    # the NOT VALID guard is in place now: rows for June reaching the DEFAULT before it were
-    # the race; simulate one by dropping the guard, inserting, and re-adding it as it was
-    d = sql.Identifier(T + "_default")
-    cdef = conn.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname ="
-                        " 'pgcleave_premake_guard'").fetchone()[0]
-    conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT pgcleave_premake_guard").format(d))
+    # nothing refuses rows of the months about to be created: one for August arrives
     conn.execute(sql.SQL("INSERT INTO {} (at, payload) VALUES ('2025-08-03 10:00+00', 'early')")
                  .format(sql.Identifier(T)))
-    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT pgcleave_premake_guard {}").format(
-        d, sql.SQL(cdef)))
+    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE conname LIKE 'pgcleave%%'"
+                        " AND contype = 'c' AND conrelid = %s::regclass",
+                        [sql.Identifier(T + "_default").as_string(None)]).fetchone()[0] == 0
     r = cli("--dsn", db.dsn, "maintain", Q, "--now", "2025-05-10", "--json")
     assert r.returncode == 0, r.stderr
     t = json.loads(r.stdout)["tables"][0]

@@ -87,17 +87,27 @@ def partition(table: str, by: str, interval: str | None, premake: int, modulus: 
 @click.option("--modulus", default=None, type=int, help="Hash partition modulus.")
 @click.option("--remainder", default=None, type=int, help="Hash partition remainder.")
 @click.option("--name", default=None, help="Partition name (default derived from the bound).")
+@click.option("--method", type=click.Choice(["auto", "carve", "check"]), default="auto",
+              show_default=True,
+              help="Next to a DEFAULT: carve the partition out of it (auto, carve: no "
+                   "application statement is refused), or validate a CHECK excluding the "
+                   "range on the DEFAULT first (check: refuses INSERTs of the range meanwhile).")
+@click.option("--max-lock-ms", default=DIRECT_MAX_LOCK_MS, type=float, show_default=True,
+              help="Carve in one transaction under the parent's lock when the DEFAULT is "
+                   "scanned within this; else copy and swap.")
 @dry_run_option
 @yes_option
 @json_option
 def add_partition(table: str, lower: str | None, upper: str | None, values: str | None,
-                  modulus: int | None, remainder: int | None, name: str | None, dry_run: bool,
-                  yes: bool, as_json: bool) -> None:
-    """Create an empty partition of TABLE without scanning its DEFAULT under an exclusive lock
-    (an excluding CHECK is validated on the DEFAULT first, and removed after)."""
+                  modulus: int | None, remainder: int | None, name: str | None, method: str,
+                  max_lock_ms: float, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Create a partition of TABLE. Next to a DEFAULT partition it is carved out of the
+    DEFAULT (rows of its range, if any, move into it), so that no INSERT of the range is
+    ever refused and the DEFAULT is never scanned at length under an exclusive lock."""
     with common.db() as conn:
         plan = plan_add_partition(conn, table, lower=lower, upper=upper, values=_values(values),
-                                  modulus=modulus, remainder=remainder, name=name)
+                                  modulus=modulus, remainder=remainder, name=name,
+                                  method=method, max_lock_ms=max_lock_ms)
     common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
 
 

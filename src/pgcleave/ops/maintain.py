@@ -43,7 +43,7 @@ from ..errors import Refused
 from ..execute import ActionContext
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Residue, Statement, Step, render
-from .carve import Piece, Sub, plan_carve
+from .carve import DIRECT_MAX_LOCK_MS, DIRECT_ROWS_PER_MS, Piece, Sub, plan_carve
 from .retention import detach_step, retention_steps
 
 
@@ -66,6 +66,13 @@ class CreateItem(TypedDict):
 class PremakeCreateParams(TypedDict):
     items: list[CreateItem]
     extra: list[str]  # statements after the partitions (sharded_tables bookkeeping)
+
+
+class PremakeLockedParams(TypedDict):
+    parent: list[str]
+    default: list[str]
+    items: list[CreateItem]
+    extra: list[str]
 
 PREMAKE_CHECK = "pgcleave_premake_guard"
 
@@ -188,12 +195,11 @@ def _level_steps(conn: Connection, policy: pol.Policy, info: TableInfo, level: l
     top = policy.strategy == "range" and level.parent == info.name
     rules = [r for r in policy.placement if r["kind"] == "range"] if top else []
     rule_vals = pol.range_rule_values(conn, rules, level.key_type)
+    placed: list[str | None] = [None] * len(premake)
     if premake:
         placed = [pol.placed_server(rules, rule_vals, lo, hi) for lo, hi in premake]
         if any(placed) and not _can_place(info, notes):
             placed = [None] * len(premake)
-        steps += premake_steps(view, premake, taken, summary, placed=placed, conn=conn,
-                               info=info)
 
     # drain: periods with rows in the DEFAULT, within retention
     targets: list[Target] = []
@@ -217,10 +223,34 @@ def _level_steps(conn: Connection, policy: pol.Policy, info: TableInfo, level: l
     if summary.late_rows:
         notes.append(f"{summary.late_rows} rows in the DEFAULT belong to periods past retention"
                      " (late rows): they stay there, visible; `pgcleave check` reports them")
+
+    # Premade partitions next to a DEFAULT: never a CHECK on the DEFAULT that refuses their
+    # rows (a writer ahead of premake would fail). Local ones go into the drain's carve as
+    # empty pieces when there is a drain (a row arriving for them meanwhile is captured like
+    # any other) or when the DEFAULT is too large to be scanned under the parent's lock; else
+    # (and placed ones) one short transaction under the parent's lock creates them, PostgreSQL
+    # scanning the small DEFAULT, and a range whose rows reached the DEFAULT meanwhile is left
+    # to the next run's drain.
+    fold: list[tuple[Any, Any]] = []
+    if premake and view.default is not None and view.default.kind == "r" \
+            and info.primary_key is not None \
+            and (targets or _default_lock_ms(view.default) > DIRECT_MAX_LOCK_MS):
+        fold = [g for g, srv in zip(premake, placed, strict=True) if srv is None]
+        if not targets:
+            notes.append(f"{view.default.name} is too large to be scanned under the lock of "
+                         f"{view.parent} (about {_default_lock_ms(view.default):.0f} ms): the "
+                         "new partitions are carved out of it (copy and swap) instead")
+    for lo, hi in fold:
+        name = level.parent.sibling(view.name_for(lo, taken))
+        targets.append(_range_target(view, name, lo, hi, 0))
+    rest = [(g, srv) for g, srv in zip(premake, placed, strict=True) if g not in fold]
     if targets:
         assert view.default is not None
         steps += drain_steps(conn, info, view.parent, view.default.name, targets, summary,
-                             notes, also=[_range_bound(lo, hi) for lo, hi in premake])
+                             notes)
+    if rest:
+        steps += premake_steps(view, [g for g, _ in rest], taken, summary,
+                               placed=[srv for _, srv in rest], conn=conn, info=info)
 
     if retired:
         steps += retention_steps(policy, view, retired, policy.archive_dir)
@@ -232,6 +262,12 @@ def _level_steps(conn: Connection, policy: pol.Policy, info: TableInfo, level: l
             elif policy.retention_action == "drop":
                 summary.dropped.append(pname)
     return steps
+
+
+def _default_lock_ms(default: Partition) -> float:
+    """How long PostgreSQL would scan ``default`` under the parent's lock (carve's estimate)."""
+    rows = max(default.rows or 0, (default.bytes or 0) // 200)
+    return rows / DIRECT_ROWS_PER_MS
 
 
 def _range_target(level: lv.Level, name: QualifiedName, lo: Any, hi: Any, rows: int
@@ -270,11 +306,17 @@ def premake_steps(level: lv.Level, ranges: list[tuple[Any, Any]], taken: set[str
 
 def create_steps(parent: QualifiedName, default: Partition | None, items: list[NewPart],
                  summary: Summary, *, conn: Connection | None = None,
-                 info: TableInfo | None = None) -> list[Step]:
-    """Create new partitions without scanning the DEFAULT under ACCESS EXCLUSIVE: a CHECK
-    excluding them is added NOT VALID and validated first. A placed partition gets its shard
-    table first (through dblink, from the parent's definition, with a CHECK equal to its
-    bound), then ``CREATE FOREIGN TABLE ... PARTITION OF ... SERVER``."""
+                 info: TableInfo | None = None, guard_default: bool = False) -> list[Step]:
+    """Create new partitions. Next to a DEFAULT: one short transaction that locks the parent
+    and the DEFAULT (under lock_timeout, retried) and creates each partition, PostgreSQL
+    scanning the DEFAULT under the lock (the caller makes sure it is small: maintain keeps it
+    empty); a range whose rows reached the DEFAULT after planning is skipped (left to the next
+    run's drain). No CHECK on the DEFAULT ever refuses an application row. ``guard_default``
+    keeps the older path (a CHECK excluding the ranges, NOT VALID then validated: refuses
+    their INSERTs until the partitions exist), for journals and callers that ask for it. A
+    placed partition gets its shard table first (through dblink, from the parent's
+    definition, with a CHECK equal to its bound), then ``CREATE FOREIGN TABLE ... PARTITION
+    OF ... SERVER``."""
     names = [it.name for it in items]
     summary.created += [n.quoted for n in names]
     exists_all = sql.SQL("SELECT bool_and(to_regclass(n) IS NOT NULL) FROM unnest({}::text[]) n"
@@ -289,7 +331,9 @@ def create_steps(parent: QualifiedName, default: Partition | None, items: list[N
             summary.placed[it.name.quoted] = it.server
             steps.append(shard_table_step(conn, info, it.server, it.name, it.cond, dbl=dbl,
                                           name="premake:shard-table", markers=False))
-    if default is not None:
+    guarded = default is not None and guard_default
+    if guarded:
+        assert default is not None
         d = default.name
         excl = sql.SQL("NOT ({})").format(sql.SQL(" OR ").join(it.cond for it in items))
         con = sql.Identifier(PREMAKE_CHECK)
@@ -341,32 +385,51 @@ def create_steps(parent: QualifiedName, default: Partition | None, items: list[N
             " columns = excluded.columns, updated_at = clock_timestamp()").format(
             t=parent.literal))
     locks = [LockTaken(Lock.ACCESS_EXCLUSIVE, str(parent))]
-    if default is not None:
+    if guarded:
+        assert default is not None
         locks.append(LockTaken(Lock.ACCESS_EXCLUSIVE,
                                f"{default.name} (no scan: the validated CHECK proves it)"))
+    elif default is not None:
+        locks.append(LockTaken(Lock.ACCESS_EXCLUSIVE,
+                               f"{default.name} (scanned under the lock: kept small)"))
     what = f"create {len(names)} partition(s) of {parent}: " + ", ".join(
         n.name + (f" (on {it.server})" if it.server else "")
         for n, it in zip(names, items, strict=True))
+    dbl = servers.dblink_schema(conn) if remote and conn is not None else "pgcleave"
+    citems = [CreateItem(name=it.name.quoted, sql=render(c),
+                         drop_remote=servers.remote_sql(dbl, it.server, sql.SQL(
+                             "DROP TABLE IF EXISTS {}").format(it.name.ident)).as_string(None)
+                         if it.server else None)
+              for it, c in zip(items, creates, strict=False)]
+    extra = [render(c) for c in creates[len(items):]]
     if default is None:
         steps.append(Step.sql("premake:create", what, creates, locks=locks, guard=exists_all,
                               undo=list(reversed(undo))))
-    else:
-        dbl = servers.dblink_schema(conn) if remote and conn is not None else "pgcleave"
+    elif guarded:
         steps.append(Step(
             name="premake:create", description=what,
             statements=[render(c) for c in creates], action="maintain.premake_create",
-            params=PremakeCreateParams(items=[
-                CreateItem(name=it.name.quoted, sql=render(c),
-                           drop_remote=servers.remote_sql(dbl, it.server, sql.SQL(
-                               "DROP TABLE IF EXISTS {}").format(it.name.ident)).as_string(None)
-                           if it.server else None)
-                for it, c in zip(items, creates, strict=False)],
-                extra=[render(c) for c in creates[len(items):]]),
+            params=PremakeCreateParams(items=citems, extra=extra),
+            locks=locks, guard=exists_all.as_string(None),
+            undo=[render(u) for u in reversed(undo)]))
+    else:
+        lock = sql.SQL("LOCK TABLE ONLY {}, {} IN ACCESS EXCLUSIVE MODE").format(
+            parent.ident, default.name.ident)
+        steps.append(Step(
+            name="premake:create", description=what + f" in one transaction under the lock "
+            f"of {parent} (a range whose rows reached {default.name} after planning is left to "
+            "the next run's drain)",
+            statements=[render(lock), *(render(c) for c in creates)],
+            action="maintain.premake_locked",
+            params=PremakeLockedParams(parent=[parent.schema, parent.name],
+                                       default=[default.name.schema, default.name.name],
+                                       items=citems, extra=extra),
             locks=locks, guard=exists_all.as_string(None),
             undo=[render(u) for u in reversed(undo)]))
     if remote and conn is not None and is_superuser(conn):
         steps.append(ddl_guard_step("premake:ddl-guard"))
-    if default is not None:
+    if guarded:
+        assert default is not None
         d = default.name
         steps.append(Step.sql(
             "premake:unguard", f"drop the temporary CHECK from {d}",
@@ -434,6 +497,53 @@ def premake_create(ctx: ActionContext) -> None:
     if stmts:
         ctx.run_ddl(stmts + (p["extra"] if any(
             it.get("drop_remote") and it["name"] not in skip for it in p["items"]) else []))
+
+
+def premake_locked(ctx: ActionContext) -> None:
+    """Create the new partitions in one transaction that first locks the parent and the
+    DEFAULT (lock_timeout, retried: a waiting request blocks the application no longer than
+    that). A ``CREATE ... PARTITION OF`` that finds rows of its range in the DEFAULT (a writer
+    ahead of premake) fails its scan: rolled back to its savepoint, that range is skipped and
+    left to the next run's drain, which carves it with its rows; the others are created."""
+    p = cast(PremakeLockedParams, ctx.params)
+    parent, d = QualifiedName(*p["parent"]), QualifiedName(*p["default"])
+    conn = ctx.conn
+    skip: list[str] = list(ctx.load().get("skip", []))
+
+    def attempt() -> list[str]:
+        skipped: list[str] = []
+        with conn.transaction():
+            ctx.set_lock_timeout(conn)
+            conn.execute(sql.SQL("LOCK TABLE ONLY {}, {} IN ACCESS EXCLUSIVE MODE").format(
+                parent.ident, d.ident))
+            made = 0
+            for it in p["items"]:
+                if it["name"] in skip:
+                    continue
+                row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [it["name"]]).fetchone()
+                if row and row[0]:
+                    continue
+                try:
+                    with conn.transaction():
+                        conn.execute(it["sql"].encode())
+                    made += 1
+                except pgerrors.CheckViolation:
+                    skipped.append(it["name"])
+            if made and any(it.get("drop_remote") for it in p["items"]
+                            if it["name"] not in skip + skipped):
+                for x in p["extra"]:
+                    conn.execute(x.encode())
+        return skipped
+
+    skipped = ctx.retry_locks(attempt, what=f"create partitions of {parent}")
+    if skipped:
+        skip += skipped
+        ctx.progress(f"rows arrived in {d} for {', '.join(skipped)} after planning: not created "
+                     "now; the next run drains them into their partition", final=True)
+    for it in p["items"]:
+        if it["name"] in skip and (drop := it.get("drop_remote")):
+            ctx.run_ddl([drop], transactional=False)
+    ctx.save({"skip": skip})
 
 
 def _can_place(info: TableInfo, notes: list[str]) -> bool:
@@ -518,8 +628,9 @@ def drain_steps(conn: Connection, info: TableInfo, parent: QualifiedName,
                       info=info if parent == info.name else None)
     n_rows = sum(t.rows for t in targets)
     for t in targets:
-        summary.drained.append({"partition": t.name.quoted, "rows": t.rows,
-                                "bound": t.bound.describe()})
+        if t.rows:  # premade ranges carved along have none
+            summary.drained.append({"partition": t.name.quoted, "rows": t.rows,
+                                    "bound": t.bound.describe()})
         summary.created.append(t.name.quoted)
         summary.analyzed.append(t.name.quoted)
     notes.append(f"drain {n_rows} rows from {old_default} into {len(targets)} new partition(s)"
@@ -632,7 +743,8 @@ def run_summary(conn: Connection, job: int, planned: dict[str, Any]) -> dict[str
             done["moved_rows"] = int(progress.get("copied", done["moved_rows"]))
         if name.startswith("archive:") and progress:
             archives.append({"partition": name.split(":", 1)[1], **progress})
-        if name == "premake:validate" and progress and progress.get("skip"):
+        if name in ("premake:validate", "premake:create") and progress \
+                and progress.get("skip"):
             # rows reached the DEFAULT for these ranges after planning: the next run drains
             skipped = list(progress["skip"])
             done["premake_deferred"] = done.get("premake_deferred", []) + skipped

@@ -64,6 +64,7 @@ from ..schemes import (
     ranges,
     suffix,
 )
+from . import carve as carve_ops
 from . import copy as copy_ops
 
 CUTOFF_CHECK = "pgcleave_cutoff"
@@ -255,6 +256,12 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
                             Bound("range", literal(lo), literal(hi))))
         notes.append(f"cutoff {cut_value}: rows with {col} below it stay in {old}; until the "
                      f"cut-over, rows with {col} >= {cut_value} are refused by the CHECK")
+        if _future_dated(conn, info, col, kind):
+            warnings.append(
+                f"{name} holds rows with {col} in the future: the application writes "
+                f"future-dated keys, and one at or past {cut_value} written before the "
+                "cut-over would be refused by the CHECK (which reads the whole table first); "
+                "--strategy default or copy refuse nothing")
     else:
         attach = Bound("default")
     for pname, _ in premade:
@@ -390,6 +397,17 @@ VALIDATE_BYTES_PER_S = 50 * 1024 * 1024
 
 def _as_time(v: Any) -> datetime:
     return v if isinstance(v, datetime) else datetime(v.year, v.month, v.day)
+
+
+def _future_dated(conn: Connection, info: TableInfo, col: str, kind: str) -> bool:
+    """Whether a time key already holds values past now (read from an index on it only)."""
+    if kind not in ("date", "timestamp", "timestamptz") or not any(
+            ix.columns and ix.columns[0] == col and ix.valid for ix in info.indexes):
+        return False
+    now = {"timestamptz": "now()", "timestamp": "localtimestamp", "date": "current_date"}[kind]
+    row = conn.execute(sql.SQL("SELECT max({}) > {} FROM {}").format(
+        sql.Identifier(col), sql.SQL(now), info.name.ident)).fetchone()
+    return bool(row and row[0])
 
 
 def _lt(a: Any, b: Any) -> bool:
@@ -638,14 +656,32 @@ def plan_unpartition(conn: Connection, table: str) -> Plan:
 
 
 
+ADD_METHODS = ("auto", "carve", "check")
+
+
 def plan_add_partition(conn: Connection, table: str, *, lower: str | None = None,
                        upper: str | None = None, values: list[str] | None = None,
                        modulus: int | None = None, remainder: int | None = None,
-                       name: str | None = None) -> Plan:
-    """A new, empty partition. With a DEFAULT partition, PostgreSQL would scan it under ACCESS
-    EXCLUSIVE to prove it holds no row of the new range; a validated CHECK excluding the range
-    proves that instead, so the CHECK is added NOT VALID, validated while writes continue, and
-    removed once the partition exists."""
+                       name: str | None = None, method: str = "auto",
+                       max_lock_ms: float = carve_ops.DIRECT_MAX_LOCK_MS) -> Plan:
+    """A new partition, without ever refusing an application statement.
+
+    Next to a plain DEFAULT partition PostgreSQL would scan the DEFAULT under ACCESS EXCLUSIVE
+    to prove it holds no row of the new range. Proving it first with a CHECK excluding the
+    range (NOT VALID, then VALIDATE) refuses every INSERT of that range from the CHECK's
+    creation until the partition exists, and the VALIDATE reads the whole DEFAULT: whenever the
+    DEFAULT takes writes (always, for a live table), an application INSERT may hit that window.
+    So ``auto`` (and ``carve``) takes ``carve``'s path with the new partition as its one piece:
+    for a small DEFAULT one short transaction that locks the parent, moves any rows of the
+    range (none, usually) and attaches the new table, PostgreSQL scanning the small DEFAULT
+    under the lock (``max_lock_ms``); for a larger one the copy with change capture and short
+    swaps (rows stay visible and writable throughout). ``check`` keeps the old CHECK path for
+    an operator who knows nothing writes to the range (the plan says what it refuses);
+    ``auto`` also falls back to it, with a warning, when carve cannot run (no primary key on a
+    DEFAULT too large for the direct transaction)."""
+    if method not in ADD_METHODS:
+        raise Refused(f"unknown add-partition method {method!r}",
+                      hint="use auto, carve or check")
     info = snapshot(conn, table)
     if info.partitioning is None:
         raise Refused(f"{info.name} is not partitioned",
@@ -657,6 +693,55 @@ def plan_add_partition(conn: Connection, table: str, *, lower: str | None = None
     part = info.name.sibling(name) if name else default_name(conn, info, b)
     if relation_exists(conn, part):
         raise Refused(f"{part} already exists", hint="choose another --name")
+    dflt = info.partitioning.default
+    fallback: list[str] = []
+    if dflt is not None and dflt.kind == "r" and method != "check":
+        try:
+            return _add_by_carve(conn, info, b, part, method, max_lock_ms)
+        except Refused as exc:
+            if method == "carve":
+                raise
+            fallback = [f"carve cannot add {part.name} ({exc.message}): the excluding CHECK "
+                        f"is used instead, and from its creation until {part.name} exists "
+                        f"(the validation reads {dflt.name}) an INSERT of a row "
+                        f"{b.describe()} fails"]
+    elif method == "carve":
+        raise Refused(f"{info.name} has no plain DEFAULT partition: there is nothing to carve",
+                      hint="use --method auto")
+    return _add_by_check(conn, info, b, part, dflt is not None and method == "check",
+                         fallback)
+
+
+def _add_by_carve(conn: Connection, info: TableInfo, b: Bound, part: QualifiedName,
+                  method: str, max_lock_ms: float) -> Plan:
+    """``add-partition`` as a carve of one piece out of the DEFAULT."""
+    dflt = info.partitioning.default if info.partitioning else None
+    assert dflt is not None
+    plan = carve_ops.plan_carve(conn, info.name.quoted,
+                                [carve_ops.Piece(name=part.name, bound=b)],
+                                method="auto", max_lock_ms=max_lock_ms, info=info)
+    how = plan.args.get("method")
+    why = (f"{dflt.name} takes writes, so a row {b.describe()} may arrive while the partition "
+           "is added; a CHECK excluding the range from the DEFAULT would refuse it (from its "
+           "creation until the partition exists, the validation reading the whole DEFAULT), so "
+           f"the partition is carved out of {dflt.name} instead ({how}: "
+           + ("one short transaction under the parent's lock, any rows of the range moved "
+              "into the new partition)" if how == "direct" else
+              "a copy with change capture and short swaps: rows stay visible and writable)")
+           + ": no application statement is refused")
+    notes = [f"path: carve ({'--method carve' if method == 'carve' else 'auto'}): {why}",
+             *plan.notes]
+    return Plan("add-partition", info.name.quoted,
+                {"partition": part.quoted, "bound": b.describe(), "path": f"carve-{how}"},
+                plan.steps, notes=notes, warnings=plan.warnings, requires=plan.requires)
+
+
+def _add_by_check(conn: Connection, info: TableInfo, b: Bound, part: QualifiedName,
+                  chosen: bool, warnings: list[str]) -> Plan:
+    """The partition created with ``CREATE TABLE ... PARTITION OF``; next to a DEFAULT, after
+    a validated CHECK excluding its range from it (which refuses rows of that range until
+    the partition exists: chosen with ``--method check`` or as a fallback, with a warning)."""
+    assert info.partitioning is not None
     col = info.partitioning.key_columns[0]
     t = info.partitioning.key_types[0]
     colid = sql.Identifier(col)
@@ -665,6 +750,8 @@ def plan_add_partition(conn: Connection, table: str, *, lower: str | None = None
     steps: list[Step] = []
     dflt = info.partitioning.default
     notes: list[str] = []
+    if chosen:
+        notes.append("path: check (chosen with --method check)")
     if dflt is not None and dflt.kind == "r":
         steps += default_exclusion(
             dflt.name, child_name("pgcleave_excl", part.name), b.predicate(colid, t),
@@ -698,8 +785,10 @@ def plan_add_partition(conn: Connection, table: str, *, lower: str | None = None
             dflt.name, child_name("pgcleave_excl", part.name), b.predicate(colid, t),
             name="drop-exclusion-check"))
     return Plan("add-partition", parent.quoted, {"partition": part.quoted,
-                                                  "bound": b.describe()}, steps, notes=notes,
-                requires=[*preflight.table_change(parent),
+                                                  "bound": b.describe(), "path": "create"
+                                                  if dflt is None or dflt.kind != "r"
+                                                  else "check"}, steps, notes=notes,
+                warnings=warnings, requires=[*preflight.table_change(parent),
                           *(preflight.owner(p.name) for p in
                             (info.partitioning.partitions if info.partitioning else [])
                             if p.is_default)])

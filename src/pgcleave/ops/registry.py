@@ -22,6 +22,7 @@ ACTIONS: dict[str, ActionFn] = {
     "copy.verify": copy_run.verify,
     "maintain.premake_validate": maintain.premake_validate,
     "maintain.premake_create": maintain.premake_create,
+    "maintain.premake_locked": maintain.premake_locked,
     "move.subscribe": move_run.subscribe,
     "move.catch_up": move_run.catch_up,
     "move.cutover": move_run.cutover,
