@@ -7,6 +7,7 @@ visible, and `resume` then finishes the job."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,9 @@ def fail_at_each_step(db: Any, conn: Any, cli: Any, argv: list[str], *, table: s
         w = Workload(db.dsn, spec, writers=2, max_seconds=30).start()
         try:
             w.run_for(0.5)
+            deadline = time.monotonic() + 20  # a loaded machine: until they wrote enough
+            while w.ops.get("insert", 0) <= 3 and time.monotonic() < deadline:
+                w.run_for(0.2)
         finally:
             w.stop()
         w.verify(conn)  # no writer error, every committed row visible exactly once

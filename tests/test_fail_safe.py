@@ -10,6 +10,7 @@ reports the residue with the command that clears it, and `status` marks it.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,6 +39,9 @@ def writers_after(dsn: str, conn: Any, spec: Spec, seconds: float = 0.6) -> Work
     w = Workload(dsn, spec, writers=2, max_seconds=30).start()
     try:
         w.run_for(seconds)
+        deadline = time.monotonic() + 20  # a loaded machine: until they have written enough
+        while w.ops.get("insert", 0) <= 5 and time.monotonic() < deadline:
+            w.run_for(0.2)
     finally:
         w.stop()
     w.verify(conn)  # no writer error, every committed row present exactly once
