@@ -186,6 +186,14 @@ OPERATIONS: dict[str, Operation] = {o.name: o for o in [
 ]}
 
 
+def _shard_unreachable(error: str) -> bool:
+    """An application statement that failed because its rows' server was cut off or
+    restarting: the fault's own doing, whatever pgcleave does."""
+    return any(m in error for m in ("could not connect to server", "server closed the"
+                                    " connection", "SqlclientUnableToEstablishSqlconnection",
+                                    "connection to server", "terminating connection"))
+
+
 # -- the state a round is judged by -----------------------------------------------------------
 def leftovers(conn: psycopg.Connection[Any]) -> list[str]:
     """What a job can leave behind, by name (a set to compare with a clean run's)."""
@@ -326,7 +334,9 @@ class Campaign:
                               problems, writer_ops=sum(w.ops.values()))
             try:
                 with env.connect() as c:
-                    w.verify(c, connection_loss_ok=fault == "restart")
+                    w.verify(c, connection_loss_ok=fault == "restart",
+                             fault_error=_shard_unreachable if op.shard and fault in (
+                                 "netcut", "restart") else None)
             except AssertionError as exc:
                 outcome.problems.append(f"writers: {exc}")
             self._judge(env, op, outcome, before if recovered_by == "rollback" else after,
@@ -383,9 +393,16 @@ class Campaign:
             jobs = c.execute("SELECT id FROM pgcleave.jobs WHERE state IN ('running', 'failed')"
                              " ORDER BY id").fetchall() if journal and journal[0] else []
         if not jobs:
-            # refused or failed before its first change: nothing to recover, but say why
-            return "nothing to recover", ([] if rc in (1, 3, 4, 5, -9) else
-                                          [f"exit {rc} without a job: {out[-300:]}"])
+            # refused or failed before its first change (a server it checks was away): the
+            # operator runs it again
+            if rc not in (1, 3, 4, 5, -9):
+                return "rerun", [f"exit {rc} without a job: {out[-300:]}"]
+            for _attempt in range(4):
+                r = env.cli(*op.argv)
+                if r.returncode == 0:
+                    return "rerun", []
+                time.sleep(1.0)
+            return "rerun", [f"fails again without a fault: {(r.stdout + r.stderr)[-400:]}"]
         last = ""
         for job in [j[0] for j in jobs]:
             for _attempt in range(4):

@@ -49,6 +49,8 @@ class WriterResult:
     # restart): committed or not, nobody can tell; verify(connection_loss_ok=True) skips them
     in_doubt: set[Any] = field(default_factory=set)
     connection_lost: str | None = None
+    # the row each error's statement was about (None for an INSERT), beside ``errors``
+    error_rows: list[Any] = field(default_factory=list)
 
 
 class Workload:
@@ -126,10 +128,13 @@ class Workload:
         return (f"writers={self.n} ops={self.ops} errors={len(self.errors)} "
                 f"anomalies={len(self.anomalies)} longest_stall_ms={self.max_stall_ms:.1f}")
 
-    def verify(self, conn: psycopg.Connection[Any], *, connection_loss_ok: bool = False) -> None:
+    def verify(self, conn: psycopg.Connection[Any], *, connection_loss_ok: bool = False,
+               fault_error: Callable[[str], bool] | None = None) -> None:
         """Assert the table holds every committed write exactly once. With
         ``connection_loss_ok`` (a fault that restarts the writers' own server), a writer whose
-        connection broke is no error, and the write it had in flight is not judged."""
+        connection broke is no error, and the write it had in flight is not judged. An error
+        ``fault_error`` says the fault itself caused (a shard cut off) is no error either,
+        and the row it was about is not judged."""
         s = self.spec
         dup = conn.execute(sql.SQL("SELECT {id}, count(*) FROM {t} GROUP BY {id} HAVING "
                                    "count(*) > 1 LIMIT 5").format(
@@ -142,6 +147,10 @@ class Workload:
                 p=sql.Identifier(s.payload_col), t=s.table), [list(mine)])}
         expected = self.expected_rows()
         doubt = {i for r in self.results for i in r.in_doubt} if connection_loss_ok else set()
+        if fault_error is not None:
+            doubt |= {rid for r in self.results for e, rid in zip(r.errors, r.error_rows,
+                                                                  strict=True)
+                      if fault_error(e) and rid is not None}
         expected = {i: v for i, v in expected.items() if i not in doubt}
         missing = [i for i in expected if i not in rows]
         assert not missing, f"{len(missing)} committed rows lost, e.g. {missing[:5]}"
@@ -151,7 +160,8 @@ class Workload:
         wrong = [(i, rows[i], v) for i, v in expected.items() if rows[i] != v]
         assert not wrong, f"{len(wrong)} rows differ from the last committed write: {wrong[:3]}"
         errors = [e for r in self.results for e in r.errors
-                  if not (connection_loss_ok and r.connection_lost == e)]
+                  if not (connection_loss_ok and r.connection_lost == e)
+                  and not (fault_error is not None and fault_error(e))]
         assert not errors, f"writers got errors: {errors[:5]}"
         assert not self.anomalies, f"rows invisible for a moment: {self.anomalies[:5]}"
 
@@ -161,6 +171,7 @@ class Workload:
             self._write(i)
         except Exception as exc:  # a crashed writer must fail verify(), never pass silently
             self.results[i].errors.append(f"writer {i} crashed: {type(exc).__name__}: {exc}")
+            self.results[i].error_rows.append(None)
 
     def _write(self, i: int) -> None:
         res = self.results[i]
@@ -189,6 +200,7 @@ class Workload:
             conn = psycopg.connect(self.dsn, autocommit=True, application_name=f"writer-{i}")
         except psycopg.Error as exc:
             res.errors.append(f"connect: {exc}")
+            res.error_rows.append(None)
             self._started.wait(timeout=30)
             return
         self._started.wait(timeout=30)
@@ -238,6 +250,7 @@ class Workload:
                                                  f"{res.expected[rid]}")
                 except psycopg.Error as exc:
                     res.errors.append(f"{op}: {type(exc).__name__}: {str(exc).strip()}")
+                    res.error_rows.append(rid)
                     if conn.closed or conn.broken:
                         res.connection_lost = res.errors[-1]
                         if rid is not None:
