@@ -47,7 +47,7 @@ def load(c: psycopg.Connection[Any], rows: int) -> None:
     c.execute("CREATE TABLE accounts (id bigserial PRIMARY KEY, tenant int NOT NULL,"
               " created_at timestamptz NOT NULL DEFAULT now(), kind text NOT NULL,"
               " payload text)")
-    c.execute("INSERT INTO accounts (tenant, kind, payload) SELECT (i * 7919) %% 100000,"
+    c.execute("INSERT INTO accounts (tenant, kind, payload) SELECT (i::bigint * 7919) %% 100000,"
               " 'k' || (i %% 17), md5(i::text) FROM generate_series(1, %s) i", [rows])
     c.execute("CREATE INDEX accounts_tenant ON accounts (tenant)")
     c.execute("VACUUM ANALYZE accounts")

@@ -768,7 +768,7 @@ def unswap_steps(new: TableInfo, old: TableInfo, spec: Spec) -> list[Step]:
           for tr in _user_triggers(new)],
         sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident, sql.Identifier(inter.name)),
         sql.SQL("ALTER TABLE {} RENAME TO {}").format(retired.ident, sql.Identifier(t.name)),
-        *_sequences(old, to=t, frm=inter),
+        *_sequences(new, to=t, frm=inter),  # the partitioned table owns them since the swap
         *dependents.grants(new, t),
         # the new table's copies of the user triggers carry their original enabled state
         *[sql.SQL("ALTER TABLE {} ENABLE TRIGGER {}").format(t.ident, sql.Identifier(tr.name))
