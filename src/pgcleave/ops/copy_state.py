@@ -181,6 +181,12 @@ def make_spec(info: TableInfo, by: str, interval: str, time_zone: str = "UTC",
     col = info.column(by)
     kind = key_kind(col.type)
     range_col = str(layout["then"]) if layout.get("then") else (by if method == "range" else None)
+    if range_col is not None:
+        rc = info.column(range_col)
+        iv = Interval.parse(interval)
+        check_fits(key_kind(rc.type), iv, range_col, rc.type)
+    else:
+        iv = Interval.parse(interval or "1")  # placeholder: hash and list have no interval
     for name in dict.fromkeys([by, *([range_col] if range_col else [])]):
         c = info.column(name)
         if c.generated:
@@ -190,12 +196,6 @@ def make_spec(info: TableInfo, by: str, interval: str, time_zone: str = "UTC",
                           "range partitions cannot hold NULL keys)",
                           hint=f"make it NOT NULL first (ADD CHECK ({name} IS NOT NULL) NOT "
                                "VALID, VALIDATE, then SET NOT NULL)")
-    if range_col is not None:
-        rc = info.column(range_col)
-        iv = Interval.parse(interval)
-        check_fits(key_kind(rc.type), iv, range_col, rc.type)
-    else:
-        iv = Interval.parse(interval or "1")  # placeholder: hash and list have no interval
     match = pk + [c for c in dict.fromkeys([by, *([range_col] if range_col else [])])
                   if c not in pk]
     columns = [c.name for c in info.columns if not c.generated]
