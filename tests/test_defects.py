@@ -136,18 +136,17 @@ def test_index_parser_reads_quoted_names_with_spaces(conn):
         parse_indexdef("CREATE INDEX broken")
 
 
-# -- hash: one honest refusal -----------------------------------------------------------------
-def test_hash_is_refused_once_and_modulus_is_not_silently_ignored(db, conn, cli):
+# -- hash: by copy, and --modulus never silently ignored --------------------------------------
+def test_hash_needs_modulus_and_modulus_is_not_silently_ignored(db, conn, cli):
     conn.execute("CREATE TABLE h (id int PRIMARY KEY, v text)")
     r = cli("--dsn", db.dsn, "partition", "h", "--by", "hash(id)", "--dry-run")
-    assert r.returncode == 3, (r.returncode, r.stderr)
-    assert "hash" in r.stderr and "--strategy copy" not in r.stderr
-    r = cli("--dsn", db.dsn, "partition", "h", "--by", "hash(id)", "--strategy", "copy",
+    assert r.returncode == 3 and "--modulus" in r.stderr, (r.returncode, r.stderr)
+    r = cli("--dsn", db.dsn, "partition", "h", "--by", "hash(id)", "--modulus", "4",
             "--dry-run")
-    assert r.returncode == 3 and "--strategy" not in r.stderr.split("hint")[-1]
+    assert r.returncode == 0 and "MODULUS 4, REMAINDER 3" in r.stdout, r.stderr
     r = cli("--dsn", db.dsn, "partition", "h", "--by", "range(id)", "--modulus", "4",
             "--dry-run")
-    assert r.returncode == 2 and "--modulus" in r.stderr
+    assert r.returncode == 3 and "--modulus" in r.stderr
     assert conn.execute("SELECT relkind FROM pg_class WHERE relname = 'h'").fetchone() == ("r",)
 
 

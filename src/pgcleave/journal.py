@@ -172,6 +172,11 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
     );
     """),
+    # how a copy partitions when not by one range level: {"method": "hash", "modulus": 16} or
+    # {"method": "list", "groups": [...], "names": [...], "then": col, "then_interval": iv}
+    ("copy:layout", """
+    ALTER TABLE pgcleave.copies ADD COLUMN layout jsonb NOT NULL DEFAULT '{}';
+    """),
 )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import click
 
-from ..errors import UsageError
 from ..ops.carve import DIRECT_MAX_LOCK_MS, plan_carve
 from ..ops.partition import plan_add_partition, plan_partition, plan_unpartition
 from . import common
@@ -32,14 +31,23 @@ def _values(text: str | None) -> list[str] | None:
                    "number for integer keys.")
 @click.option("--premake", default=3, show_default=True, type=click.IntRange(min=0),
               help="Future partitions created at once (legacy strategy).")
-@click.option("--modulus", default=None, type=click.IntRange(min=1),
-              help="Reserved for hash partitioning, which is not available yet (refused).")
+@click.option("--modulus", default=None, type=int,
+              help="Hash partitioning: the number of partitions (TABLE_p0 .. TABLE_p{N-1}); "
+                   "copied, as a hash-partitioned table has no DEFAULT.")
+@click.option("--values", "values", multiple=True, metavar="V1,V2",
+              help="List partitioning by copy: the values of one partition (repeat for each "
+                   "partition); values not listed go to a DEFAULT partition. Without it, one "
+                   "partition per distinct value in the table.")
+@click.option("--batch-size", default=10000, show_default=True, type=click.IntRange(min=1),
+              help="Rows per fill batch (copy strategy).")
 @click.option("--strategy", type=click.Choice(["legacy", "default", "copy"]), default=None,
               help="legacy: the old table becomes [MINVALUE, cutoff); default: it becomes the "
                    "DEFAULT partition; copy: rows are copied into a new table. Chosen "
                    "automatically when omitted (the reason is printed).")
 @click.option("--then", "then", default=None, metavar="'range(COL)'",
-              help="Second level, stored in the policy for maintain (default strategy).")
+              help="Second level under a list: with --interval, by copy with the history "
+                   "split into it; with --then-interval, in place (old table as DEFAULT) and "
+                   "stored in the policy for maintain.")
 @click.option("--then-interval", default=None, metavar="INTERVAL",
               help="Interval of the second level.")
 @click.option("--cutoff", default=None, metavar="VALUE",
@@ -55,25 +63,27 @@ def _values(text: str | None) -> list[str] | None:
 @yes_option
 @json_option
 def partition(table: str, by: str, interval: str | None, premake: int, modulus: int | None,
-              strategy: str | None, then: str | None, then_interval: str | None,
-              cutoff: str | None, old_name: str | None, drop_inbound_fks: bool,
-              require_parent_key: bool, dry_run: bool, yes: bool, as_json: bool) -> None:
+              values: tuple[str, ...], batch_size: int, strategy: str | None, then: str | None,
+              then_interval: str | None, cutoff: str | None, old_name: str | None,
+              drop_inbound_fks: bool, require_parent_key: bool, dry_run: bool, yes: bool,
+              as_json: bool) -> None:
     """Turn the plain TABLE into a partitioned table under the same name, online.
 
     \b
     pgcleave partition orders --by 'range(created_at)' --interval '1 month'
     pgcleave partition exercises --by 'range(tenant)'          # old table as DEFAULT
+    pgcleave partition accounts --by 'hash(tenant)' --modulus 16   # by copy
+    pgcleave partition orders --by 'list(country)' --values RU --values US,GB \
+        --then 'range(scheduled_at)' --interval '1 month'         # two levels, by copy
     """
-    if modulus is not None:
-        raise UsageError("--modulus goes with hash partitioning, which `pgcleave partition` "
-                         "does not do yet; nothing was changed",
-                         hint="partition by 'range(COLUMN)' or 'list(COLUMN)'")
     with common.db() as conn:
         plan = plan_partition(conn, table, by=by, interval=interval, premake=premake,
                               strategy=strategy, then=then,
                               then_interval=then_interval, cutoff=cutoff,
                               drop_inbound_fks=drop_inbound_fks,
-                              require_parent_key=require_parent_key, old_name=old_name)
+                              require_parent_key=require_parent_key, old_name=old_name,
+                              modulus=modulus, values=list(values) or None,
+                              batch_size=batch_size)
     common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
 
 

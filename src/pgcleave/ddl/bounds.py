@@ -256,3 +256,35 @@ def same_value(conn: Connection, a: sql.Composable | None, b: sql.Composable | N
     if a is None or b is None:
         return a is None and b is None
     return server_bool(conn, sql.SQL("{} = {}").format(cast(a, t), cast(b, t)))
+
+
+# -- hash bounds that another server can check --------------------------------------------------
+#: PostgreSQL's HASH_PARTITION_SEED and the constant of hash_combine64 (src/include/common/
+#: hashfn.h), with which a row's remainder is computed for a one-column hash key.
+HASH_PARTITION_SEED = 0x7A5B22367996DCFD
+_HASH_COMBINE = 0x49A0F4DD15E5A8E3
+
+
+def portable_hash_check(conn: Connection, parent: QualifiedName, col: str, modulus: int,
+                        remainder: int) -> str:
+    """A hash partition's constraint that needs no parent. ``pg_get_partition_constraintdef``
+    gives ``satisfies_hash_partition('<parent oid>'::oid, ...)``, which names the local
+    parent by OID: a shard's CHECK made of it fails on every row (no such relation there).
+    This computes the remainder as PostgreSQL does for one key column: the key's extended
+    hash support function (of its operator class) with the partition seed, combined into a
+    zero row hash, as an unsigned 64-bit number, modulo the modulus."""
+    row = conn.execute(
+        "SELECT p.amproc::regproc::text FROM pg_partitioned_table pt"
+        " JOIN pg_opclass oc ON oc.oid = pt.partclass[0]"
+        " JOIN pg_amproc p ON p.amprocfamily = oc.opcfamily AND p.amprocnum = 2"
+        " AND p.amproclefttype = oc.opcintype AND p.amprocrighttype = oc.opcintype"
+        " WHERE pt.partrelid = to_regclass(%s) AND pt.partnatts = 1", [parent.quoted]).fetchone()
+    if row is None:
+        raise Refused(f"cannot find the hash function of {parent}'s partition key")
+    u64 = 2 ** 64
+    return sql.SQL(
+        "({c} IS NULL AND {r} = 0 OR ((({f}({c}, {seed})::numeric + {k} + {u}) % {u}) % {m})"
+        " = {r})").format(
+        c=sql.Identifier(col), f=sql.SQL(str(row[0])), seed=sql.Literal(HASH_PARTITION_SEED),
+        k=sql.Literal(_HASH_COMBINE), u=sql.Literal(u64), m=sql.Literal(modulus),
+        r=sql.Literal(remainder)).as_string(None)

@@ -77,8 +77,11 @@ from .copy_state import (
     DeferredIndex,
     FillParams,
     Spec,
+    check_capture_key,
+    layout_statements,
     load_state,
     make_spec,
+    policy_steps,
     resolve_copy,
     state_where,
 )
@@ -198,15 +201,15 @@ def new_indexes(info: TableInfo, spec: Spec, notes: list[str],
         d = parse_indexdef(ix.definition)
         unique, tail = d.unique, d.tail
         if unique:
-            missing = [spec.by] if spec.by not in ix.columns else []
+            missing = [c for c in spec.partition_cols if c not in ix.columns]
             if missing:
                 tail = _append_columns(tail, missing)
                 warnings.append(
                     f"unique index {ix.name} ({', '.join(ix.columns)}) becomes unique on "
-                    f"({', '.join([*ix.columns, spec.by])}): ({', '.join(ix.columns)}) alone is "
-                    "no longer unique, a second row with existing values can be inserted into "
-                    "another partition (a unique key of a partitioned table must include the "
-                    "partition key)")
+                    f"({', '.join([*ix.columns, *missing])}): ({', '.join(ix.columns)}) alone "
+                    "is no longer unique, a second row with existing values can be inserted "
+                    "into another partition (a unique key of a partitioned table must include "
+                    "the partition key)")
         is_constraint = ix.constraint is not None and cons_types.get(ix.constraint) == "u"
         out.append(NewIndex(ix.name, tail, unique, is_constraint))
     return out
@@ -379,7 +382,7 @@ def add_partition_steps(conn: Connection, spec: Spec, parent: QualifiedName,
 
 
 # -- prep ------------------------------------------------------------------------------------------
-def _check_fresh(conn: Connection, info: TableInfo, spec: Spec) -> None:
+def check_fresh(conn: Connection, info: TableInfo, spec: Spec) -> None:
     st = load_state(conn, info.name)
     if st is not None:
         raise Refused(f"{info.name} is already prepped (state {st.state})",
@@ -462,8 +465,9 @@ def prep_steps(conn: Connection, info: TableInfo, spec: Spec, *, defer_indexes: 
     stmts: list[sql.Composable] = [
         sql.SQL("CREATE TABLE {new} (LIKE {old} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
                 "INCLUDING IDENTITY INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS "
-                "INCLUDING STATISTICS INCLUDING COMPRESSION) PARTITION BY RANGE ({by})").format(
-            new=new.ident, old=t.ident, by=sql.Identifier(spec.by)),
+                "INCLUDING STATISTICS INCLUDING COMPRESSION) PARTITION BY {m} ({by})").format(
+            new=new.ident, old=t.ident, by=sql.Identifier(spec.by),
+            m=sql.SQL(spec.method.upper())),
         sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
             new.ident, sql.Identifier(incoming_name(info, info.primary_key.name)),
             collist(spec.match)),
@@ -490,8 +494,9 @@ def prep_steps(conn: Connection, info: TableInfo, spec: Spec, *, defer_indexes: 
         stmts.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) {}").format(
             new.ident, sql.Identifier(fk.name), collist(fk.columns),
             sql.SQL(fk.definition[fk.definition.index("REFERENCES"):])))
-    stmts.append(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
-        spec.default.ident, new.ident))
+    if spec.method == "range":  # other layouts create their DEFAULT (if any) with the partitions
+        stmts.append(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
+            spec.default.ident, new.ident))
     deferred_json = deferred_params(spec, deferred, info)
 
     stmts.append(sql.SQL(
@@ -501,9 +506,10 @@ def prep_steps(conn: Connection, info: TableInfo, spec: Spec, *, defer_indexes: 
              sql.Literal(new.name), sql.Literal(spec.retired.name), sql.Literal(spec.by),
              sql.Literal(str(spec.interval)), sql.Literal(spec.time_zone),
              sql.Literal(Jsonb(deferred_json))))
+    stmts += layout_statements(spec)
     step = Step.sql(
-        "create-intermediate", f"create {new} partitioned by range ({spec.by}), its key, indexes "
-        "and DEFAULT partition", _st(stmts), locks=[LockTaken(Lock.ACCESS_SHARE, str(t))],
+        "create-intermediate", f"create {new} partitioned by {spec.method} ({spec.by}), its key, "
+        "indexes and DEFAULT partition", _st(stmts), locks=[LockTaken(Lock.ACCESS_SHARE, str(t))],
         guard=relation_exists_sql(new),
         undo=[sql.SQL("DROP TABLE IF EXISTS {}").format(new.ident),
               sql.SQL("DELETE FROM pgcleave.copies WHERE {}").format(state_where(t))])
@@ -527,7 +533,7 @@ def plan_prep(conn: Connection, table: str, *, by: str, interval: str, time_zone
     ``past``/``future``, also create partitions (as ``add-partitions`` would)."""
     info = snapshot(conn, table)
     spec = make_spec(info, _key_column(by), interval, time_zone)
-    _check_fresh(conn, info, spec)
+    check_fresh(conn, info, spec)
     notes: list[str] = []
     warnings: list[str] = []
     steps, deferred = prep_steps(conn, info, spec, defer_indexes=defer_indexes, notes=notes,
@@ -553,6 +559,8 @@ def plan_add_partitions(conn: Connection, table: str, *, past: int = 0, future: 
     """``pgcleave add-partitions``: partitions for ``past`` intervals before the current one and
     ``future`` after, on ``T_intermediate`` before the swap and on ``T`` after it."""
     info, st, spec = resolve_copy(conn, table)
+    if spec.layout:
+        raise Refused(f"{info.name} is copied by {spec.method}; add-partitions is for one range")
     parent = spec.intermediate if st.state == "prepped" else spec.table
     pinfo = snapshot(conn, parent.quoted)
     assert pinfo.partitioning is not None
@@ -742,7 +750,8 @@ def plan_swap(conn: Connection, table: str) -> Plan:
         notes.append(f"the fill copied only rows matching {st.fill_where!r}: the others stay in "
                      f"{spec.retired} only")
     steps = [verify_step(spec), *swap_steps(conn, info, spec, _names_to_swap(conn, info, spec,
-                                                                              notes))]
+                                                                              notes)),
+             *policy_steps(spec)]
     return Plan("swap", info.name.quoted, {}, steps, notes=notes,
                 requires=[*preflight.table_change(info.name), preflight.owner(spec.intermediate)])
 
@@ -759,7 +768,9 @@ def plan_unswap(conn: Connection, table: str) -> Plan:
         raise Refused(f"{spec.table} no longer captures changes into {spec.retired}: swapping "
                       "back would lose them", hint="it was unprepped; unswap is not possible")
     old = snapshot(conn, spec.retired.quoted)
-    return Plan("unswap", info.name.quoted, {}, unswap_steps(info, old, spec),
+    check_capture_key(info, spec)
+    return Plan("unswap", info.name.quoted, {}, [*unswap_steps(info, old, spec),
+                                                 *policy_steps(spec, forget=True)],
                 requires=[*preflight.table_change(info.name), preflight.owner(spec.retired)],
                 notes=[f"{spec.table} is the old table again; capture into {spec.intermediate} "
                        "resumes, `pgcleave swap` can run again"])
@@ -825,7 +836,7 @@ def plan_partition_copy(conn: Connection, table: str, *, by: str, interval: str 
                       "keys)")
     info = snapshot(conn, table)
     spec = make_spec(info, by, interval, time_zone)
-    _check_fresh(conn, info, spec)
+    check_fresh(conn, info, spec)
     if where:
         _check_where(conn, spec.table, where)
     notes: list[str] = []

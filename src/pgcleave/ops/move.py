@@ -37,6 +37,7 @@ from psycopg.conninfo import conninfo_to_dict
 from .. import servers
 from ..catalog import Partition, TableInfo, relation_exists, snapshot
 from ..connection import Connection, redact
+from ..ddl.bounds import portable_hash_check
 from ..ddl.capture import CopyAcross, key_log_function
 from ..ddl.exclusion import default_exclusion, drop_default_exclusion
 from ..ddl.shards import (
@@ -159,6 +160,10 @@ def plan_move(conn: Connection, partition: str, *, to: str, drop_source: bool = 
     row = conn.execute("SELECT pg_get_partition_constraintdef(%s::oid)", [info.oid]).fetchone()
     assert row is not None and row[0]
     cdef = str(row[0])
+    if part.modulus and len(parent.partitioning.key_columns) == 1:
+        # the shard has no parent for satisfies_hash_partition('<oid>') to name
+        cdef = portable_hash_check(conn, parent.name, parent.partitioning.key_columns[0],
+                                   part.modulus, part.remainder or 0)
     tag = f"pgcleave_move_{info.oid}"
 
     if to == "local":

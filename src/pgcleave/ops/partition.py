@@ -66,6 +66,7 @@ from ..schemes import (
 )
 from . import carve as carve_ops
 from . import copy as copy_ops
+from . import copy_layout
 
 CUTOFF_CHECK = "pgcleave_cutoff"
 STRATEGIES = ("legacy", "default", "copy")
@@ -104,19 +105,27 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
                    premake: int = 3, strategy: str | None = None,
                    then: str | None = None, then_interval: str | None = None,
                    cutoff: str | None = None, drop_inbound_fks: bool = False,
-                   require_parent_key: bool = False, old_name: str | None = None) -> Plan:
-    """Plan the in-place conversion of ``table`` into a partitioned table of the same name."""
+                   require_parent_key: bool = False, old_name: str | None = None,
+                   modulus: int | None = None, values: list[str] | None = None,
+                   batch_size: int = 10000) -> Plan:
+    """Plan the in-place conversion of ``table`` into a partitioned table of the same name
+    (or, for hash, list value groups and two levels by copy, the copy's job)."""
     method, col = parse_by(by)
     if strategy is not None and strategy not in STRATEGIES:
         raise Refused(f"unknown strategy {strategy!r}", hint="use legacy, default or copy")
-    if method == "hash":
-        raise Refused("pgcleave cannot partition a table by hash yet: no strategy does it "
-                      "(in place there is no DEFAULT or open-ended range to hold the old "
-                      "table, and the copy strategy copies range keys only); nothing was "
-                      "changed", hint="partition by 'range(COLUMN)' or 'list(COLUMN)'")
+    if method == "range" and (values or modulus is not None):
+        raise Refused(f"--{'values' if values else 'modulus'} goes with "
+                      f"{'list' if values else 'hash'} partitioning; a range layout takes "
+                      "--interval; nothing was changed")
+    if method == "hash" or values or modulus is not None or (method == "list" and (
+            strategy == "copy" or (then is not None and interval is not None))):
+        return _plan_layout_copy(conn, table, by=by, method=method, strategy=strategy,
+                                 modulus=modulus, values=values, then=then,
+                                 interval=interval or then_interval, premake=premake,
+                                 batch_size=batch_size)
     if strategy == "copy":
         return copy_ops.plan_partition_copy(conn, table, by=by, interval=interval,
-                                            premake=premake)
+                                            premake=premake, batch_size=batch_size)
     info = snapshot(conn, table)
     name = info.name
     if info.kind == "p":
@@ -333,6 +342,32 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
                           *(preflight.owner(v.name) for v in info.views),
                           *(preflight.owner(fk.table) for fk in info.foreign_keys_in
                             if drop_inbound_fks)])
+
+
+def _plan_layout_copy(conn: Connection, table: str, *, by: str, method: str,
+                      strategy: str | None, modulus: int | None, values: list[str] | None,
+                      then: str | None, interval: str | None, premake: int,
+                      batch_size: int) -> Plan:
+    """Hash, list value groups and list-then-range: only the copy strategy can build them."""
+    warnings: list[str] = []
+    if method == "hash":
+        reason = ("a hash-partitioned table has no DEFAULT partition and no open-ended range "
+                  "to hold the old table, so it cannot be converted in place")
+        if strategy in ("legacy", "default"):
+            warnings.append(f"--strategy {strategy} asked for in place, but {reason}: the "
+                            "rows are copied instead (strategy copy)")
+    elif strategy in ("legacy", "default"):
+        raise Refused(f"--strategy {strategy} keeps the old table whole as one partition: "
+                      "list value groups (--values) and two levels with history split need "
+                      "the copy strategy; nothing was changed",
+                      hint="drop --strategy, or use --strategy copy")
+    else:
+        reason = ("list value groups and history split into two levels are built by copying "
+                  "the rows into the new layout")
+    return copy_layout.plan_partition_layout(
+        conn, table, by=by, modulus=modulus, values=values, then=then, interval=interval,
+        premake=premake, batch_size=batch_size, notes=[f"strategy copy: {reason}"],
+        warnings=warnings)
 
 
 def _classify_indexes(info: TableInfo, col: str, strategy: str) -> _Keys:
