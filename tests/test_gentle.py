@@ -5,8 +5,11 @@ nothing lost; the limits are refused before anything changes when malformed."""
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -114,27 +117,50 @@ class LockWaiter:
         self.thread.join()
 
 
+def run_releasing_on_pause(waiter: LockWaiter, *args: str, after_s: float = 1.0
+                           ) -> tuple[int, str, float]:
+    """Run the CLI; ``after_s`` after it reports a pause, release ``waiter`` (at the end at
+    the latest). Returns (exit code, stderr, seconds it ran)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PGCLEAVE_DSN", "PGCLEAVE_FAULT")}
+    t0 = time.monotonic()
+    p = subprocess.Popen([sys.executable, "-m", "pgcleave", *args], env=env, text=True,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+    assert p.stderr is not None
+    lines = []
+    timer: threading.Timer | None = None
+    for line in p.stderr:
+        lines.append(line)
+        if "paused:" in line and timer is None:
+            timer = threading.Timer(after_s, waiter.release)
+            timer.start()
+    rc = p.wait(timeout=120)
+    if timer is None:
+        waiter.release()
+    else:
+        timer.join()
+    return rc, "".join(lines), time.monotonic() - t0
+
+
 def test_max_load_pauses_and_goes_on_by_itself(db: Any, conn: Any, cli: Any) -> None:
     _events(conn, 20000)
     d = db.dsn
     _ok(cli("--dsn", d, "prep", "events", "--by", "created_at", "--interval", "month",
             "--past", "11", "--future", "1", "--yes"))
     waiter = LockWaiter(d)
-    timer = threading.Timer(2.0, waiter.release)
     w = Workload(d, _spec(), writers=2, max_seconds=60, pause_s=0.005)
-    t0 = time.monotonic()
     with w:
-        timer.start()
         # lock_waits=0: the waiter alone is over the limit; writers' own short row waits may
         # add pauses, which the fill also sits out
-        r = _ok(cli("--dsn", d, "--max-load", "lock_waits=0", "fill", "events", "--yes"))
+        rc, err, _took = run_releasing_on_pause(
+            waiter, "--dsn", d, "--max-load", "lock_waits=0", "fill", "events", "--yes")
         w.run_for(0.5)
-    took = time.monotonic() - t0
-    timer.join()
-    assert "paused: load over --max-load (lock_waits=1 > 0)" in r.stderr, r.stderr
-    assert "load back under --max-load" in r.stderr and "going on after a pause" in r.stderr
-    assert took >= 1.8, "the fill did not wait for the load to go down"
-    assert "fill done" in r.stderr and "paused" in r.stderr.split("fill done")[1]
+    assert rc == 0, err
+    assert "paused: load over --max-load (lock_waits=1 > 0)" in err, err
+    m = re.search(r"going on after a pause of ([\d.]+) s", err)
+    assert m and float(m.group(1)) >= 0.9, "the fill did not wait for the load to go down"
+    assert "load back under --max-load" in err
+    assert "fill done" in err and "paused" in err.split("fill done")[1]
     w.verify(conn)
     assert verify_copy(conn, "events").ok
 
@@ -195,3 +221,25 @@ def test_limits_syntax_and_pacer() -> None:
     # a batch that ran 200 ms shrinks the next one at once to about the target
     assert p.record(2000, 0.2) == 160
     assert Pacer(0, cap=500, first=10).size == 500
+
+
+def test_carve_copy_pauses_for_load(db: Any, conn: Any, cli: Any) -> None:
+    from tests.test_carve import _spec as tenant_spec
+    from tests.test_carve import _tenants_table
+
+    _tenants_table(conn, 20000)
+    d = db.dsn
+    _ok(cli("--dsn", d, "partition", "acc", "--by", "range(tenant)", "--yes"))
+    w = Workload(d, tenant_spec(), writers=2, max_seconds=60, pause_s=0.005)
+    with w:
+        waiter = LockWaiter(d)
+        rc, err, _took = run_releasing_on_pause(
+            waiter, "--dsn", d, "--max-load", "lock_waits=0", "carve", "acc", "--from", "B",
+            "--to", "D", "--method", "swap", "--yes")
+        w.run_for(0.3)
+    assert rc == 0, err
+    assert "paused: load over --max-load (lock_waits=1 > 0)" in err, err
+    m = re.search(r"going on after a pause of ([\d.]+) s", err)
+    assert m and float(m.group(1)) >= 0.9
+    assert "verified" in err
+    w.verify(conn)

@@ -28,7 +28,6 @@ from ..execute import ActionContext
 from ..names import QualifiedName, child_name
 from .copy_state import BuildIndexesParams, CopyVerifyParams, FillParams, resolve_copy
 
-
 #: The first batch of a run, in rows: small enough to stay within any --batch-time.
 FIRST_BATCH_ROWS = 200
 
