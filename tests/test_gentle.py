@@ -221,6 +221,15 @@ def test_limits_syntax_and_pacer() -> None:
     # a batch that ran 200 ms shrinks the next one at once to about the target
     assert p.record(2000, 0.2) == 160
     assert Pacer(0, cap=500, first=10).size == 500
+    slept: list[float] = []
+    half = Pacer(20, cap=100, first=10, duty=50, sleep=slept.append)
+    half.rest()  # nothing ran yet
+    half.record(10, 0.03)
+    half.rest()
+    full = Pacer(20, cap=100, first=10, duty=100, sleep=slept.append)
+    full.record(10, 0.03)
+    full.rest()
+    assert slept == [pytest.approx(0.03)]
 
 
 def test_carve_copy_pauses_for_load(db: Any, conn: Any, cli: Any) -> None:
@@ -243,3 +252,22 @@ def test_carve_copy_pauses_for_load(db: Any, conn: Any, cli: Any) -> None:
     assert m and float(m.group(1)) >= 0.9
     assert "verified" in err
     w.verify(conn)
+
+
+def test_lag_limit_refused_when_the_role_cannot_read_the_lag(db: Any, conn: Any,
+                                                            cli: Any) -> None:
+    _events(conn, 100)
+    role = "pgc_gentle_lag"
+    conn.execute(f"DROP ROLE IF EXISTS {role}")
+    conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        as_role = psycopg.conninfo.make_conninfo(db.dsn, user=role)
+        r = cli("--dsn", as_role, "--max-load", "lag=5s", "prep", "events", "--by",
+                "created_at", "--interval", "month", "--yes")
+        assert r.returncode == 3, r.stderr
+        assert "pg_read_all_stats" in r.stderr
+        # a superuser reads the lag: the limit is accepted
+        _ok(cli("--dsn", db.dsn, "--max-load", "lag=5s", "prep", "events", "--by",
+                "created_at", "--interval", "month", "--yes"))
+    finally:
+        conn.execute(f"DROP ROLE {role}")

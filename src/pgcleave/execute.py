@@ -163,8 +163,9 @@ class ActionContext:
                                  job_id=self.job_id)
 
     def pacer(self, cap: int, first: int, floor: int = 1) -> Pacer:
-        """Batch sizes for ``--batch-time`` (see ``throttle.Pacer``)."""
-        return Pacer(self.settings.batch_time_ms, cap, first, floor)
+        """Batch sizes for ``--batch-time``, rests for ``--duty`` (see ``throttle.Pacer``)."""
+        return Pacer(self.settings.batch_time_ms, cap, first, floor,
+                     duty=self.settings.duty_pct)
 
 
 class Executor:
@@ -191,6 +192,7 @@ class Executor:
         """Journal ``plan`` as a new job and run it to the end. Returns the job id."""
         validate_limits(self.settings)
         with connect(self.settings, purpose="job") as conn:
+            validate_limits(self.settings, conn)
             preflight.refuse_missing(conn, [preflight.journal_schema(), *plan.requires],
                                      f"{plan.operation} {plan.target}")
             journal.ensure_schema(conn)
@@ -205,6 +207,7 @@ class Executor:
         validate_limits(self.settings)
         with connect(self.settings, purpose="job") as conn, \
                 self._claim(conn, job_id, "resume") as (plan, states):
+            validate_limits(self.settings, conn)
             journal.set_job(conn, job_id, "running")
             self._run_job(conn, job_id, plan, states)
         return plan

@@ -8,7 +8,9 @@ by copy):
   transaction lasts about ``Settings.batch_time_ms`` (20 ms by default) whatever the machine's
   load. An application statement that meets a row a batch holds (the capture trigger's upsert
   of a row the batch inserted and has not committed) waits for that batch's commit, so the
-  batch's duration is the bound of that wait.
+  batch's duration is the bound of that wait. Between batches it rests so the loop works at
+  most ``Settings.duty_pct`` percent of the time (50 by default): on a small machine a loop
+  that never rests takes a core the application's statements need.
 - ``Throttle`` samples the database between batches (at most every ``SAMPLE_EVERY_S``): active
   backends and sessions waiting on a lock (both without pgcleave's own sessions), the replay
   lag of standbys and logical subscribers (``pg_stat_replication``), and the 95th percentile
@@ -31,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from .connection import Connection, Settings, connect
-from .errors import Overloaded, UsageError
+from .errors import Overloaded, Refused, UsageError
 
 #: How often the throttle asks the database at most (between batches; a pause re-asks at
 #: this pace too).
@@ -117,10 +119,22 @@ def parse_limits(text: str | None, option: str = "--max-load") -> Limits:
     return Limits(**vals)  # type: ignore[arg-type]
 
 
-def validate_limits(settings: Settings) -> None:
-    """Refuse malformed --max-load/--critical-load before anything changes."""
-    parse_limits(settings.max_load, "--max-load")
-    parse_limits(settings.critical_load, "--critical-load")
+def validate_limits(settings: Settings, conn: Connection | None = None) -> None:
+    """Refuse malformed --max-load/--critical-load before anything changes; with ``conn``,
+    also a ``lag`` limit the role cannot read (``pg_stat_replication`` shows the lag columns
+    only to superusers and members of ``pg_read_all_stats``: the limit would never trip)."""
+    limits = [parse_limits(settings.max_load, "--max-load"),
+              parse_limits(settings.critical_load, "--critical-load")]
+    if conn is None or all(x.lag_s is None for x in limits):
+        return
+    row = conn.execute("SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats',"
+                       " 'USAGE') FROM pg_roles WHERE rolname = current_user").fetchone()
+    if not (row and row[0]):
+        raise Refused("a lag limit needs to read the replication lag of standbys and "
+                      "subscribers, which pg_stat_replication shows only to superusers and "
+                      "members of pg_read_all_stats; nothing was changed",
+                      hint="GRANT pg_read_all_stats TO the role pgcleave runs as, or drop lag= "
+                           "from the limits")
 
 
 @dataclass(frozen=True)
@@ -140,7 +154,7 @@ class Load:
 _LOAD_SQL = """
 SELECT count(*) FILTER (WHERE state = 'active'),
        count(*) FILTER (WHERE wait_event_type = 'Lock'),
-       (SELECT coalesce(max(extract(epoch FROM greatest(replay_lag, write_lag, flush_lag))), 0)
+       (SELECT coalesce(max(extract(epoch FROM replay_lag)), 0)
           FROM pg_stat_replication)
   FROM pg_stat_activity
  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
@@ -246,8 +260,13 @@ class Pacer:
     batch, and shrinks at once after a batch that ran long. ``target_ms`` 0: fixed
     ``cap``-sized batches, as before time bounds existed."""
 
-    def __init__(self, target_ms: float, cap: int, first: int, floor: int = 1) -> None:
+    def __init__(self, target_ms: float, cap: int, first: int, floor: int = 1, *,
+                 duty: int = 100, sleep: Callable[[float], None] = time.sleep) -> None:
         self.target_s = target_ms / 1000
+        self.duty = min(max(duty, 1), 100)
+        self._sleep = sleep
+        self._last_s = 0.0
+        self.rested_s = 0.0
         self.cap = max(cap, 1)
         self.floor = max(min(floor, self.cap), 1)
         self.size = self.cap if target_ms <= 0 else max(min(first, self.cap), self.floor)
@@ -256,6 +275,7 @@ class Pacer:
     def record(self, units: int, seconds: float) -> int:
         """After a batch of ``units`` that held its transaction ``seconds``: the next size."""
         self.longest_ms = max(self.longest_ms, seconds * 1000)
+        self._last_s = seconds
         if self.target_s <= 0 or units <= 0:
             return self.size
         rate = units / max(seconds, 1e-4)
@@ -263,3 +283,13 @@ class Pacer:
         nxt = min(want, self.size * GROWTH)
         self.size = int(max(self.floor, min(self.cap, nxt)))
         return self.size
+
+    def rest(self) -> None:
+        """Between two batches: rest so the loop works ``duty`` percent of the time (the last
+        batch's length times (100 - duty) / duty), leaving the rest of a core to the
+        application. At 100, return at once."""
+        if self.duty >= 100 or self._last_s <= 0:
+            return
+        pause = self._last_s * (100 - self.duty) / self.duty
+        self.rested_s += pause
+        self._sleep(pause)

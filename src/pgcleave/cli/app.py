@@ -35,6 +35,9 @@ def _limits(ctx: click.Context, param: click.Parameter, value: str | None) -> st
               metavar="MS", help="Bulk phases (fill) size each batch so its transaction lasts "
                                  "about this long: the longest an application write waits for "
                                  "a batch. 0: fixed batch sizes (--batch-size).")
+@click.option("--duty", default=50, show_default=True, type=click.IntRange(1, 100),
+              metavar="PERCENT", help="Bulk phases work at most this share of the time and "
+                                      "rest the remainder between batches (100: no rest).")
 @click.option("--max-load", default=None, callback=_limits, metavar="LIMITS",
               help="Pause bulk phases (fill, carve and DEFAULT-drain copies, move by copy) "
                    "while the database is over any of these, e.g. "
@@ -47,7 +50,8 @@ def _limits(ctx: click.Context, param: click.Parameter, value: str | None) -> st
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @click.version_option(package_name="pgcleave")
 def app(dsn: str | None, lock_timeout: int, lock_retry_limit: float, statement_timeout: int,
-        batch_time: int, max_load: str | None, critical_load: str | None, quiet: bool) -> None:
+        batch_time: int, duty: int, max_load: str | None, critical_load: str | None,
+        quiet: bool) -> None:
     """pgcleave: partition live PostgreSQL tables online, keep their partitions maintained, and
     spread partitions over more servers with postgres_fdw.
 
@@ -60,6 +64,7 @@ def app(dsn: str | None, lock_timeout: int, lock_retry_limit: float, statement_t
     s.lock_retry_limit_s = lock_retry_limit
     s.statement_timeout_ms = statement_timeout
     s.batch_time_ms = batch_time
+    s.duty_pct = duty
     s.max_load = max_load
     s.critical_load = critical_load
     STATE.quiet = quiet

@@ -153,6 +153,7 @@ def _bulk_copy(ctx: ActionContext, statement: str, throttle: Throttle) -> int:
         if last:
             return n
         pacer.record(hi - lo, time.monotonic() - t)
+        pacer.rest()
         lo = hi
 
 

@@ -250,6 +250,7 @@ def fill(ctx: ActionContext) -> None:
             if kill_after is not None and run_batches >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
             if not pos["finished"]:
+                pacer.rest()
                 if sleep_s:
                     time.sleep(sleep_s)
                 if max_rate:
