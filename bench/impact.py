@@ -4,9 +4,10 @@ in the same run and on the same server.
 
 Each variant gets a fresh database (``pgbench -i -s SCALE``) and one pgbench run (4 clients,
 per-transaction log): ``--seconds`` alone, then ``pgcleave partition pgbench_accounts
---strategy copy --by 'range(aid)'``, then ``--seconds`` alone again. The baseline is the two
-quiet windows; "during" are the transactions that ended while the fill step ran (the only bulk
-phase of the copy conversion; prep and swap are milliseconds).
+--strategy copy --by 'range(aid)'``, then ``--seconds`` alone again. "before" is the baseline;
+"during" are the transactions that ended while the fill step ran (the only bulk phase of the
+copy conversion; prep and swap are milliseconds); "after" shows what the conversion leaves
+(capture back to the retired table until ``unprep``, autovacuum of the new partitions).
 Variants: ``default`` (the shipped settings: 20 ms time-bounded batches, working half the
 time), ``no-rest`` (``--duty 100``: the throttle off), ``fixed`` (``--batch-time 0 --duty
 100``: 10,000-row batches back to back, the behaviour before this bench existed), and
@@ -116,8 +117,7 @@ def fill_ms(stderr: str) -> float:
 
 def pgbench_variant(exe: str, admin: str, dsn_for: Any, name: str, opts: list[str],
                     a: argparse.Namespace, logdir: str) -> None:
-    """One pgbench run: ``--seconds`` alone, the conversion, ``--seconds`` alone again; the
-    baseline is the two quiet windows together (the machine is shared: its load drifts)."""
+    """One pgbench run: ``--seconds`` alone, the conversion, ``--seconds`` alone again."""
     db = f"impact_{name.replace('-', '_')}"
     with psycopg.connect(admin, autocommit=True) as c:
         c.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(db)))
@@ -139,19 +139,18 @@ def pgbench_variant(exe: str, admin: str, dsn_for: Any, name: str, opts: list[st
     ms = fill_ms(err)
     w0, w1, rows = fill_window(err, started)
     txs = transactions(logdir)
-    base = figures([t for t in txs if b0 <= t[0] <= b1 or a0 <= t[0] <= a1], b0, b1)
-    base["tps"] = base["n"] / ((b1 - b0) + (a1 - a0))
-    during = figures(txs, w0, w1)
+    before, during, after = figures(txs, b0, b1), figures(txs, w0, w1), figures(txs, a0, a1)
     paused = "paused" in err
-    print(f"{name:9} baseline {base['tps']:7,.0f} tps p50 {base['p50']:5.1f} p99 "
-          f"{base['p99']:6.1f} max {base['max']:6.1f} ms | fill {rows:,} rows in "
+    print(f"{name:9} before {before['tps']:7,.0f} tps p50 {before['p50']:5.1f} p99 "
+          f"{before['p99']:6.1f} max {before['max']:6.1f} ms | fill {rows:,} rows in "
           f"{ms / 1000:5.1f} s ({rows / max(ms / 1000, 1e-6):8,.0f} rows/s"
           f"{', paused for load' if paused else ''})", flush=True)
-    print(f"{'':9} during   {during['tps']:7,.0f} tps p50 {during['p50']:5.1f} p99 "
-          f"{during['p99']:6.1f} max {during['max']:6.1f} ms | tps "
-          f"{during['tps'] / max(base['tps'], 1e-6):4.0%} of baseline, p99 "
-          f"{during['p99'] / max(base['p99'], 1e-6):4.1f}x, load average "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
+    for label, f in (("during", during), ("after", after)):
+        print(f"{'':9} {label:6} {f['tps']:7,.0f} tps p50 {f['p50']:5.1f} p99 "
+              f"{f['p99']:6.1f} max {f['max']:6.1f} ms | tps "
+              f"{f['tps'] / max(before['tps'], 1e-6):4.0%} of before, p99 "
+              f"{f['p99'] / max(before['p99'], 1e-6):4.1f}x", flush=True)
+    print(f"{'':9} load average {os.getloadavg()[0]:.1f}", flush=True)
 
 
 def mix_variant(admin: str, dsn_for: Any, name: str, opts: list[str], a: argparse.Namespace

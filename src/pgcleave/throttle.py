@@ -272,10 +272,15 @@ class Pacer:
         self.size = self.cap if target_ms <= 0 else max(min(first, self.cap), self.floor)
         self.longest_ms = 0.0
 
-    def record(self, units: int, seconds: float) -> int:
-        """After a batch of ``units`` that held its transaction ``seconds``: the next size."""
-        self.longest_ms = max(self.longest_ms, seconds * 1000)
-        self._last_s = seconds
+    def record(self, units: int, seconds: float, held_s: float | None = None) -> int:
+        """After a batch of ``units`` whose statement ran ``seconds`` (and that held its
+        transaction ``held_s``, the statement plus the batch's fixed costs: its lock, saving
+        its position, the commit): the next size. The rate is the statement's alone: fixed
+        costs do not shrink with the batch, and counting them in would drive the size down
+        to nothing on a slow machine."""
+        held = seconds if held_s is None else held_s
+        self.longest_ms = max(self.longest_ms, held * 1000)
+        self._last_s = held
         if self.target_s <= 0 or units <= 0:
             return self.size
         rate = units / max(seconds, 1e-4)

@@ -108,7 +108,7 @@ def _begin_batch(ctx: ActionContext, timeout_ms: int) -> None:
 
 
 def _key_batch(ctx: ActionContext, q: _FillQueries, pos: dict[str, Any], timeout_ms: int,
-               size: int, *, conflict: bool) -> tuple[int, dict[str, Any]]:
+               size: int, *, conflict: bool) -> tuple[int, dict[str, Any], float]:
     """Copy the rows after the saved key up to the key ``size`` rows further (found first
     by an index scan, outside the batch's transaction), in one ``INSERT ... SELECT``; the new
     position is saved in the same transaction. Plain INSERT first (fastest); with ``conflict``,
@@ -124,16 +124,18 @@ def _key_batch(ctx: ActionContext, q: _FillQueries, pos: dict[str, Any], timeout
     args = [*(last or []), *(hi or [])]
     with conn.transaction():
         _begin_batch(ctx, timeout_ms)
+        t0 = time.monotonic()
         cur = conn.execute(q.insert[(last is not None, hi is not None, conflict)], args)
+        insert_s = time.monotonic() - t0
         n = max(cur.rowcount, 0)
         new = {**pos, "last": hi if hi is not None else last, "done": pos["done"] + n,
                "batches": pos["batches"] + 1, "finished": hi is None}
         ctx.save(new)
-    return n, new
+    return n, new, insert_s
 
 
 def _physical_batch(ctx: ActionContext, q: _FillQueries, pos: dict[str, Any], timeout_ms: int,
-                    size: int, *, conflict: bool) -> tuple[int, dict[str, Any]]:
+                    size: int, *, conflict: bool) -> tuple[int, dict[str, Any], float]:
     """Copy the rows of the next range of blocks (a TID range scan: sequential reads, no index).
     Rows written after ``prep`` reached the new table through the capture trigger, wherever
     their new version lands; the blocks that existed when the fill started hold every other
@@ -149,13 +151,15 @@ def _physical_batch(ctx: ActionContext, q: _FillQueries, pos: dict[str, Any], ti
     lo, hi = int(pos["block"]), int(pos["block"]) + size
     with conn.transaction():
         _begin_batch(ctx, timeout_ms)
+        t0 = time.monotonic()
         cur = conn.execute(q.physical[conflict or bool(pos.get("restarted"))],
                            [f"({lo},0)", f"({hi},0)"])
+        insert_s = time.monotonic() - t0
         n = max(cur.rowcount, 0)
         new = {**pos, "block": hi, "done": pos["done"] + n, "batches": pos["batches"] + 1,
                "finished": hi >= int(pos["blocks"])}
         ctx.save(new)
-    return n, new
+    return n, new, insert_s
 
 
 def _blocks(conn: Connection, p: FillParams) -> int:
@@ -219,24 +223,25 @@ def fill(ctx: ActionContext) -> None:
             size = pacer.size
 
             def one_batch(pos: dict[str, Any] = pos, size: int = size
-                          ) -> tuple[int, dict[str, Any], float]:
+                          ) -> tuple[int, dict[str, Any], float, float]:
                 nonlocal careful
                 while True:
                     t0 = time.monotonic()
                     try:
-                        n, new = batch(ctx, q, pos, timeout_ms, size, conflict=careful > 0)
+                        n, new, insert_s = batch(ctx, q, pos, timeout_ms, size,
+                                                 conflict=careful > 0)
                         careful = max(careful - 1, 0)
-                        return n, new, time.monotonic() - t0
+                        return n, new, insert_s, time.monotonic() - t0
                     except pgerrors.UniqueViolation:
                         # The capture trigger wrote a row of this range before the batch got
                         # to it: redo the batch letting the (newer) captured row win, and
                         # stay careful a while.
                         careful = 20
 
-            inserted, pos, held_s = ctx.retry_locks(
+            inserted, pos, insert_s, held_s = ctx.retry_locks(
                 one_batch, what="fill batch", cap=0.5,
                 hint="a long transaction holds rows of the table; resume the job later")
-            pacer.record(size, held_s)
+            pacer.record(size, insert_s, held_s)
             done = int(pos["done"])
             run_rows += inserted
             run_batches += 1
