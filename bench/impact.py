@@ -8,11 +8,11 @@ per-transaction log): ``--seconds`` alone, then ``pgcleave partition pgbench_acc
 "during" are the transactions that ended while the fill step ran (the only bulk phase of the
 copy conversion; prep and swap are milliseconds); "after" shows what the conversion leaves
 (capture back to the retired table until ``unprep``, autovacuum of the new partitions).
-Variants: ``default`` (the shipped settings: 20 ms time-bounded batches, working half the
-time), ``no-rest`` (``--duty 100``: the throttle off), ``fixed`` (``--batch-time 0 --duty
-100``: 10,000-row batches back to back, the behaviour before this bench existed), and
-``max-load`` (the defaults plus ``--max-load active=2``: the fill backs off while more than
-two of pgbench's four sessions are busy).
+Variants: ``default`` (the shipped settings: 20 ms time-bounded batches back to back, no
+throttle), ``rest`` (``--duty 50``: resting as long as each batch ran), ``fixed``
+(``--batch-time 0``: 10,000-row batches, the behaviour before time bounds), and ``max-load``
+(the defaults plus ``--max-load active=2``: the fill backs off while more than two of
+pgbench's four sessions are busy).
 With ``--mix``, the writer mix (inserts, updates, deletes, key moves, reads; 4 writers) on a
 20-column-free ``events`` table is measured the same way (its own longest write).
 
@@ -44,8 +44,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 VARIANTS: dict[str, list[str]] = {
     "default": [],
-    "no-rest": ["--duty", "100"],
-    "fixed": ["--batch-time", "0", "--duty", "100"],
+    "rest": ["--duty", "50"],
+    "fixed": ["--batch-time", "0"],
     "max-load": ["--max-load", "active=2"],
 }
 

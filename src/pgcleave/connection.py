@@ -31,8 +31,9 @@ class Settings:
     #: Bulk phases size their batches so each batch's transaction lasts about this long (an
     #: application write meeting a row of the batch waits for its commit); 0: fixed sizes.
     batch_time_ms: int = 20
-    #: The share of time (percent) a bulk loop works; it rests the remainder between batches.
-    duty_pct: int = 50
+    #: The share of time (percent) a bulk loop works; it rests the remainder between batches
+    #: (100: never rests).
+    duty_pct: int = 100
     #: ``active=20,lock_waits=5,lag=10s,probe_p95=50ms`` style limits (``throttle.py``): bulk
     #: phases pause over ``max_load`` and stop resumably over ``critical_load``.
     max_load: str | None = None

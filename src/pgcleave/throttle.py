@@ -8,9 +8,10 @@ by copy):
   transaction lasts about ``Settings.batch_time_ms`` (20 ms by default) whatever the machine's
   load. An application statement that meets a row a batch holds (the capture trigger's upsert
   of a row the batch inserted and has not committed) waits for that batch's commit, so the
-  batch's duration is the bound of that wait. Between batches it rests so the loop works at
-  most ``Settings.duty_pct`` percent of the time (50 by default): on a small machine a loop
-  that never rests takes a core the application's statements need.
+  batch's duration is the bound of that wait. With ``--duty`` below 100 it also rests
+  between batches so the loop works at most that share of the time (a core left to the
+  application on a small machine). The default is 100: bench/impact.py measured no gain for
+  pgbench from resting once batches are bounded, and a fill several times slower.
 - ``Throttle`` samples the database between batches (at most every ``SAMPLE_EVERY_S``): active
   backends and sessions waiting on a lock (both without pgcleave's own sessions), the replay
   lag of standbys and logical subscribers (``pg_stat_replication``), and the 95th percentile

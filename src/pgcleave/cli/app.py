@@ -35,7 +35,7 @@ def _limits(ctx: click.Context, param: click.Parameter, value: str | None) -> st
               metavar="MS", help="Bulk phases (fill) size each batch so its transaction lasts "
                                  "about this long: the longest an application write waits for "
                                  "a batch. 0: fixed batch sizes (--batch-size).")
-@click.option("--duty", default=50, show_default=True, type=click.IntRange(1, 100),
+@click.option("--duty", default=100, show_default=True, type=click.IntRange(1, 100),
               metavar="PERCENT", help="Bulk phases work at most this share of the time and "
                                       "rest the remainder between batches (100: no rest).")
 @click.option("--max-load", default=None, callback=_limits, metavar="LIMITS",
