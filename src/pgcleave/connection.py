@@ -28,6 +28,16 @@ class Settings:
     lock_retry_limit_s: float = 300.0
     statement_timeout_ms: int = 0
     application_name: str = APPLICATION_NAME
+    #: Bulk phases size their batches so each batch's transaction lasts about this long (an
+    #: application write meeting a row of the batch waits for its commit); 0: fixed sizes.
+    batch_time_ms: int = 20
+    #: The share of time (percent) a bulk loop works; it rests the remainder between batches
+    #: (100: never rests).
+    duty_pct: int = 100
+    #: ``active=20,lock_waits=5,lag=10s,probe_p95=50ms`` style limits (``throttle.py``): bulk
+    #: phases pause over ``max_load`` and stop resumably over ``critical_load``.
+    max_load: str | None = None
+    critical_load: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def resolved_dsn(self) -> str:

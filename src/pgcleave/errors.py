@@ -57,6 +57,19 @@ class LockContention(PgcleaveError):
     retryable = True
 
 
+class Overloaded(PgcleaveError):
+    """A bulk phase stopped because the database was over ``--critical-load``. The work done so
+    far is kept; ``pgcleave resume`` continues the job."""
+
+    exit_code = 6
+    retryable = True
+
+    def __init__(self, message: str, *, hint: str | None = None, job_id: int | None = None
+                 ) -> None:
+        super().__init__(message, hint=hint)
+        self.job_id = job_id
+
+
 class ConnectionFailed(PgcleaveError):
     """The server could not be reached or refused the login."""
 

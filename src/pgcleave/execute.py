@@ -29,8 +29,9 @@ from psycopg import sql
 
 from . import journal, preflight
 from .connection import Connection, Settings, connect
-from .errors import Busy, LockContention, PgcleaveError, Refused, StepFailed
+from .errors import Busy, LockContention, Overloaded, PgcleaveError, Refused, StepFailed
 from .plan import Plan, Step
+from .throttle import Pacer, Throttle, validate_limits
 
 T = TypeVar("T")
 
@@ -154,6 +155,18 @@ class ActionContext:
         """A secret handed to this run (``Executor(secrets=...)``), or None."""
         return self.executor.secret(key)
 
+    def throttle(self) -> Throttle:
+        """The run's ``--max-load``/``--critical-load`` throttle for this action's bulk loop
+        (``check()`` between batches; close it, or use it as a context manager). Its pauses
+        and its stop are reported as this step's progress."""
+        return Throttle(self.settings, lambda msg, data: self.progress(msg, **data),
+                                 job_id=self.job_id)
+
+    def pacer(self, cap: int, first: int, floor: int = 1) -> Pacer:
+        """Batch sizes for ``--batch-time``, rests for ``--duty`` (see ``throttle.Pacer``)."""
+        return Pacer(self.settings.batch_time_ms, cap, first, floor,
+                     duty=self.settings.duty_pct)
+
 
 class Executor:
     def __init__(self, settings: Settings | None = None, progress: Progress | None = None, *,
@@ -177,7 +190,9 @@ class Executor:
     # -- public entry points ------------------------------------------------------------------
     def run(self, plan: Plan) -> int:
         """Journal ``plan`` as a new job and run it to the end. Returns the job id."""
+        validate_limits(self.settings)
         with connect(self.settings, purpose="job") as conn:
+            validate_limits(self.settings, conn)
             preflight.refuse_missing(conn, [preflight.journal_schema(), *plan.requires],
                                      f"{plan.operation} {plan.target}")
             journal.ensure_schema(conn)
@@ -189,8 +204,10 @@ class Executor:
 
     def resume(self, job_id: int) -> Plan:
         """Continue a job from the first step not done."""
+        validate_limits(self.settings)
         with connect(self.settings, purpose="job") as conn, \
                 self._claim(conn, job_id, "resume") as (plan, states):
+            validate_limits(self.settings, conn)
             journal.set_job(conn, job_id, "running")
             self._run_job(conn, job_id, plan, states)
         return plan
@@ -289,6 +306,9 @@ class Executor:
                 self._run_step(conn, job_id, idx, total, step)
             except PgcleaveError as exc:
                 self._fail(conn, job_id, idx, str(exc))
+                if isinstance(exc, Overloaded):
+                    exc.job_id = job_id
+                    exc.hint = f"resume with pgcleave resume {job_id} once the load is down"
                 if isinstance(exc, LockContention):
                     exc.hint = (f"the job stays resumable: pgcleave resume {job_id} "
                                 f"(or pgcleave rollback {job_id})")

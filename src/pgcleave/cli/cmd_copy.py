@@ -63,7 +63,9 @@ def add_partitions(table: str, past: int, future: int, dry_run: bool, yes: bool,
 
 @app.command()
 @click.argument("table")
-@click.option("--batch-size", type=click.IntRange(min=1), default=10000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=10000, show_default=True,
+              help="The most rows one batch copies; batches are sized below it so each lasts "
+                   "about --batch-time (a global option, 20 ms by default).")
 @click.option("--sleep", type=click.FloatRange(min=0), default=0.0, show_default=True,
               metavar="SECONDS", help="Pause between batches.")
 @click.option("--where", default=None, metavar="SQL",

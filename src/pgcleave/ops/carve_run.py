@@ -4,6 +4,7 @@ transactions. ``ops/carve.py`` plans the steps that name these actions."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from psycopg import sql
 from ..connection import Connection
 from ..errors import StepFailed
 from ..execute import ActionContext
+from ..throttle import Throttle
 from .carve import FINAL_REPLAY_ROWS
 from .carve_state import CopyParams, SwapParams, VerifyParams
 
@@ -28,6 +30,9 @@ SWAP_LOCK_TIMEOUT_MS = 50
 
 
 SWAP_RETRY_CAP_S = 0.25
+
+#: The most rows one range of the bulk copy reads (``--batch-time`` sizes them below this).
+BULK_RANGE_ROWS = 200_000
 
 
 def _replay(conn: Connection, statements: list[str]) -> int:
@@ -111,6 +116,47 @@ def _build_indexes(ctx: ActionContext, p: CopyParams) -> None:
         ctx.save({**ctx.load(), "indexed": True})
 
 
+#: The bulk copy statement as carve plans it: ``INSERT ... SELECT ... FROM ONLY source``.
+_ENDS_WITH_SOURCE = re.compile(r'FROM ONLY (?:"(?:[^"]|"")*"\.)?"(?:[^"]|"")*"$')
+
+
+def _bulk_copy(ctx: ActionContext, statement: str, throttle: Throttle) -> int:
+    """The bulk copy in the caller's REPEATABLE READ transaction, in block ranges (TID range
+    scans) sized by ``--batch-time`` so the throttle is asked between two of them; the
+    snapshot is the same for every range, so together they copy what the one statement
+    would. The application never waits on these rows (they go to tables it does not see;
+    its writes only log keys), so the ranges are for the throttle's sake. Each range's
+    statement is the planned one with a ctid condition added; a statement of another shape
+    (an older plan) runs whole."""
+    conn = ctx.conn
+    if not _ENDS_WITH_SOURCE.search(statement):
+        return conn.execute(statement.encode()).rowcount
+    source = statement[statement.rindex("FROM ONLY ") + len("FROM ONLY "):]
+    row = conn.execute(sql.SQL("SELECT pg_relation_size({}::regclass) / current_setting("
+                               "'block_size')::bigint, greatest(reltuples, 0) / greatest("
+                               "relpages, 1) FROM pg_class WHERE oid = {}::regclass").format(
+        sql.Literal(source), sql.Literal(source))).fetchone()
+    assert row is not None
+    blocks, per_block = int(row[0]), float(row[1] or 100.0)
+    cap = max(1, round(BULK_RANGE_ROWS / max(per_block, 1.0)))
+    pacer = ctx.pacer(cap=cap, first=max(1, cap // 100))
+    lo, n = 0, 0
+    while True:
+        throttle.check()
+        hi = lo + pacer.size
+        last = hi >= blocks
+        cond = (sql.SQL(" WHERE ctid >= {}::tid").format(sql.Literal(f"({lo},0)")) if last
+                else sql.SQL(" WHERE ctid >= {}::tid AND ctid < {}::tid").format(
+                    sql.Literal(f"({lo},0)"), sql.Literal(f"({hi},0)")))
+        t = time.monotonic()
+        n += max(conn.execute(sql.Composed([sql.SQL(statement), cond])).rowcount, 0)
+        if last:
+            return n
+        pacer.record(hi - lo, time.monotonic() - t)
+        pacer.rest()
+        lo = hi
+
+
 def copy(ctx: ActionContext) -> None:
     """The bulk copy (one statement, its progress saved in its transaction so a resumed job
     does not copy twice), the index builds (two connections), then replays of the key log
@@ -121,17 +167,25 @@ def copy(ctx: ActionContext) -> None:
         return
     state = ctx.load()
     t0 = time.monotonic()
-    if "copied" not in state:
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            n = conn.execute(p["copy"].encode()).rowcount
-            state = {"copied": n}
-            ctx.save(state)
-        s = time.monotonic() - t0
-        ctx.progress(f"copied {n:,} rows in {s:.1f} s ({n / max(s, 1e-6):,.0f} rows/s)",
-                     copied=n, final=True)
+    with ctx.throttle() as throttle:
+        if "copied" not in state:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                n = _bulk_copy(ctx, p["copy"], throttle)
+                state = {"copied": n}
+                ctx.save(state)
+            s = time.monotonic() - t0
+            ctx.progress(f"copied {n:,} rows in {s:.1f} s ({n / max(s, 1e-6):,.0f} rows/s)",
+                         copied=n, final=True)
+        _index_and_catch_up(ctx, p, state, throttle, t0)
+
+
+def _index_and_catch_up(ctx: ActionContext, p: CopyParams, state: dict[str, Any],
+                        throttle: Throttle, t0: float) -> None:
+    conn = ctx.conn
     if not state.get("indexed"):
         t1 = time.monotonic()
+        throttle.check()
         if "leaf_jobs" in p:
             _build_indexes(ctx, p)
         else:  # a job planned by an earlier version
@@ -144,6 +198,7 @@ def copy(ctx: ActionContext) -> None:
                 "them," if "leaf_jobs" in p else f"{len(p['index'])} index(es)")
         ctx.progress(f"built {what} in {time.monotonic() - t1:.1f} s", final=True)
     for _ in range(20):
+        throttle.check()
         n = _replay(conn, p["replay"])
         ctx.progress(f"replayed {n:,} logged key(s)", replayed=n)
         if n < int(p.get("catchup_rows", 1000)):

@@ -28,6 +28,9 @@ from ..execute import ActionContext
 from ..names import QualifiedName, child_name
 from .copy_state import BuildIndexesParams, CopyVerifyParams, FillParams, resolve_copy
 
+#: The first batch of a run, in rows: small enough to stay within any --batch-time.
+FIRST_BATCH_ROWS = 200
+
 
 def _row_param(types: list[str]) -> sql.Composable:
     return sql.SQL("({})").format(sql.SQL(", ").join(
@@ -62,13 +65,14 @@ def _fill_queries(p: FillParams) -> _FillQueries:
     pk_text = sql.SQL(", ").join([sql.SQL("{}::text AS {}").format(
         sql.Identifier(c), sql.Identifier(f"pgcleave_k{i}")) for i, c in enumerate(p["pk"])])
     where = sql.SQL(" AND ({})").format(sql.SQL(p["where"])) if p["where"] else sql.SQL("")
-    n = int(p["batch_size"])
+    # the batch's size changes from batch to batch (``Pacer``): OFFSET is a parameter
     upper = "SELECT {t} FROM ONLY {s} WHERE {cond}{w} ORDER BY {pk} OFFSET {off} LIMIT 1"
+    off = sql.SQL("CAST({} AS bigint)").format(sql.Placeholder())
     q = _FillQueries(
         upper_first=sql.SQL(upper).format(t=pk_text, s=src, cond=sql.SQL("true"), w=where,
-                                          pk=pk, off=sql.Literal(n - 1)),
+                                          pk=pk, off=off),
         upper_next=sql.SQL(upper).format(t=pk_text, s=src, cond=sql.SQL("({}) > {}").format(
-            pk, row), w=where, pk=pk, off=sql.Literal(n - 1)))
+            pk, row), w=where, pk=pk, off=off))
     insert = ("INSERT INTO {t} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM ONLY {s} "
               "WHERE {cond}{w}{oc}")
     for conflict in (False, True):
@@ -103,32 +107,35 @@ def _begin_batch(ctx: ActionContext, timeout_ms: int) -> None:
     ctx.conn.execute("SELECT pg_advisory_xact_lock(%s)", [int(ctx.params["advisory"])])
 
 
-def _key_batch(ctx: ActionContext, q: _FillQueries, pos: dict[str, Any], timeout_ms: int, *,
-               conflict: bool) -> tuple[int, dict[str, Any]]:
-    """Copy the rows after the saved key up to the key ``batch_size`` rows further (found first
-    by an index scan), in one ``INSERT ... SELECT``; the new position is saved in the same
-    transaction. Plain INSERT first (fastest); with ``conflict``, ON CONFLICT DO NOTHING, so
-    rows the capture wrote first (always newer than what the batch read) win."""
+def _key_batch(ctx: ActionContext, q: _FillQueries, pos: dict[str, Any], timeout_ms: int,
+               size: int, *, conflict: bool) -> tuple[int, dict[str, Any], float]:
+    """Copy the rows after the saved key up to the key ``size`` rows further (found first
+    by an index scan, outside the batch's transaction), in one ``INSERT ... SELECT``; the new
+    position is saved in the same transaction. Plain INSERT first (fastest); with ``conflict``,
+    ON CONFLICT DO NOTHING, so rows the capture wrote first (always newer than what the batch
+    read) win."""
     conn = ctx.conn
     last: list[str] | None = pos.get("last")
     if last is None:
-        up = conn.execute(q.upper_first).fetchone()
+        up = conn.execute(q.upper_first, [size - 1]).fetchone()
     else:
-        up = conn.execute(q.upper_next, last).fetchone()
+        up = conn.execute(q.upper_next, [*last, size - 1]).fetchone()
     hi: list[str] | None = [str(v) for v in up] if up is not None else None
     args = [*(last or []), *(hi or [])]
     with conn.transaction():
         _begin_batch(ctx, timeout_ms)
+        t0 = time.monotonic()
         cur = conn.execute(q.insert[(last is not None, hi is not None, conflict)], args)
+        insert_s = time.monotonic() - t0
         n = max(cur.rowcount, 0)
         new = {**pos, "last": hi if hi is not None else last, "done": pos["done"] + n,
                "batches": pos["batches"] + 1, "finished": hi is None}
         ctx.save(new)
-    return n, new
+    return n, new, insert_s
 
 
 def _physical_batch(ctx: ActionContext, q: _FillQueries, pos: dict[str, Any], timeout_ms: int,
-                    *, conflict: bool) -> tuple[int, dict[str, Any]]:
+                    size: int, *, conflict: bool) -> tuple[int, dict[str, Any], float]:
     """Copy the rows of the next range of blocks (a TID range scan: sequential reads, no index).
     Rows written after ``prep`` reached the new table through the capture trigger, wherever
     their new version lands; the blocks that existed when the fill started hold every other
@@ -141,17 +148,18 @@ def _physical_batch(ctx: ActionContext, q: _FillQueries, pos: dict[str, Any], ti
         ctx.progress("the table was rewritten during the fill: copying again from block 0")
         pos = {**pos, "block": 0, "filenode": node[0],
                "blocks": _blocks(conn, cast(FillParams, ctx.params)), "restarted": True}
-    step = int(pos["step"])
-    lo, hi = int(pos["block"]), int(pos["block"]) + step
+    lo, hi = int(pos["block"]), int(pos["block"]) + size
     with conn.transaction():
         _begin_batch(ctx, timeout_ms)
+        t0 = time.monotonic()
         cur = conn.execute(q.physical[conflict or bool(pos.get("restarted"))],
                            [f"({lo},0)", f"({hi},0)"])
+        insert_s = time.monotonic() - t0
         n = max(cur.rowcount, 0)
         new = {**pos, "block": hi, "done": pos["done"] + n, "batches": pos["batches"] + 1,
                "finished": hi >= int(pos["blocks"])}
         ctx.save(new)
-    return n, new
+    return n, new, insert_s
 
 
 def _blocks(conn: Connection, p: FillParams) -> int:
@@ -177,57 +185,85 @@ def _start(conn: Connection, p: FillParams, saved: dict[str, Any]) -> dict[str, 
 
 
 def fill(ctx: ActionContext) -> None:
-    """Copy the rows in keyset batches; see the module docstring for why this cannot lose or
-    resurrect a row while the application writes."""
+    """Copy the rows in batches; see the module docstring of ``pgcleave.ops.copy`` for why
+    this cannot lose or resurrect a row while the application writes.
+
+    Each batch's transaction is kept to about ``--batch-time`` (``Pacer``): an application
+    write whose capture upsert meets a row the running batch inserted waits for the batch's
+    commit, and a DELETE waits for the running batch's advisory lock, so the batch's length is
+    what the application can wait. For the same reason the batch gives up its own lock waits
+    (on the advisory lock, on a row an application transaction holds) after at most that long
+    and is retried: while it waited, the rows it had inserted would hold the application up.
+    Between batches the run's throttle (``--max-load``, ``--critical-load``) may pause or stop
+    the fill; the position is saved with each batch, so a stopped fill resumes after it."""
     p = cast(FillParams, ctx.params)
     conn = ctx.conn
     q = _fill_queries(p)
     pos = _start(conn, p, ctx.load())
-    batch = _physical_batch if p.get("order") == "physical" else _key_batch
+    physical = p.get("order") == "physical"
+    batch = _physical_batch if physical else _key_batch
+    cap = int(pos["step"]) if physical else int(p["batch_size"])
+    # start small (FIRST_BATCH_ROWS) and let the measured rate size the next batches
+    first = max(1, round(cap * FIRST_BATCH_ROWS / max(int(p["batch_size"]), 1)))
+    pacer = ctx.pacer(cap=cap, first=first)
     total = _estimate(conn, p)
     kill_after = _fault_batches()
     sleep_s = float(p.get("sleep") or 0)
     max_rate = float(p["max_rate"]) if p["max_rate"] else None
     timeout_ms = max(int(ctx.settings.lock_timeout_ms), 1)
+    if ctx.settings.batch_time_ms > 0:
+        timeout_ms = min(timeout_ms, max(int(ctx.settings.batch_time_ms), 1))
     started = time.monotonic()
     run_rows = 0
     run_batches = 0
     careful = 0  # batches left to run with ON CONFLICT DO NOTHING after a conflict
-    while not pos["finished"]:
-        def one_batch(pos: dict[str, Any] = pos) -> tuple[int, dict[str, Any]]:
-            nonlocal careful
-            while True:
-                try:
-                    out = batch(ctx, q, pos, timeout_ms, conflict=careful > 0)
-                    careful = max(careful - 1, 0)
-                    return out
-                except pgerrors.UniqueViolation:
-                    # The capture trigger wrote a row of this range before the batch got to
-                    # it: redo the batch letting the (newer) captured row win, and stay
-                    # careful a while.
-                    careful = 20
+    with ctx.throttle() as throttle:
+        while not pos["finished"]:
+            throttle.check()
+            size = pacer.size
 
-        inserted, pos = ctx.retry_locks(
-            one_batch, what="fill batch",
-            hint="a long transaction holds rows of the table; resume the job later")
-        done = int(pos["done"])
-        run_rows += inserted
-        run_batches += 1
-        elapsed = max(time.monotonic() - started, 1e-6)
-        rate = run_rows / elapsed
-        eta = (max(total - done, 0) / rate) if total and rate > 0 else None
-        ctx.progress(f"copied {done:,} rows" + (f" of ~{total:,}" if total else "")
-                     + f" ({rate:,.0f} rows/s)" + (f", ETA {eta:,.0f} s" if eta else ""),
-                     done=done, total=total, rate=rate, eta_s=eta, batches=pos["batches"])
-        if kill_after is not None and run_batches >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if not pos["finished"]:
-            if sleep_s:
-                time.sleep(sleep_s)
-            if max_rate:
-                ahead = run_rows / max_rate - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
+            def one_batch(pos: dict[str, Any] = pos, size: int = size
+                          ) -> tuple[int, dict[str, Any], float, float]:
+                nonlocal careful
+                while True:
+                    t0 = time.monotonic()
+                    try:
+                        n, new, insert_s = batch(ctx, q, pos, timeout_ms, size,
+                                                 conflict=careful > 0)
+                        careful = max(careful - 1, 0)
+                        return n, new, insert_s, time.monotonic() - t0
+                    except pgerrors.UniqueViolation:
+                        # The capture trigger wrote a row of this range before the batch got
+                        # to it: redo the batch letting the (newer) captured row win, and
+                        # stay careful a while.
+                        careful = 20
+
+            inserted, pos, insert_s, held_s = ctx.retry_locks(
+                one_batch, what="fill batch", cap=0.5,
+                hint="a long transaction holds rows of the table; resume the job later")
+            pacer.record(size, insert_s, held_s)
+            done = int(pos["done"])
+            run_rows += inserted
+            run_batches += 1
+            elapsed = max(time.monotonic() - started, 1e-6)
+            rate = run_rows / elapsed
+            eta = (max(total - done, 0) / rate) if total and rate > 0 else None
+            ctx.progress(f"copied {done:,} rows" + (f" of ~{total:,}" if total else "")
+                         + f" ({rate:,.0f} rows/s)" + (f", ETA {eta:,.0f} s" if eta else ""),
+                         done=done, total=total, rate=rate, eta_s=eta, batches=pos["batches"],
+                         batch_ms=round(held_s * 1000, 1))
+            if kill_after is not None and run_batches >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if not pos["finished"]:
+                pacer.rest()
+                if sleep_s:
+                    time.sleep(sleep_s)
+                if max_rate:
+                    ahead = run_rows / max_rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+    ctx.save({**pos, "longest_batch_ms": round(pacer.longest_ms, 1),
+              "paused_s": round(throttle.paused_s, 1)})
     done, batches = int(pos["done"]), int(pos["batches"])
     # a hash or list layout has no DEFAULT of leftovers: its fill names none
     default = QualifiedName(*p["default"]) if p["default"] else None
@@ -239,7 +275,9 @@ def fill(ctx: ActionContext) -> None:
         "UPDATE pgcleave.copies SET filled_at = now(), default_rows = %s, fill_where = %s,"
         " verified_at = NULL WHERE table_schema = %s AND table_name = %s",
         [in_default, p.get("where"), state_table.schema, state_table.name])
-    msg = f"fill done: {done:,} rows copied in {batches} batches"
+    msg = (f"fill done: {done:,} rows copied in {batches} batches (longest "
+           f"{pacer.longest_ms:.0f} ms" + (f", paused {throttle.paused_s:.1f} s for load"
+                                           if throttle.pauses else "") + ")")
     if in_default:
         msg += (f"; {in_default:,} rows fit no partition and are in {default} (kept, not "
                 f"skipped): add partitions for them with `pgcleave add-partitions`")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -27,6 +27,7 @@ from ..ddl.capture import PORTABLE_SETTINGS, REPLAY_SETTINGS, CopyAcross
 from ..errors import StepFailed
 from ..execute import ActionContext
 from ..names import QualifiedName
+from ..throttle import Throttle
 from .move import (
     COPY_CATCHUP_KEYS,
     CopyCutoverParams,
@@ -86,24 +87,28 @@ def _ends(ctx: ActionContext, p: CopyParams | CopyCutoverParams) -> Iterator[_En
         e.close()
 
 
-def _pipe(src: Connection, out_sql: sql.Composed, dst: Connection, in_sql: sql.Composed
-          ) -> int:
+def _pipe(src: Connection, out_sql: sql.Composed, dst: Connection, in_sql: sql.Composed,
+          check: Callable[[], None] | None = None) -> int:
     """Stream ``COPY ... TO STDOUT`` on ``src`` into ``COPY ... FROM STDIN`` on ``dst``, block
-    by block (never the whole table in memory). Returns the rows written."""
+    by block (never the whole table in memory). Returns the rows written. ``check`` (the
+    throttle's) is called between blocks: it may pause the stream or stop it (the copy's
+    transactions then roll back and a resumed job copies again)."""
     with src.cursor() as sc, dst.cursor() as dc:
         with sc.copy(out_sql) as cout, dc.copy(in_sql) as cin:
             for block in cout:
                 cin.write(block)
+                if check is not None:
+                    check()
         return max(dc.rowcount, 0)
 
 
-def _bulk(e: _Ends) -> int:
+def _bulk(e: _Ends, throttle: Throttle) -> int:
     a = e.across
     with e.dst.transaction():
         e.dst.execute(a.truncate)  # a copy cut short by a kill starts again from nothing
         with e.src.transaction():
             e.src.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            return _pipe(e.src, a.bulk_out, e.dst, a.rows_in)
+            return _pipe(e.src, a.bulk_out, e.dst, a.rows_in, throttle.check)
 
 
 def _replay(e: _Ends) -> int:
@@ -149,9 +154,9 @@ def copy(ctx: ActionContext) -> None:
     p = cast(CopyParams, ctx.params)
     state = ctx.load()
     t0 = time.monotonic()
-    with _ends(ctx, p) as e:
+    with _ends(ctx, p) as e, ctx.throttle() as throttle:
         if "copied" not in state:
-            n = _bulk(e)
+            n = _bulk(e, throttle)
             state = {"copied": n}
             ctx.save(state)
             s = time.monotonic() - t0
@@ -160,6 +165,7 @@ def copy(ctx: ActionContext) -> None:
                          final=True)
         limit = int(p.get("catchup_keys", COPY_CATCHUP_KEYS))
         for _ in range(50):
+            throttle.check()
             k = _replay(e)
             ctx.progress(f"replayed {k:,} logged key(s)", replayed=k)
             if k < limit:
