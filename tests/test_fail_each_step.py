@@ -212,3 +212,92 @@ def test_partition_by_copy_fails_at_each_step(db, conn, cli):
         db, conn, cli, ["partition", "events", "--by", "range(created_at)", "--interval",
                         "1 month", "--strategy", "copy", "--yes"],
         table=sql.Identifier("events"), reset=reset, done=done, spec=_near_now())
+
+
+def test_carve_fails_at_each_step(db, conn, cli):
+    """Carve by copy and swaps (the path of add-partition and the drain next to a large
+    DEFAULT), every step."""
+    from tests.test_carve import _spec, _tenants_table, bounds
+
+    def reset() -> None:
+        _fresh(conn, "acc", "acc_legacy", "acc_default")
+        _tenants_table(conn, 600)
+        r = cli("--dsn", db.dsn, "partition", "acc", "--by", "range(tenant)", "--yes")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def done() -> None:
+        assert "FOR VALUES FROM ('B') TO ('D')" in bounds(conn, "acc").values()
+
+    fail_at_each_step(db, conn, cli, ["carve", "acc", "--from", "B", "--to", "D", "--method",
+                                      "swap", "--yes"],
+                      table=sql.Identifier("acc"), reset=reset, done=done, spec=_spec())
+
+
+# -- kill -9 at each step that leaves something refusing statements or hiding rows -----------
+def harmful_steps(cli: Any, dsn: str, argv: list[str]) -> list[tuple[int, str, str]]:
+    r = cli("--dsn", dsn, *argv, "--dry-run", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    plan = doc["tables"][0]["plan"] if "tables" in doc else doc
+    return [(i, s["name"], s.get("residue_note", "")) for i, s in enumerate(plan["steps"], 1)
+            if s.get("residue") in ("refuses", "hides")]
+
+
+def kill_at_each_harmful_step(db: Any, conn: Any, cli: Any, argv: list[str], *,
+                              table: str, reset: Callable[[], None]) -> int:
+    """Killed right after each such step: `check TABLE` reports the residue, in the plan's
+    own words, with the command that clears it; `status` marks it; rollback clears it."""
+    reset()
+    steps = harmful_steps(cli, db.dsn, argv)
+    for n, (i, name, note) in enumerate(steps):
+        if n:
+            reset()
+        r = cli("--dsn", db.dsn, *argv, env={"PGCLEAVE_FAULT": f"kill-after:{i}"})
+        assert r.returncode == -9, (name, r.stdout + r.stderr)
+        job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
+        c = cli("--dsn", db.dsn, "check", table)
+        assert c.returncode == 1 and note[:40] in c.stdout, (name, note, c.stdout)
+        assert f"pgcleave resume {job}" in c.stdout or f"pgcleave rollback {job}" in c.stdout
+        assert "UNFINISHED JOB" in cli("--dsn", db.dsn, "status", table).stdout
+        r = cli("--dsn", db.dsn, "rollback", str(job))
+        if r.returncode != 0:  # a step that cannot be undone: the job is finished instead
+            r = cli("--dsn", db.dsn, "resume", str(job))
+        assert r.returncode == 0, (name, r.stdout + r.stderr)
+        assert "residue" not in cli("--dsn", db.dsn, "check", table).stdout, name
+    return len(steps)
+
+
+def test_killed_at_each_harmful_step_is_reported(db, conn, cli, tmp_path):
+    from tests.test_copy import _events
+
+    def events() -> None:
+        _fresh(conn, "events", "events_legacy")
+        _events(conn, 300)
+
+    def keys() -> None:
+        _fresh(conn, "events")
+        test_keys.make_table(conn, parts=2, rows=300)
+
+    def monthly() -> None:
+        _fresh(conn, "q")
+        conn.execute("CREATE TABLE q (id bigserial, d date NOT NULL, PRIMARY KEY (id, d))"
+                     " PARTITION BY RANGE (d)")
+        for m in range(1, 7):
+            conn.execute(f"CREATE TABLE q_{m:02d} PARTITION OF q FOR VALUES FROM "
+                         f"('2025-{m:02d}-01') TO ('2025-{m + 1:02d}-01')")
+        conn.execute("INSERT INTO q (d) SELECT '2025-01-01'::date + (i % 150) FROM "
+                     "generate_series(1, 600) i")
+        r = cli("--dsn", db.dsn, "config", "q", "--interval", "1 month", "--premake", "0",
+                "--retention", "4 months", "--retention-action", "archive", "--archive-dir",
+                str(tmp_path))
+        assert r.returncode == 0, r.stderr
+
+    found = kill_at_each_harmful_step(
+        db, conn, cli, ["partition", "events", "--by", "range(created_at)", "--interval",
+                        "1 month", "--premake", "1", "--yes"], table="events", reset=events)
+    found += kill_at_each_harmful_step(
+        db, conn, cli, ["set-primary-key", "events", "--columns", "id,created_at", "--yes"],
+        table="events", reset=keys)
+    found += kill_at_each_harmful_step(db, conn, cli, ["maintain", "q", "--now", "2025-06-10"],
+                                       table="q", reset=monthly)
+    assert found >= 4  # the cutoff CHECK, NOT NULL CHECKs, a detach

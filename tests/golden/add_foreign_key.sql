@@ -1,4 +1,4 @@
--- pgcleave add-foreign-key r
+-- pgcleave add-foreign-key public.r
 -- note: rows are checked by VALIDATE, which lets writes continue; the statements that take write-blocking locks do not read rows
 -- requires: owner of r
 -- requires: REFERENCES on refs

@@ -1,4 +1,4 @@
--- pgcleave alter "Ex"
+-- pgcleave alter public."Ex"
 -- note: remote partitions on: public."Ex d" (db2)
 -- requires: owner of "Ex"
 -- requires: owner of "Ex d" on server db2

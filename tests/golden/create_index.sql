@@ -1,4 +1,4 @@
--- pgcleave create-index r
+-- pgcleave create-index public.r
 -- requires: owner of r
 
 -- step 1/9 [index-only:r]: create index r by ref ON ONLY r (invalid until every partition's index is attached; no build)

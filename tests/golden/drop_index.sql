@@ -1,4 +1,4 @@
--- pgcleave drop-index r
+-- pgcleave drop-index public.r
 -- note: dropping a partitioned index takes ACCESS EXCLUSIVE on the table and its partitions for the few milliseconds the catalog change takes; it is tried under lock_timeout and retried
 -- requires: owner of r
 

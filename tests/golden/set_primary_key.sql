@@ -1,4 +1,4 @@
--- pgcleave set-primary-key r
+-- pgcleave set-primary-key public.r
 -- note: 4 partitions; no step reads the rows under a lock that blocks writes: indexes are built CONCURRENTLY, NOT NULL is proven by validated CHECKs, the parent's key adopts the partitions' keys
 -- requires: owner of r
 -- requires: CREATE on schema public

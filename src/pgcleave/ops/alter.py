@@ -133,7 +133,7 @@ def plan_alter(conn: Connection, table: str, change: str) -> Plan:
         steps.append(Step.sql("alter", f"apply the change to {info.name}", [
             sql.SQL("SET LOCAL pgcleave.allow_ddl = 'on'"), stmt],
             locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, str(info.name))]))
-    plan = Plan("alter", str(info.name), {"table": info.name.quoted, "action": text,
+    plan = Plan("alter", info.name.quoted, {"table": info.name.quoted, "action": text,
                                           "servers": sorted({s["server"] for s in shards})},
                 steps, notes=notes, requires=requires)
     if shards:

@@ -21,7 +21,7 @@ from psycopg import sql
 from .. import journal, schemes, servers
 from .. import levels as lv
 from .. import policy as pol
-from ..catalog import Partition, snapshot
+from ..catalog import Partition, TableInfo, snapshot
 from ..catalog.table import foreign_target
 from ..connection import Connection
 from ..journal import schema_exists
@@ -58,11 +58,25 @@ class Health:
         self.problems.append(Problem(kind, message))
 
 
+def _unfinished_jobs(conn: Connection, info: TableInfo, h: Health) -> None:
+    """What unfinished jobs left that refuses statements or hides rows, and failed jobs."""
+    for r in journal.residue(conn, info.name.quoted):
+        if not r.alive:
+            h.add("residue", r.message())
+    if schema_exists(conn):
+        for jid, op, _state in conn.execute(
+                "SELECT id, operation, state FROM pgcleave.jobs WHERE target = %s"
+                " AND state = 'failed' ORDER BY id", [info.name.quoted]):
+            h.add("job", f"job {jid} ({op}) failed; `pgcleave resume {jid}` (maintain resumes "
+                         "its own jobs)")
+
+
 def check_table(conn: Connection, table: str, *, now: datetime | None = None,
                 max_partitions: int = MAX_PARTITIONS) -> Health:
     info = snapshot(conn, table)
     h = Health(info.name.quoted)
     policy = pol.load(conn, info.name)
+    _unfinished_jobs(conn, info, h)  # a plain table too: a conversion killed half-way
     if info.partitioning is None:
         h.add("policy", f"{info.name} is not partitioned")
         return h
@@ -79,15 +93,6 @@ def check_table(conn: Connection, table: str, *, now: datetime | None = None,
     for leaf in leaves:
         if leaf.kind == "f":
             _check_shard(conn, leaf, h)
-    for r in journal.residue(conn, info.name.quoted):
-        if not r.alive:
-            h.add("residue", r.message())
-    if schema_exists(conn):
-        for jid, op, _state in conn.execute(
-                "SELECT id, operation, state FROM pgcleave.jobs WHERE target = %s"
-                " AND state = 'failed' ORDER BY id", [info.name.quoted]):
-            h.add("job", f"job {jid} ({op}) failed; `pgcleave resume {jid}` (maintain resumes "
-                         "its own jobs)")
     if policy is None:
         h.add("policy", f"{info.name} has no pgcleave policy: nothing maintains it "
                         f"(`pgcleave config {info.name} ...`)")

@@ -321,7 +321,7 @@ def plan_set_primary_key(conn: Connection, table: str, columns: list[str], *,
             "key across servers",
             hint="move those partitions back first, or enforce the key on each shard's table")
     args: dict[str, Any] = {"columns": cols, "keep_old_key": keep_old_key}
-    plan = Plan("set-primary-key", str(info.name), args, [],
+    plan = Plan("set-primary-key", info.name.quoted, args, [],
                 requires=preflight.table_change(info.name))
     if info.primary_key is not None:
         if info.primary_key.columns == cols:
@@ -539,7 +539,7 @@ def plan_create_index(conn: Connection, table: str, columns: list[str], *, uniqu
         [info.oid, info.name.schema, iname]).fetchone()
     args: dict[str, Any] = {"columns": cols, "unique": unique, "name": iname, "where": where,
                             "method": method}
-    plan = Plan("create-index", str(info.name), args, [], requires=[preflight.owner(info.name)])
+    plan = Plan("create-index", info.name.quoted, args, [], requires=[preflight.owner(info.name)])
     if existing is not None:
         same = bool(existing[0]) and existing[2] == unique and list(existing[3] or []) == cols
         if not same:
@@ -738,7 +738,7 @@ def plan_add_foreign_key(conn: Connection, table: str, columns: list[str], ref_t
     clash = next((c for c in info.constraints if c.name == fk_name), None)
     args: dict[str, Any] = {"columns": cols, "references": str(ref.name),
                             "ref_columns": ref_cols, "name": fk_name, "on_delete": on_delete}
-    plan = Plan("add-foreign-key", str(info.name), args, [],
+    plan = Plan("add-foreign-key", info.name.quoted, args, [],
                 requires=[preflight.owner(info.name), preflight.references(ref.name)])
     if clash is not None:
         if clash.type == "f" and clash.validated and clash.columns == cols:
@@ -825,7 +825,7 @@ def plan_drop_index(conn: Connection, index: str) -> Plan:
         raise Refused(f"index {idx} is a partition of index {parent}; PostgreSQL drops it only "
                       "with its parent",
                       hint=f"drop {QualifiedName(nsp, parent)} instead")
-    plan = Plan("drop-index", str(table), {"index": str(idx)}, [],
+    plan = Plan("drop-index", table.quoted, {"index": str(idx)}, [],
                 requires=[preflight.owner(table)])
     if kind == "I":
         plan = plan.add(steps=[Step.sql(
@@ -851,7 +851,7 @@ def plan_drop_constraint(conn: Connection, table: str, name: str) -> Plan:
     """Drop a constraint: one short catalog-only transaction (its index is dropped with it)."""
     info = snapshot(conn, table)
     con = next((c for c in info.constraints if c.name == name), None)
-    plan = Plan("drop-constraint", str(info.name), {"name": name}, [],
+    plan = Plan("drop-constraint", info.name.quoted, {"name": name}, [],
                 requires=[preflight.owner(info.name)])
     if con is None:
         raise NotFound(f"{info.name} has no constraint {name!r}",

@@ -390,7 +390,7 @@ def _plan_back(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool) ->
                                                                ).as_string(None)],
         transactional=False, ddl=False))
     steps += _common_tail(conn, c, dbl, target, aside, drop_source, info)
-    return Plan("move", str(parent.name), {"partition": part.name.quoted, "to": "local",
+    return Plan("move", parent.name.quoted, {"partition": part.name.quoted, "to": "local",
                                            "from": srv, "drop_source": drop_source}, steps,
                 notes=[f"rows of {pname} stay readable and writable through {parent.name} "
                        "during the whole move; writes wait only during the cut-over"])
@@ -542,7 +542,7 @@ def _plan_copy_out(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool
                       guard=sql.SQL("SELECT EXISTS ({})").format(cap.exists()),
                       undo=[*cap.drop()])]
     steps += _common_tail(conn, c, dbl, staging, local_aside, drop_source, info, cap)
-    plan = Plan("move", str(parent.name), {"partition": part.name.quoted, "to": srv,
+    plan = Plan("move", parent.name.quoted, {"partition": part.name.quoted, "to": srv,
                                            "drop_source": drop_source, "method": "copy"},
                 steps, notes=_copy_notes(c, cap))
     if not any(p.kind == "f" for p in parent.partitioning.leaves()):  # type: ignore[union-attr]
@@ -588,7 +588,7 @@ def _plan_copy_back(conn: Connection, c: _Ctx, info: TableInfo, drop_source: boo
         guard=servers.remote_exists(dbl, srv, cap.exists()),
         undo=[servers.remote_sql(dbl, srv, sql.SQL("; ").join(cap.drop()))]))
     steps += _common_tail(conn, c, dbl, target, aside, drop_source, info, cap)
-    return Plan("move", str(parent.name), {"partition": part.name.quoted, "to": "local",
+    return Plan("move", parent.name.quoted, {"partition": part.name.quoted, "to": "local",
                                            "from": srv, "drop_source": drop_source,
                                            "method": "copy"}, steps, notes=_copy_notes(c, cap))
 
