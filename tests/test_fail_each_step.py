@@ -1,5 +1,6 @@
 """Every step of keys, the DEFAULT drain and move fails in turn (issue 19): each plan is read
-from its own dry run, then run once per step with ``PGCLEAVE_FAULT=fail-before:N``. After
+from its own dry run, then run once per step with ``PGCLEAVE_FAULT=fail-before:N`` (steps that
+repeat for each partition, at their first and last place). After
 pgcleave has exited, with nobody running `rollback`, application-like writers run with no
 error and every row they commit is visible, the rows that were there before are all still
 visible, and `resume` then finishes the job."""
@@ -25,13 +26,21 @@ def plan_steps(cli: Any, dsn: str, argv: list[str]) -> list[str]:
     return [s["name"] for s in plan["steps"]]
 
 
+def kinds(steps: list[str]) -> list[tuple[int, str]]:
+    """Every kind of step (``nn-add:p01:id`` is of kind ``nn-add``), at its first and last
+    place: the steps in between run the same code on other partitions."""
+    kind = [s.split(":")[0].split(" ")[0] for s in steps]
+    keep = {kind.index(k) for k in kind} | {len(kind) - 1 - kind[::-1].index(k) for k in kind}
+    return [(i + 1, steps[i]) for i in sorted(keep)]
+
+
 def fail_at_each_step(db: Any, conn: Any, cli: Any, argv: list[str], *, table: sql.Composable,
                       spec: Spec, reset: Callable[[], None], done: Callable[[], None]) -> None:
     reset()
     steps = plan_steps(cli, db.dsn, argv)
     assert len(steps) >= 2, steps
-    for i, name in enumerate(steps, 1):
-        if i > 1:
+    for n, (i, name) in enumerate(kinds(steps)):
+        if n:
             reset()
         before = [r[0] for r in conn.execute(sql.SQL("SELECT id::text FROM {}").format(table))]
         r = cli("--dsn", db.dsn, *argv, env={"PGCLEAVE_FAULT": f"fail-before:{i}"})
