@@ -186,6 +186,15 @@ OPERATIONS: dict[str, Operation] = {o.name: o for o in [
 ]}
 
 
+def _last_job(env: Env) -> int:
+    with env.connect() as c:
+        journal = c.execute("SELECT to_regclass('pgcleave.jobs') IS NOT NULL").fetchone()
+        if not (journal and journal[0]):
+            return 0
+        row = c.execute("SELECT coalesce(max(id), 0) FROM pgcleave.jobs").fetchone()
+        return int(row[0]) if row else 0
+
+
 def _shard_unreachable(error: str) -> bool:
     """An application statement that failed because its rows' server was cut off or
     restarting: the fault's own doing, whatever pgcleave does."""
@@ -296,11 +305,13 @@ class Campaign:
         with self.env(op) as env:
             op.setup(env)
             before, _ = self._state(env, op)
-            t0 = time.monotonic()
             r = env.cli(*op.argv)
-            took = time.monotonic() - t0
             if r.returncode != 0:
                 raise AssertionError(f"{op.name} fails without a fault: {r.stderr}")
+            with env.connect() as c:  # how long the job ran, from its first change
+                row = c.execute("SELECT extract(epoch FROM updated_at - created_at) FROM"
+                                " pgcleave.jobs ORDER BY id DESC LIMIT 1").fetchone()
+            took = float(row[0]) if row else 1.0
             after, check_rc = self._state(env, op)
         self.reference[op.name] = (before, after, check_rc, took)
 
@@ -318,15 +329,23 @@ class Campaign:
             op.setup(env)
             w = Workload(env.dsn, op.spec(), writers=2, seed=seed, max_seconds=120).start()
             try:
+                jobs_before = _last_job(env)
                 proc = subprocess.Popen([sys.executable, "-m", "pgcleave", "--dsn", env.dsn,
                                          *op.argv], stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, env=_env())
+                # the moment is counted from the job's start (its journal row), not from the
+                # process's: the fault strikes while the job changes things
+                deadline = time.monotonic() + 120
+                while (proc.poll() is None and _last_job(env) == jobs_before
+                       and time.monotonic() < deadline):
+                    time.sleep(0.01)
                 time.sleep(delay)
                 struck = proc.poll() is None
                 if struck:
                     self._strike(env, op, fault, proc, rng)
                 out, err = proc.communicate(timeout=300)
-                recovered_by, problems = self._recover(env, op, proc.returncode, out + err)
+                recovered_by, problems = self._recover(env, op, proc.returncode, out + err,
+                                                       since=jobs_before)
                 w.run_for(0.3)
             finally:
                 w.stop()
@@ -379,7 +398,7 @@ class Campaign:
             raise ValueError(f"unknown fault {fault!r}; one of {', '.join(FAULTS)}")
 
     # -- recovery, as an operator would --------------------------------------------------------
-    def _recover(self, env: Env, op: Operation, rc: int | None, out: str
+    def _recover(self, env: Env, op: Operation, rc: int | None, out: str, *, since: int
                  ) -> tuple[str, list[str]]:
         if rc == 0:
             return "done", []
@@ -390,8 +409,11 @@ class Campaign:
             time.sleep(0.5)
         with env.connect() as c:
             journal = c.execute("SELECT to_regclass('pgcleave.jobs') IS NOT NULL").fetchone()
-            jobs = c.execute("SELECT id FROM pgcleave.jobs WHERE state IN ('running', 'failed')"
-                             " ORDER BY id").fetchall() if journal and journal[0] else []
+            ran = c.execute("SELECT id, state FROM pgcleave.jobs WHERE id > %s ORDER BY id",
+                            [since]).fetchall() if journal and journal[0] else []
+        jobs = [r for r in ran if r[1] in ("running", "failed")]
+        if ran and not jobs:
+            return "done", []  # killed after its job had finished
         if not jobs:
             # refused or failed before its first change (a server it checks was away): the
             # operator runs it again
