@@ -17,7 +17,7 @@ PG_NEW_TESTS := tests/test_partition.py tests/test_copy.py tests/test_carve.py \
 	tests/test_maintain.py tests/test_retention.py tests/test_keys.py tests/test_move.py \
 	tests/test_alter.py tests/test_catalog.py tests/test_identity.py tests/test_fail_safe.py \
 	tests/test_least_privilege.py tests/test_copy_names.py tests/test_windows.py \
-	tests/test_premake_race.py tests/test_lock_queue.py tests/test_hash_list.py
+	tests/test_hash_list.py
 
 .PHONY: demo test setup postgres lint bench clean
 
