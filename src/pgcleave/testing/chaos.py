@@ -356,7 +356,7 @@ class Campaign:
                     w.verify(c, connection_loss_ok=fault == "restart",
                              fault_error=_shard_unreachable if op.shard and fault in (
                                  "netcut", "restart") else None)
-            except AssertionError as exc:
+            except (AssertionError, psycopg.Error) as exc:
                 outcome.problems.append(f"writers: {exc}")
             self._judge(env, op, outcome, before if recovered_by == "rollback" else after,
                         check_rc, seed)
@@ -400,13 +400,13 @@ class Campaign:
     # -- recovery, as an operator would --------------------------------------------------------
     def _recover(self, env: Env, op: Operation, rc: int | None, out: str, *, since: int
                  ) -> tuple[str, list[str]]:
-        if rc == 0:
-            return "done", []
-        for _ in range(60):  # the servers and the network come back
+        for _ in range(60):  # the servers and the network come back before anything else
             if (self.sandbox.is_running(env.local.name) and not (env.proxy and env.proxy.is_cut)
                     and (env.remote is None or self.sandbox.is_running(env.remote.name))):
                 break
             time.sleep(0.5)
+        if rc == 0:
+            return "done", []
         with env.connect() as c:
             journal = c.execute("SELECT to_regclass('pgcleave.jobs') IS NOT NULL").fetchone()
             ran = c.execute("SELECT id, state FROM pgcleave.jobs WHERE id > %s ORDER BY id",
@@ -457,5 +457,5 @@ class Campaign:
         try:
             with env.connect() as c:
                 w.verify(c)
-        except AssertionError as exc:
+        except (AssertionError, psycopg.Error) as exc:
             outcome.problems.append(f"not writable after recovery: {exc}")
