@@ -16,6 +16,7 @@ from psycopg import sql
 
 from pgcleave.testing.workload import Spec, Workload
 from tests import test_drain, test_keys, test_move
+from tests.test_fail_safe import half_year
 
 
 def plan_steps(cli: Any, dsn: str, argv: list[str]) -> list[str]:
@@ -289,13 +290,7 @@ def test_killed_at_each_harmful_step_is_reported(db, conn, cli, tmp_path):
 
     def monthly() -> None:
         _fresh(conn, "q")
-        conn.execute("CREATE TABLE q (id bigserial, d date NOT NULL, PRIMARY KEY (id, d))"
-                     " PARTITION BY RANGE (d)")
-        for m in range(1, 7):
-            conn.execute(f"CREATE TABLE q_{m:02d} PARTITION OF q FOR VALUES FROM "
-                         f"('2025-{m:02d}-01') TO ('2025-{m + 1:02d}-01')")
-        conn.execute("INSERT INTO q (d) SELECT '2025-01-01'::date + (i % 150) FROM "
-                     "generate_series(1, 600) i")
+        half_year(conn, 600)
         r = cli("--dsn", db.dsn, "config", "q", "--interval", "1 month", "--premake", "0",
                 "--retention", "4 months", "--retention-action", "archive", "--archive-dir",
                 str(tmp_path))

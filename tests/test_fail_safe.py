@@ -213,15 +213,20 @@ def test_dry_run_shows_what_each_step_would_leave(db, conn, cli):
     assert "undone at once on a failure" in out
 
 
-def test_retention_failing_between_detach_and_archive_is_reported_and_finished(db, conn, cli,
-                                                                             tmp_path):
+def half_year(conn: Any, rows: int = 1500) -> None:
+    """Table q: six monthly partitions of 2025, January to June, with rows in the first five."""
     conn.execute("CREATE TABLE q (id bigserial, d date NOT NULL, PRIMARY KEY (id, d))"
                  " PARTITION BY RANGE (d)")
     for m in range(1, 7):
         conn.execute(f"CREATE TABLE q_{m:02d} PARTITION OF q FOR VALUES FROM "
                      f"('2025-{m:02d}-01') TO ('2025-{m + 1:02d}-01')")
-    conn.execute("INSERT INTO q (d) SELECT '2025-01-01'::date + (i % 150) FROM "
-                 "generate_series(1, 1500) i")
+    conn.execute("INSERT INTO q (d) SELECT '2025-01-01'::date + (i %% 150) FROM "
+                 "generate_series(1, %s) i", [rows])
+
+
+def test_retention_failing_between_detach_and_archive_is_reported_and_finished(db, conn, cli,
+                                                                             tmp_path):
+    half_year(conn)
     ok(cli("--dsn", db.dsn, "config", "q", "--interval", "1 month", "--premake", "0",
            "--retention", "4 months", "--retention-action", "archive", "--archive-dir",
            str(tmp_path)))
@@ -242,13 +247,7 @@ def test_retention_archives_before_it_detaches(db, conn, cli, tmp_path):
     """The archive is written while the partition is attached: a job that stops before the
     detach hides nothing, and rows written to the old range after the archive was written are
     archived too (the detached table no longer matches the archive: it is written again)."""
-    conn.execute("CREATE TABLE q (id bigserial, d date NOT NULL, PRIMARY KEY (id, d))"
-                 " PARTITION BY RANGE (d)")
-    for m in range(1, 7):
-        conn.execute(f"CREATE TABLE q_{m:02d} PARTITION OF q FOR VALUES FROM "
-                     f"('2025-{m:02d}-01') TO ('2025-{m + 1:02d}-01')")
-    conn.execute("INSERT INTO q (d) SELECT '2025-01-01'::date + (i % 150) FROM "
-                 "generate_series(1, 1500) i")
+    half_year(conn)
     before = conn.execute("SELECT count(*) FROM q WHERE d < '2025-02-01'").fetchone()[0]
     ok(cli("--dsn", db.dsn, "config", "q", "--interval", "1 month", "--premake", "0",
            "--retention", "4 months", "--retention-action", "archive", "--archive-dir",

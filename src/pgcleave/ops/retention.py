@@ -367,12 +367,15 @@ def archive(ctx: ActionContext) -> None:
             conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(part.ident))
             ctx.set_lock_timeout(conn, 0)
             digest = _digest(conn, part)
-            m, mpath, path, changed = _prewritten(directory, stem, digest)
-            if m is None:
-                if changed:
+            found = _prewritten(directory, stem, digest)
+            if found is None:
+                if (directory / f"{stem}.json").exists():
                     ctx.progress(f"{part} changed after its archive was written: writing it "
                                  "again")
                 m, mpath, path = _write_archive(ctx, p, digest)
+            else:
+                m, mpath = found
+                path = m.data_path(mpath)
             ctx.set_lock_timeout(conn)
             conn.execute(sql.SQL("DROP TABLE {}").format(part.ident))
             conn.execute(record_sql(parent, part, p["bound"], "archive", str(mpath), m.rows,
@@ -388,17 +391,17 @@ def archive(ctx: ActionContext) -> None:
 
 
 def _prewritten(directory: Path, stem: str, digest: str
-                ) -> tuple[arch.Manifest | None, Path, Path, bool]:
-    """The archive ``prearchive`` wrote, if it holds exactly these rows: (manifest, its path,
-    data path, False); (None, ..., True) when one exists but the table changed since; (None,
-    ..., False) when there is none (a plan of 0.1.0, which archived only after the detach)."""
+                ) -> tuple[arch.Manifest, Path] | None:
+    """The archive ``prearchive`` wrote, with its manifest's path, if it holds exactly these
+    rows; None when there is none (a plan of 0.1.0 archived only after the detach) or the
+    table changed since."""
     mpath = directory / f"{stem}.json"
     if not mpath.exists():
-        return None, mpath, mpath, False
+        return None
     m, mpath = arch.Manifest.read(mpath)
     if m.extra.get("digest") == digest and m.data_path(mpath).exists():
-        return m, mpath, m.data_path(mpath), False
-    return None, mpath, mpath, True
+        return m, mpath
+    return None
 
 
 # -- restore -----------------------------------------------------------------------------------
