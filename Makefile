@@ -1,7 +1,7 @@
 # Two commands set everything up on a fresh Debian/Ubuntu machine:
 #   make demo   - the seed 000 walkthrough against throwaway local servers
-#   make test   - lint, type check, the whole test suite on PostgreSQL $(PG_FULL), then the
-#                 version-sensitive tests on $(PG_NEW) (18 comes with `pgcleave[server]`)
+#   make test   - lint, type check, the whole test suite on PostgreSQL $(PG_FULL) and, beside it,
+#                 the version-sensitive tests on $(PG_NEW) (18 comes with `pgcleave[server]`)
 VENV := .venv
 BIN := $(VENV)/bin
 # -n 2: two workers, each with its own throwaway servers (the tests wait on servers more than
@@ -17,7 +17,9 @@ PG_NEW_TESTS := tests/test_partition.py tests/test_copy.py tests/test_carve.py \
 	tests/test_maintain.py tests/test_retention.py tests/test_keys.py tests/test_move.py \
 	tests/test_alter.py tests/test_catalog.py tests/test_identity.py tests/test_fail_safe.py \
 	tests/test_least_privilege.py tests/test_copy_names.py tests/test_windows.py \
-	tests/test_hash_list.py
+	tests/test_hash_list.py tests/test_advise.py tests/test_inbound_fks.py \
+	tests/test_reslice.py tests/test_reslice_default.py tests/test_reslice_branch.py \
+	tests/test_carve_jobs.py tests/test_move_jobs.py tests/test_span_checks.py
 
 .PHONY: demo test setup postgres lint bench clean
 
@@ -39,12 +41,8 @@ lint: setup
 
 test: lint
 	@scripts/ensure-postgres.sh $(VENV) $(PG_FULL) $(PG_NEW)
-	@echo "=== make test: the whole suite on PostgreSQL $(PG_FULL) ==="
-	@PGCLEAVE_TEST_PG=$(PG_FULL) $(PYTEST); full=$$?; \
-	echo "=== make test: version-sensitive tests on PostgreSQL $(PG_NEW) ==="; \
-	PGCLEAVE_TEST_PG=$(PG_NEW) $(PYTEST) -m "not nodb" $(PG_NEW_TESTS); new=$$?; \
-	echo "=== make test: PostgreSQL $(PG_FULL) exit $$full, PostgreSQL $(PG_NEW) exit $$new ==="; \
-	[ $$full -eq 0 ] && [ $$new -eq 0 ]
+	@scripts/ensure-chromium.sh
+	@scripts/run-tests.sh "$(PYTEST)" $(PG_FULL) $(PG_NEW) $(PG_NEW_TESTS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

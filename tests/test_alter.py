@@ -4,6 +4,9 @@ and the whole of seed 000 on two and three servers."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 
 import psycopg
 import pytest
@@ -147,6 +150,111 @@ def test_shard_away(db, db2, remote, cli, sandbox):
     assert r.returncode == 0, r.stderr
     assert remote_columns(db2)[-1] == "level" and prepared(db2) == []
     assert len(conn.execute('SELECT * FROM "Ex"').fetchall()) == 40
+
+
+
+def _server_options(conn) -> dict[str, str]:
+    return dict(conn.execute("SELECT option_name, option_value FROM pg_options_to_table("
+                             "(SELECT srvoptions FROM pg_foreign_server WHERE srvname = 'db2'))"
+                             ).fetchall())
+
+
+class _DeadLink:
+    """A port that takes each connection and never answers, then drops it after ``seconds``:
+    a shard behind a dead link, as a client sees it, failing after the same wait on every
+    PostgreSQL version (libpq's connect_timeout alone does not bound a dblink connection the
+    same way on all of them)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True, name="dead-link").start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Timer(self.seconds, client.close).start()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def test_resume_with_a_shard_out_of_reach_waits_for_it_once(db, db2, remote, cli):
+    """A resumed job asks its questions again before it goes on, those of the shard through
+    dblink. A shard behind a dead link (a port that takes the connection and answers nothing
+    for ``wait`` seconds) is waited for once, not once for all the questions asked together
+    and then once more for each of them: the refusal names the server, and the resume ends
+    once the shard is reachable again."""
+    conn = remote
+    r = cli("--dsn", db.dsn, "alter", '"Ex"', "ADD level int", "--yes",
+            env={"PGCLEAVE_FAULT": "kill-after:alter"})
+    assert r.returncode == -9
+    job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
+    before = _server_options(conn)
+    wait = 3
+    hole = _DeadLink(wait)
+    conn.execute(sql.SQL("ALTER SERVER db2 OPTIONS (SET host '127.0.0.1', SET port {})").format(
+        sql.Literal(str(hole.port))))
+    try:
+        t0 = time.monotonic()
+        r = cli("--dsn", db.dsn, "resume", str(job))
+        took = time.monotonic() - t0
+    finally:
+        conn.execute(sql.SQL("ALTER SERVER db2 OPTIONS (SET host {}, SET port {})").format(
+            sql.Literal(before["host"]), sql.Literal(before["port"])))
+        hole.close()
+    # the questions of the shard are two (owner of its table, prepared transactions): each
+    # asked again after the failed batch, they made three waits
+    assert wait <= took < 2 * wait, (took, r.stderr)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "server db2 is out of reach" in r.stderr and "nothing was changed" in r.stderr, \
+        r.stderr
+    assert _server_options(conn) == before
+    r = cli("--dsn", db.dsn, "resume", str(job))
+    assert r.returncode == 0, r.stderr
+    assert remote_columns(db2)[-1] == "level" and prepared(db2) == []
+
+
+def test_resume_with_a_shard_that_never_answers_is_refused_in_time(db, db2, remote, cli):
+    """A link that takes the connection and never answers (no drop at all): the shard's
+    questions are given up after its server's connect_timeout and REMOTE_GRACE_S more, on 15
+    (libpq's connect_timeout) as on 18 (which kept dblink waiting past it: the
+    statement_timeout ends it), and the refusal names the server."""
+    from pgcleave.preflight import REMOTE_GRACE_S
+
+    conn = remote
+    r = cli("--dsn", db.dsn, "alter", '"Ex"', "ADD level int", "--yes",
+            env={"PGCLEAVE_FAULT": "kill-after:alter"})
+    assert r.returncode == -9
+    job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
+    before = _server_options(conn)
+    hole = _DeadLink(3600)
+    conn.execute(sql.SQL("ALTER SERVER db2 OPTIONS (SET host '127.0.0.1', SET port {}, {} "
+                         "connect_timeout '2')").format(
+        sql.Literal(str(hole.port)), sql.SQL("SET" if "connect_timeout" in before else "ADD")))
+    try:
+        t0 = time.monotonic()
+        r = cli("--dsn", db.dsn, "resume", str(job))
+        took = time.monotonic() - t0
+    finally:
+        conn.execute(sql.SQL("ALTER SERVER db2 OPTIONS (SET host {}, SET port {}, DROP "
+                             "connect_timeout)").format(sql.Literal(before["host"]),
+                                                        sql.Literal(before["port"])))
+        if "connect_timeout" in before:
+            conn.execute(sql.SQL("ALTER SERVER db2 OPTIONS (ADD connect_timeout {})").format(
+                sql.Literal(before["connect_timeout"])))
+        hole.close()
+    assert took < 2 + REMOTE_GRACE_S + 4, (took, r.stderr)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "server db2 is out of reach" in r.stderr, r.stderr
+    assert _server_options(conn) == before
+    r = cli("--dsn", db.dsn, "resume", str(job))
+    assert r.returncode == 0, r.stderr
+    assert remote_columns(db2)[-1] == "level" and prepared(db2) == []
 
 
 def test_seed_000(db, db2, db3, conn, cli):

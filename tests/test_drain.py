@@ -198,3 +198,40 @@ def test_carve_swap_odd_names_and_key_log(db: Any, conn: Any) -> None:
     assert expected["ap"] == 1000 + 20 - 10 - 10  # 20 moved in, 10 moved out, 10 deleted
     assert one(conn, 'SELECT count(*) FROM "L ist" WHERE v = \'y\'') == 30
     no_leftovers(conn)
+
+
+def test_drain_max_rate_counts_every_connection_together(db: Any, conn: Any, cli: Any) -> None:
+    """maintain --jobs 2 --max-rate 2000: the DEFAULT's ~3,400 rows take at least 1.7 s (at
+    2,000 rows/s per connection they would take half that), the dry run says the rate, the
+    job's plan keeps it for a resume, and the rows are exact under writers."""
+    make_table(conn)
+    d = ("--dsn", db.dsn)
+    assert cli(*d, "config", f'"{T}"', "--interval", "1 month", "--premake", "1").returncode == 0
+    dry = cli(*d, "maintain", "--jobs", "2", "--max-rate", "2000", "--now", "2025-10-15",
+              "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "at most 2,000 rows/s together" in dry.stdout, dry.stdout
+    in_default = one(conn, sql.SQL("SELECT count(*) FROM ONLY {}").format(
+        sql.Identifier(T + " def")))
+    wl = Workload(db.dsn, spec(), writers=3, max_seconds=60).start()
+    try:
+        wl.run_for(0.3)
+        r = cli(*d, "maintain", "--jobs", "2", "--max-rate", "2000", "--now", "2025-10-15")
+        assert r.returncode == 0, r.stderr
+        wl.run_for(0.2)
+    finally:
+        wl.stop()
+    m = re.search(r"copied ([\d,]+) rows in ([\d.]+) s on 2 connection", r.stderr)
+    assert m, r.stderr
+    rows, s = int(m.group(1).replace(",", "")), float(m.group(2))
+    print(f"DEFAULT {in_default} rows, copied {rows} in {s} s at --max-rate 2000")
+    assert rows >= in_default > 3000 and s >= rows / 2000 - 0.05, (rows, s)
+    plan = one(conn, "SELECT plan FROM pgcleave.jobs WHERE id = (SELECT max(id) FROM "
+                     "pgcleave.jobs)")
+    assert plan["args"]["max_rate"] == 2000
+    copy = next(x for x in plan["steps"] if x["action"] == "carve.copy")
+    assert copy["params"]["parallel"]["max_rate"] == 2000
+    wl.verify(conn)
+    assert one(conn, sql.SQL("SELECT count(*) FROM ONLY {}").format(
+        sql.Identifier(T + " def"))) == 0
+    no_leftovers(conn)

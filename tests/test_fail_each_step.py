@@ -43,27 +43,34 @@ def fail_at_each_step(db: Any, conn: Any, cli: Any, argv: list[str], *, table: s
     for n, (i, name) in enumerate(kinds(steps)):
         if n:
             reset()
-        before = [r[0] for r in conn.execute(sql.SQL("SELECT id::text FROM {}").format(table))]
-        r = cli("--dsn", db.dsn, *argv, env={"PGCLEAVE_FAULT": f"fail-before:{i}"})
-        out = r.stdout + r.stderr
-        assert r.returncode == 1 and "injected by PGCLEAVE_FAULT" in out, (name, out)
-        w = Workload(db.dsn, spec, writers=2, max_seconds=30).start()
-        try:
-            w.run_for(0.5)
-            deadline = time.monotonic() + 20  # a loaded machine: until they wrote enough
-            while w.ops.get("insert", 0) <= 3 and time.monotonic() < deadline:
-                w.run_for(0.2)
-        finally:
-            w.stop()
-        w.verify(conn)  # no writer error, every committed row visible exactly once
-        assert w.ops.get("insert", 0) > 3, (name, w.ops)
-        # writers touch only the rows they inserted: the others must all be visible, once
-        assert conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE id::text = ANY({})").format(
-            table, sql.Literal(before))).fetchone() == (len(before),), name
-        job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
-        r = cli("--dsn", db.dsn, "resume", str(job))
-        assert r.returncode == 0, (name, r.stdout + r.stderr)
+        fail_then_resume(db, conn, cli, argv, i, name, table=table, spec=spec)
         done()
+
+
+def fail_then_resume(db: Any, conn: Any, cli: Any, argv: list[str], i: int, name: str, *,
+                     table: sql.Composable, spec: Spec) -> None:
+    """Run ``argv`` failing before its step ``i``; writers then run with no error and see
+    every row, and ``resume`` finishes the job."""
+    before = [r[0] for r in conn.execute(sql.SQL("SELECT id::text FROM {}").format(table))]
+    r = cli("--dsn", db.dsn, *argv, env={"PGCLEAVE_FAULT": f"fail-before:{i}"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "injected by PGCLEAVE_FAULT" in out, (name, out)
+    w = Workload(db.dsn, spec, writers=2, max_seconds=30).start()
+    try:
+        w.run_for(0.5)
+        deadline = time.monotonic() + 20  # a loaded machine: until they wrote enough
+        while w.ops.get("insert", 0) <= 3 and time.monotonic() < deadline:
+            w.run_for(0.2)
+    finally:
+        w.stop()
+    w.verify(conn)  # no writer error, every committed row visible exactly once
+    assert w.ops.get("insert", 0) > 3, (name, w.ops)
+    # writers touch only the rows they inserted: the others must all be visible, once
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE id::text = ANY({})").format(
+        table, sql.Literal(before))).fetchone() == (len(before),), name
+    job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
+    r = cli("--dsn", db.dsn, "resume", str(job))
+    assert r.returncode == 0, (name, r.stdout + r.stderr)
 
 
 def _fresh(conn: Any, *drop: str) -> None:
@@ -124,33 +131,6 @@ def test_default_drain_fails_at_each_step(db, conn, cli):
 
     fail_at_each_step(db, conn, cli, ["maintain", f'"{test_drain.T}"', "--now", "2025-10-15"],
                       table=t, reset=reset, done=done, spec=test_drain.spec())
-
-
-def test_move_out_fails_at_each_step(db, db2, conn, cli):
-    def reset() -> None:
-        if conn.execute("SELECT to_regclass('\"Ex\"')").fetchone()[0] is None:
-            test_move.make_table(conn)
-            test_move.add_server(db, "db2", db2)
-            return
-        if test_move.location(conn) == "f:\"Ex\"":
-            r = cli("--dsn", db.dsn, "move", test_move.PART, "--to", "local", "--yes",
-                    "--drop-source")
-            assert r.returncode == 0, r.stdout + r.stderr
-        conn.execute('DROP TABLE IF EXISTS "Ex d_pgc_local"')  # kept by the move out
-        assert test_move.location(conn) == "r:\"Ex\""
-
-    def done() -> None:
-        assert test_move.location(conn) == "f:\"Ex\""
-        with db2.connect() as remote:
-            assert test_move.leftovers(conn, remote) == []
-
-    fail_at_each_step(
-        db, conn, cli, ["move", test_move.PART, "--to", "db2", "--yes"],
-        table=sql.Identifier("Ex"), reset=reset, done=done,
-        # keys within "Ex d": a row cannot move between a local and a remote partition (the
-        # plan warns of it)
-        spec=Spec(table=sql.Identifier("public", "Ex"), key_col="tenant",
-                  make_key=lambda r: r.choice(["Dory", "Dx", "Duck"])))
 
 
 def test_alter_fails_at_each_step(db, db2, conn, cli):
@@ -307,26 +287,36 @@ def test_killed_at_each_harmful_step_is_reported(db, conn, cli, tmp_path):
     assert found >= 4  # the cutoff CHECK, NOT NULL CHECKs, a detach
 
 
-def test_move_back_fails_at_each_step(db, db2, conn, cli):
-    def reset() -> None:
-        if conn.execute("SELECT to_regclass('\"Ex\"')").fetchone()[0] is None:
-            test_move.make_table(conn)
-            test_move.add_server(db, "db2", db2)
-        if test_move.location(conn) != "f:\"Ex\"":
-            r = cli("--dsn", db.dsn, "move", test_move.PART, "--to", "db2", "--yes",
-                    "--drop-source")
-            assert r.returncode == 0, r.stdout + r.stderr
+def test_move_out_and_back_fail_at_each_step(db, db2, conn, cli):
+    """Move out, then back, each failing before each of its steps in turn: the resume of one
+    direction's failure sets up the next failure of the other direction."""
+    spec = Spec(table=sql.Identifier("public", "Ex"), key_col="tenant",
+                # keys within "Ex d": a row cannot move between a local and a remote
+                # partition (the plan warns of it)
+                make_key=lambda r: r.choice(["Dory", "Dx", "Duck"]))
+    out = ["move", test_move.PART, "--to", "db2", "--yes"]
+    back = ["move", test_move.PART, "--to", "local", "--yes", "--drop-source"]
+    test_move.make_table(conn)
+    test_move.add_server(db, "db2", db2)
 
-    def done() -> None:
-        assert test_move.location(conn) == "r:\"Ex\""
+    def run(argv: list[str], i: int, name: str, where: str) -> None:
+        fail_then_resume(db, conn, cli, argv, i, name, table=sql.Identifier("Ex"), spec=spec)
+        assert test_move.location(conn) == where, name
         with db2.connect() as remote:
-            assert test_move.leftovers(conn, remote) == []
+            assert test_move.leftovers(conn, remote) == [], name
+        if where == "r:\"Ex\"":
+            conn.execute('DROP TABLE IF EXISTS "Ex d_pgc_local"')  # kept by the move out
 
-    fail_at_each_step(
-        db, conn, cli, ["move", test_move.PART, "--to", "local", "--yes", "--drop-source"],
-        table=sql.Identifier("Ex"), reset=reset, done=done,
-        spec=Spec(table=sql.Identifier("public", "Ex"), key_col="tenant",
-                  make_key=lambda r: r.choice(["Dory", "Dx", "Duck"])))
+    outs = kinds(plan_steps(cli, db.dsn, out))
+    run(out, *outs[0], where="f:\"Ex\"")
+    backs = kinds(plan_steps(cli, db.dsn, back))
+    for n in range(max(len(outs), len(backs))):
+        run(back, *backs[min(n, len(backs) - 1)], where="r:\"Ex\"")
+        if n + 1 < len(outs):
+            run(out, *outs[n + 1], where="f:\"Ex\"")
+        elif n + 1 < len(backs):
+            ok = cli("--dsn", db.dsn, *out)
+            assert ok.returncode == 0, ok.stdout + ok.stderr
 
 
 def test_unpartition_fails_at_each_step(db, conn, cli):

@@ -78,6 +78,12 @@ def test_fill_never_resurrects_or_keeps_stale_rows(db: Any, conn: Any, cli: Any,
         m.thread.start()
     r = _ok(cli("--dsn", d, "fill", "events", "--batch-size", "150", "--order", order,
                 "--yes"))
+    check_mutations(conn, muts, r.stderr, least=50)
+
+
+def check_mutations(conn: Any, muts: list[Mutator], stderr: str, *, least: int) -> None:
+    """Stop the mutators; then no deleted row is in the copy, every moved row is there once
+    as it was moved, and verify matches."""
     for m in muts:
         m.stop.set()
         m.thread.join()
@@ -86,7 +92,7 @@ def test_fill_never_resurrects_or_keeps_stale_rows(db: Any, conn: Any, cli: Any,
     moved = {k: v for m in muts for k, v in m.moved.items()}
     print(f"deleted={len(deleted)} moved={len(moved)} stall_ms="
           f"{max(m.max_ms for m in muts):.1f}")
-    assert len(deleted) > 50 and len(moved) > 50, r.stderr
+    assert len(deleted) > least and len(moved) > least, stderr
     back = conn.execute("SELECT count(*) FROM events_intermediate WHERE id = ANY(%s)",
                         [list(deleted)]).fetchone()[0]
     assert back == 0, "deleted rows were resurrected by the fill"

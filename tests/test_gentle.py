@@ -203,6 +203,10 @@ def test_malformed_limits_change_nothing(db: Any, conn: Any, cli: Any) -> None:
     r = cli("--dsn", d, "--critical-load", "active=-1", "prep", "events", "--by", "created_at",
             "--interval", "month", "--yes")
     assert r.returncode == 2 and "--critical-load" in r.stderr
+    for bad in ("0", "101", "often"):
+        r = cli("--dsn", d, "--duty", bad, "prep", "events", "--by", "created_at",
+                "--interval", "month", "--yes")
+        assert r.returncode == 2 and "1 to 100, or auto" in r.stderr, r.stderr
     assert conn.execute("SELECT to_regclass('events_intermediate')").fetchone()[0] is None
 
 
@@ -271,3 +275,62 @@ def test_lag_limit_refused_when_the_role_cannot_read_the_lag(db: Any, conn: Any,
                 "created_at", "--interval", "month", "--yes"))
     finally:
         conn.execute(f"DROP ROLE {role}")
+
+
+def test_duty_auto_rests_only_while_the_application_works(db: Any, conn: Any) -> None:
+    """``--duty auto``: the throttle sees the application at work while one of its sessions
+    is in a statement or a transaction (here: idle in transaction) or left one less than a
+    second before, and for BUSY_MEMORY_S after; a pacer told the application is idle does
+    not rest."""
+    from pgcleave.settings import Settings
+    from pgcleave.throttle import BUSY_MEMORY_S, SAMPLE_EVERY_S, Throttle
+
+    s = Settings(dsn=db.dsn)
+    s.duty_auto, s.duty_pct = True, 33
+    time.sleep(1.1)  # this test's own connection, out of its last statement for a second
+    with Throttle(s, lambda msg, data: None) as t:
+        assert not t.app_busy()
+        with db.connect(autocommit=False) as app:
+            app.execute("SELECT 1")  # a transaction left open: the application at work
+            time.sleep(SAMPLE_EVERY_S + 0.05)
+            assert t.app_busy()
+        time.sleep(BUSY_MEMORY_S + SAMPLE_EVERY_S + 0.1)
+        assert not t.app_busy()
+    s.duty_auto = False
+    with Throttle(s, lambda msg, data: None) as t:
+        assert t.app_busy()  # a fixed --duty rests after every batch
+    slept: list[float] = []
+    idle = Pacer(20, cap=100, first=10, duty=33, sleep=slept.append, busy=lambda: False)
+    idle.record(10, 0.03)
+    idle.rest()
+    busy = Pacer(20, cap=100, first=10, duty=25, sleep=slept.append, busy=lambda: True)
+    busy.record(10, 0.03)
+    busy.rest()
+    assert slept == [pytest.approx(0.09)] and busy.rests == 1 and idle.rests == 0
+
+
+def test_fill_with_duty_auto_rests_only_beside_the_application(db: Any, conn: Any,
+                                                                cli: Any) -> None:
+    """``--duty auto`` end to end: a fill with no application at work never rests; the same
+    fill beside writers rests between its batches (and says how long), and the copy is
+    exact."""
+    _events(conn, 30000)
+    d = db.dsn
+    prep = ["prep", "events", "--by", "created_at", "--interval", "month", "--past", "11",
+            "--future", "1", "--yes"]
+    _ok(cli("--dsn", d, *prep))
+    time.sleep(1.1)  # this test's own connection, out of its last statement for a second
+    alone = _ok(cli("--dsn", d, "--duty", "auto", "fill", "events", "--batch-size", "2000",
+                    "--yes"))
+    assert "fill done" in alone.stderr and "rested" not in alone.stderr, alone.stderr
+    _ok(cli("--dsn", d, "unprep", "events", "--yes"))
+    _ok(cli("--dsn", d, *prep))
+    w = Workload(d, _spec(), writers=2, max_seconds=60, pause_s=0.005)
+    with w:
+        w.run_for(0.3)
+        busy = _ok(cli("--dsn", d, "--duty", "auto", "fill", "events", "--batch-size", "2000",
+                       "--yes"))
+    m = re.search(r"rested ([\d.]+) s for --duty", busy.stderr)
+    assert m and float(m.group(1)) > 0, busy.stderr
+    w.verify(conn)
+    assert verify_copy(conn, "events").ok

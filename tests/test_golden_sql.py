@@ -25,7 +25,18 @@ import pytest
 
 from pgcleave.connection import Settings
 from pgcleave.execute import Executor
-from pgcleave.ops import alter, carve, copy, keys, maintain, move, partition, retention
+from pgcleave.ops import (
+    alter,
+    carve,
+    copy,
+    keys,
+    maintain,
+    merge,
+    move,
+    partition,
+    reslice,
+    retention,
+)
 from pgcleave.ops.config import plan_config
 from pgcleave.ops.drop_partition import plan_drop_partition
 from pgcleave.plan import Plan
@@ -256,6 +267,30 @@ def test_carve(db: Any, conn: Any, method: str) -> None:
     metrics(conn)
     plan = carve.plan_carve(conn, '"Metrics"', [("100", "200")], method=method)
     check_golden(f"carve_{method}", plan, conn, db)
+
+
+# -- split, merge, reslice ------------------------------------------------------------------------
+def days(conn: Any) -> None:
+    """January 2001 as one partition, February's first three days as days, then the rest."""
+    conn.execute("CREATE TABLE s (id int NOT NULL, d date NOT NULL, v text, PRIMARY KEY (id, d))"
+                 " PARTITION BY RANGE (d)")
+    conn.execute("CREATE TABLE s_01 PARTITION OF s FOR VALUES FROM ('2001-01-01') TO "
+                 "('2001-02-01')")
+    for n in range(1, 4):
+        conn.execute(f"CREATE TABLE s_02_0{n} PARTITION OF s FOR VALUES FROM ('2001-02-0{n}')"
+                     f" TO ('2001-02-0{n + 1}')")
+    conn.execute("CREATE TABLE s_02_rest PARTITION OF s FOR VALUES FROM ('2001-02-04') TO "
+                 "('2001-03-01')")
+    conn.execute("INSERT INTO s SELECT i, date '2001-01-01' + (i % 59), 'x'"
+                 " FROM generate_series(1, 300) i; ANALYZE s")
+
+
+def test_split_merge_reslice(db: Any, conn: Any) -> None:
+    days(conn)
+    check_golden("split", reslice.plan_split(conn, "s_01", interval="1 week"), conn, db)
+    check_golden("merge", merge.plan_merge(conn, ["s_02_01", "s_02_02", "s_02_03"],
+                                           name="s_02_w1"), conn, db)
+    check_golden("reslice", reslice.plan_reslice(conn, "s", interval="1 month"), conn, db)
 
 
 # -- the copy commands, one after the other --------------------------------------------------------

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from pgcleave.names import parse_columns
 from pgcleave.ops import keys
 from pgcleave.testing.workload import Spec, Workload
 
@@ -284,7 +285,8 @@ def test_create_index_online_with_writers(db: Any, conn: Any, cli: Any) -> None:
 
 
 def test_create_index_invalid_leftover_is_rebuilt(db: Any, conn: Any, cli: Any) -> None:
-    """A concurrent build interrupted mid-way leaves an INVALID index; resume rebuilds it."""
+    """A concurrent build interrupted mid-way leaves an INVALID index (harmless unless unique:
+    see the next test); resume rebuilds it."""
     make_table(conn, parts=3, rows=300, per_partition_pk=False, default=False)
     # Hold an old snapshot so the build of the first partition waits; cancel it there, as a
     # crash or an operator's pg_cancel_backend would.
@@ -293,12 +295,12 @@ def test_create_index_invalid_leftover_is_rebuilt(db: Any, conn: Any, cli: Any) 
     holder.execute("SELECT count(*) FROM pg_class").fetchone()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pgcleave", "--dsn", db.dsn, "create-index", "events",
-         "id,created_at", "--unique"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+         "id,created_at"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if conn.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE"
-                        " application_name = 'pgcleave:job' AND query LIKE 'CREATE UNIQUE"
+                        " application_name = 'pgcleave:job' AND query LIKE 'CREATE"
                         " INDEX CONCURRENTLY%' AND wait_event_type = 'Lock'").fetchall():
             break
         time.sleep(0.05)
@@ -313,7 +315,7 @@ def test_create_index_invalid_leftover_is_rebuilt(db: Any, conn: Any, cli: Any) 
     assert not conn.execute("SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
                             " WHERE NOT i.indisvalid AND c.relname LIKE 'events%'").fetchall()
     assert conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid ="
-                        " 'events_id_created_at_key'::regclass").fetchone()[0]
+                        " 'events_id_created_at_idx'::regclass").fetchone()[0]
 
 
 def test_create_index_two_levels(db: Any, conn: Any, cli: Any) -> None:
@@ -420,7 +422,7 @@ def test_plan_steps_carry_locks_guards_and_flags(conn: Any) -> None:
     # The guards are false before, and the plan's JSON round-trips.
     assert not any(conn.execute(s.guard).fetchone()[0] for s in plan.steps
                    if s.name.startswith(("build", "swap", "adopt")))
-    assert keys.parse_columns('(id, "Created At",X)') == ["id", "Created At", "x"]
+    assert parse_columns('(id, "Created At",X)') == ["id", "Created At", "x"]
 
 
 def test_rollback_before_the_swap_restores_the_table(db: Any, conn: Any, cli: Any) -> None:
@@ -486,3 +488,32 @@ def test_create_index_reaches_shard_tables(db, db2, cli):
         assert local >= 3  # the parent's index and each local partition's
     again = cli("--dsn", db.dsn, "create-index", '"Ex"', "payload", "--yes")
     assert again.returncode == 0 and "nothing to do" in again.stdout + again.stderr
+
+
+def test_create_unique_index_failing_leaves_nothing_that_refuses(db: Any, conn: Any,
+                                                                 cli: Any) -> None:
+    """A unique build fails on the second partition (duplicates there): the first
+    partition's index, built and attached, would refuse the application's duplicates there,
+    and so would the second's INVALID leftover. Both are gone at once; resume after the
+    duplicates are fixed builds the whole index."""
+    make_table(conn, parts=3, rows=300, per_partition_pk=False, default=False)
+    conn.execute("INSERT INTO events (created_at, payload) SELECT created_at, payload"
+                 " FROM events_p01 LIMIT 1")
+    conn.execute("UPDATE events SET payload = id::text")
+    dup = conn.execute("SELECT payload, created_at FROM events_p01 ORDER BY id LIMIT 1"
+                       ).fetchone()
+    conn.execute("UPDATE events SET payload = %s WHERE created_at = %s", dup)
+    r = cli("--dsn", db.dsn, "create-index", "events", "payload,created_at", "--unique")
+    assert r.returncode == 1 and "undone at once" in r.stderr, r.stdout + r.stderr
+    assert not conn.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON"
+                            " c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid"
+                            " WHERE t.relname LIKE 'events%%' AND i.indisunique").fetchall()
+    # the application's duplicates are accepted in every partition, as before the job
+    for part in ("events_p00", "events_p01"):
+        conn.execute(f"INSERT INTO events (created_at, payload) SELECT created_at, payload"
+                     f" FROM {part} LIMIT 1")
+    conn.execute("DELETE FROM events a USING events b WHERE a.payload = b.payload AND"
+                 " a.created_at = b.created_at AND a.id > b.id")
+    ok(cli("--dsn", db.dsn, "resume", str(job_id(r))))
+    assert conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid ="
+                        " 'events_payload_created_at_key'::regclass").fetchone()[0]

@@ -330,3 +330,83 @@ def test_doctor_as_the_application_role(app, cli):
     assert d["servers"]["db2"]["reachable"] and d["servers"]["db2"]["superuser"] is False
     text = ok(cli("--dsn", app.dsn, "doctor", "events")).stdout
     assert "DDL guard" in text and "pgc_app" in text
+
+
+def test_carve_and_move_by_copy_with_jobs_as_the_owner(app, cli):
+    """--jobs 2 as the role: carve's two connections import the job's exported snapshot and
+    journal their ranges in pgcleave.step_parts, move's two pairs of connections each copy a
+    range of the primary key to the shard; writers run meanwhile and every row is exact."""
+    from tests.test_move import PART, make_table
+
+    ok(cli("--dsn", app.dsn, "server", "add", "db2", "--dsn", app.dsn2, "--yes"))
+    def spec(keys: list[str]) -> Spec:
+        return Spec(table=sql.Identifier("public", "Ex"), key_col="tenant",
+                    make_key=lambda r: r.choice(keys), payload_col="payload")
+
+    with app.connect() as c:
+        make_table(c, rows=20000)
+        c.execute('ANALYZE "Ex"')
+        # keys within the moved partition, and across the others (PostgreSQL cannot move a
+        # row into a foreign partition by UPDATE, so none moves into it)
+        inside = Workload(app.dsn, spec(["Dory", "Dx", "Duck"]), writers=2, seed=3,
+                          max_seconds=90).start()
+        w = Workload(app.dsn, spec(["Acme", "Eggbert", "Eve", "Zed"]), writers=2, seed=4,
+                     max_seconds=90).start()
+        try:
+            w.run_for(0.3)
+            r = ok(cli("--dsn", app.dsn, "carve", "\"Ex\"", "--from", "E", "--to", "F",
+                       "--method", "swap", "--jobs", "2", "--yes"))
+            assert "on 2 connection(s)" in r.stderr, r.stderr
+            w.run_for(0.3)
+            r = ok(cli("--dsn", app.dsn, "move", PART, "--to", "db2", "--method", "copy",
+                       "--jobs", "2", "--yes"))
+            assert "2 connection pairs" in r.stderr, r.stderr
+            w.run_for(0.4)
+        finally:
+            w.stop()
+            inside.stop()
+        print(w.summary(), inside.summary())
+        w.verify(c)
+        inside.verify(c)
+        assert w.ops.get("move", 0) > 5 and inside.ops.get("move", 0) > 5, w.summary()
+        assert c.execute("SELECT c.relkind::text FROM pg_inherits i JOIN pg_class c ON c.oid ="
+                         " i.inhrelid WHERE i.inhparent = '\"Ex\"'::regclass AND pg_get_expr("
+                         "c.relpartbound, c.oid) = 'FOR VALUES FROM (''E'') TO (''F'')'"
+                         ).fetchone() == ("r",)
+        assert c.execute("SELECT relkind::text FROM pg_class WHERE oid = %s::regclass",
+                         [PART]).fetchone() == ("f",)
+        # the carve's ranges were journaled by the role's connections
+        assert c.execute("SELECT count(DISTINCT progress->>'share') FROM pgcleave.step_parts"
+                         ).fetchone() == (2,)
+
+
+def test_a_journal_made_by_another_role_is_checked_before_the_first_change(app, cli):
+    """An administrator ran pgcleave first (the journal's tables are theirs) and granted the
+    role the jobs and steps but not step_parts, where a parallel copy journals its ranges:
+    carve --jobs 2 is refused naming the grant and changes nothing, where it would have
+    stopped at its copy with the first steps done; carve without --jobs needs no grant."""
+    from pgcleave.journal import ensure_schema
+    from tests.test_move import make_table
+
+    ensure_schema(app.admin)
+    role = sql.Identifier(ROLE)
+    app.admin.execute(sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA pgcleave TO {}").format(role))
+    app.admin.execute(sql.SQL("GRANT ALL ON ALL SEQUENCES IN SCHEMA pgcleave TO {}").format(role))
+    app.admin.execute(sql.SQL("REVOKE ALL ON pgcleave.step_parts FROM {}").format(role))
+    carve = ("--dsn", app.dsn, "carve", '"Ex"', "--method", "swap", "--yes")
+    with app.connect() as c:
+        make_table(c, rows=4000)
+        before = fingerprint(c)
+        refused(cli(*carve, "--from", "E", "--to", "F", "--jobs", "2"), "pgcleave.step_parts",
+                f"GRANT SELECT, INSERT, DELETE ON pgcleave.step_parts TO {ROLE}",
+                "nothing was changed")
+        assert fingerprint(c) == before
+        caps = {x["name"]: x for x in json.loads(ok(cli(
+            "--dsn", app.dsn, "doctor", '"Ex"', "--json")).stdout)["capabilities"]}
+        assert any("pgcleave.step_parts" in m["fix"] for m in caps["maintain"]["missing"])
+        ok(cli(*carve, "--from", "E", "--to", "F"))
+        app.admin.execute(sql.SQL("GRANT SELECT, INSERT, DELETE ON pgcleave.step_parts TO {}")
+                          .format(role))
+        ok(cli(*carve, "--from", "A", "--to", "B", "--jobs", "2"))
+        assert c.execute('SELECT count(*) FROM "Ex"').fetchone() == (4000,)
+        assert c.execute("SELECT count(*) FROM pgcleave.step_parts").fetchone()[0] >= 2

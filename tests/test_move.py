@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -231,6 +233,42 @@ def test_kill_then_rollback(db, db2, sharded, cli, step):
                         ).fetchone()[0] == 0
 
 
+def test_copied_table_whose_sync_slot_is_gone_is_copied_again(db, db2, sharded, cli):
+    """PostgreSQL's table sync worker drops its slot on the publisher just before it commits
+    the table's next state: a shard that stops between the two comes back with the table in
+    state 'f' and a worker retrying a slot that no longer exists, forever. The catch-up sees it
+    and copies again from scratch; the rows written meanwhile are there after the cut-over."""
+    conn = sharded
+    r = cli("--dsn", db.dsn, "move", PART, "--to", "db2", "--yes",
+            env={"PGCLEAVE_FAULT": "kill-after:subscribe"})
+    assert r.returncode == -9, r.stderr
+    job = conn.execute("SELECT max(id) FROM pgcleave.jobs").fetchone()[0]
+    with db2.connect() as rc:
+        states = ("SELECT count(*) FILTER (WHERE srsubstate <> 'r') FROM pg_subscription_rel sr"
+                  " JOIN pg_subscription s ON s.oid = sr.srsubid WHERE s.subdbid ="
+                  " (SELECT oid FROM pg_database WHERE datname = current_database())")
+        for _ in range(300):
+            if rc.execute(states).fetchone()[0] == 0:
+                break
+            time.sleep(0.1)
+        sub = rc.execute("SELECT subname FROM pg_subscription WHERE subdbid = (SELECT oid"
+                         " FROM pg_database WHERE datname = current_database())").fetchone()[0]
+        # the state a stop between the slot's drop and the state's commit leaves behind
+        rc.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(sql.Identifier(sub)))
+        rc.execute("UPDATE pg_subscription_rel SET srsubstate = 'f'"
+                   " WHERE srrelid = 'public.\"Ex d\"'::regclass")
+        rc.execute(sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(sql.Identifier(sub)))
+    conn.execute("INSERT INTO \"Ex\" (tenant, payload) VALUES ('Dory', 'while stuck')")
+    before = snapshot_rows(conn)
+    r = cli("--dsn", db.dsn, "resume", str(job), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "synchronization slot is gone" in r.stderr, r.stderr
+    assert location(conn) == 'f:"Ex"'
+    assert snapshot_rows(conn) == before
+    with db2.connect() as rc:
+        assert leftovers(conn, rc) == []
+
+
 def _restart(sandbox, conn, name: str = "db2") -> None:
     s = sandbox.start(name)
     conn.execute(sql.SQL("ALTER SERVER {} OPTIONS (SET port {})").format(
@@ -262,7 +300,8 @@ def test_remote_stops_then_resume(db, db2, sharded, cli, sandbox, step):
         try:
             r = cli("--dsn", db.dsn, "resume", str(job), timeout=60)
         except subprocess.TimeoutExpired as exc:
-            raise AssertionError(f"resume hung: {exc.stderr}") from None
+            logs = {n: Path(sandbox.server(n).logfile).read_text()[-4000:] for n in ("db1", "db2")}
+            raise AssertionError(f"resume hung: {exc.stderr}\nserver logs: {logs}") from None
         assert r.returncode == 0, r.stderr
     assert location(conn) == 'f:"Ex"'
     assert snapshot_rows(conn) == before

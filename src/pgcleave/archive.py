@@ -115,13 +115,26 @@ def write_copy(conn: Connection, table: QualifiedName, directory: Path, stem: st
         sql.SQL(", ").join(map(sql.Identifier, cols)), table.ident)
     sha = hashlib.sha256()
     rows = 0
+    # COPY hands over one row per chunk: gather them into blocks of CHUNK bytes, so that the
+    # hash, the count and gzip each run once per block rather than once per row
+    def flush(block: list[bytes]) -> int:
+        data = b"".join(block)
+        sha.update(data)
+        gz.write(data)
+        block.clear()
+        return data.count(b"\n")
+
     with gzip.open(tmp, "wb", compresslevel=6) as gz, conn.cursor() as cur, \
             cur.copy(query) as cp:
+        block: list[bytes] = []
+        size = 0
         for chunk in cp:
-            data = bytes(chunk)
-            sha.update(data)
-            rows += data.count(b"\n")
-            gz.write(data)
+            block.append(bytes(chunk))
+            size += len(chunk)
+            if size >= CHUNK:
+                rows += flush(block)
+                size = 0
+        rows += flush(block)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     back_rows, back_sha = read_back_copy(tmp)

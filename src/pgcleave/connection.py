@@ -4,44 +4,18 @@ files, .pgpass). Every session carries ``application_name`` so DBAs see it in
 
 from __future__ import annotations
 
-import os
-import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import psycopg
 from psycopg import conninfo
 from psycopg.rows import TupleRow
 
 from .errors import ConnectionFailed, Refused
-
-APPLICATION_NAME = "pgcleave"
+from .settings import Settings as Settings
+from .settings import redact as redact
 
 Connection = psycopg.Connection[TupleRow]
-
-
-@dataclass
-class Settings:
-    """How pgcleave talks to a server. Shared by the CLI and the library."""
-
-    dsn: str | None = None
-    lock_timeout_ms: int = 100
-    lock_retry_limit_s: float = 300.0
-    statement_timeout_ms: int = 0
-    application_name: str = APPLICATION_NAME
-    #: Bulk phases size their batches so each batch's transaction lasts about this long (an
-    #: application write meeting a row of the batch waits for its commit); 0: fixed sizes.
-    batch_time_ms: int = 20
-    #: The share of time (percent) a bulk loop works; it rests the remainder between batches
-    #: (100: never rests).
-    duty_pct: int = 100
-    #: ``active=20,lock_waits=5,lag=10s,probe_p95=50ms`` style limits (``throttle.py``): bulk
-    #: phases pause over ``max_load`` and stop resumably over ``critical_load``.
-    max_load: str | None = None
-    critical_load: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def resolved_dsn(self) -> str:
-        return self.dsn if self.dsn is not None else os.environ.get("PGCLEAVE_DSN", "")
 
 
 #: The oldest server pgcleave runs against (its tests cover 15 and 18).
@@ -75,15 +49,6 @@ def connect(settings: Settings | str | None = None, *, autocommit: bool = True,
     return conn
 
 
-def redact(text: str) -> str:
-    """Hide passwords in DSNs (URL and key=value forms) and error texts."""
-    if not text:
-        return text
-    text = re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
-    text = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", text)
-    return text
-
-
 def describe_dsn(dsn: str) -> str:
     """A short, password-free description of where a DSN points."""
     try:
@@ -98,3 +63,23 @@ def describe_dsn(dsn: str) -> str:
 def _first_line(text: str) -> str:
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return lines[0] if lines else text
+
+
+@contextmanager
+def pipelined_transaction(conn: Connection) -> Iterator[Callable[[], None]]:
+    """One transaction whose statements travel together (libpq pipeline mode): what runs in
+    the block is sent, not waited for, until it calls the ``sync`` it is given (one round trip
+    for everything queued, results then readable, errors raised there); the COMMIT travels
+    with whatever was queued after the last sync. A bulk batch of lock, copy and saved
+    position thus costs two round trips instead of one per statement. On any error the
+    transaction is rolled back, so a retry (``retry_locks``) starts clean."""
+    try:
+        with conn.pipeline() as pipe:
+            conn.execute("BEGIN")
+            yield pipe.sync
+            conn.execute("COMMIT")
+    except BaseException:
+        if not conn.closed and \
+                conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        raise

@@ -1,7 +1,8 @@
 """Typed errors. Each says what is wrong, what to do, and whether retrying can help.
 
 The CLI maps each class to its own exit code, so scripts and cron jobs can tell a refusal
-(bad input, nothing changed) from lock contention (try again later) from a failure.
+(bad input, nothing changed) from lock contention (try again later) from a failure. Exit code 7
+is no error: ``pgcleave audit`` found a warning (``ops.audit.FINDINGS_EXIT``), for CI.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ What it guarantees, in one place:
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
-import signal
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,7 +27,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from . import journal, preflight
+from . import faults, journal, preflight
 from .connection import Connection, Settings, connect
 from .errors import Busy, LockContention, Overloaded, PgcleaveError, Refused, StepFailed
 from .plan import Plan, Step
@@ -61,13 +61,14 @@ RecoveryHook = Callable[[Connection], object]
 @dataclass(frozen=True)
 class Registry:
     """What the executor can run besides SQL: the Python actions a journaled step may name,
-    and the recovery passes that settle work a killed job left outside this database (e.g.
-    prepared transactions on shards; ``resume``, ``rollback`` and ``maintain`` run them first,
-    and each must be idempotent and leave a running job's work alone).
+    and the recovery passes that settle what killed jobs left behind (e.g. prepared
+    transactions on shards, a split's CHECK on a DEFAULT whose job is gone; ``resume``,
+    ``rollback`` and ``maintain`` run them first, and each must be idempotent and leave an
+    unfinished job's work alone).
 
     ``aliases`` maps the action names earlier versions journaled to today's, so a job planned
     by one of them still resumes. The registry of pgcleave's own operations is
-    ``pgcleave.ops.registry.REGISTRY``, installed as the default by ``import pgcleave``."""
+    ``pgcleave.ops.registry.REGISTRY``, the default (``default_registry``)."""
 
     actions: Mapping[str, ActionFn] = field(default_factory=dict)
     recovery_hooks: tuple[RecoveryHook, ...] = ()
@@ -87,7 +88,12 @@ class Registry:
         return settled
 
 
-_default = Registry()
+#: The composition root, named rather than imported: it imports every operation, which sit
+#: above this module, and a command that runs no plan (``--version``, ``status``) should not
+#: pay for importing them. Resolved on the first ``default_registry()``.
+DEFAULT_REGISTRY = "pgcleave.ops.registry"
+
+_default: Registry | None = None
 
 
 def use_registry(registry: Registry) -> None:
@@ -97,12 +103,18 @@ def use_registry(registry: Registry) -> None:
 
 
 def default_registry() -> Registry:
+    """The registry installed by ``use_registry``, else pgcleave's own (``DEFAULT_REGISTRY``)."""
+    global _default
+    if _default is None:
+        registry = importlib.import_module(DEFAULT_REGISTRY).REGISTRY
+        assert isinstance(registry, Registry)
+        _default = registry
     return _default
 
 
 def run_recovery(conn: Connection, registry: Registry | None = None) -> list[Any]:
     """Run the recovery hooks of ``registry`` (the default one when None)."""
-    return (registry or _default).recover(conn)
+    return (registry or default_registry()).recover(conn)
 
 
 @dataclass
@@ -114,6 +126,15 @@ class ActionContext:
     job_id: int
     index: int
     step: Step
+    #: the longest one attempt made through ``retry_locks``/``run_ddl`` lasted (ms): how long
+    #: the action held the locks it waited for at most (journaled as the step's held_ms)
+    held_ms: float | None = None
+    #: the step's saved progress as read when it started, until ``load`` or ``save``
+    loaded: dict[str, Any] | None = None
+    _throttle: Throttle | None = None  # the last one ``throttle()`` made
+
+    def _held(self, ms: float) -> None:
+        self.held_ms = ms if self.held_ms is None else max(self.held_ms, ms)
 
     @property
     def params(self) -> Mapping[str, Any]:
@@ -124,9 +145,13 @@ class ActionContext:
         return self.executor.settings
 
     def load(self) -> dict[str, Any]:
+        if self.loaded is not None:  # read as the step started, nothing saved since
+            progress, self.loaded = self.loaded, None
+            return progress
         return journal.load_progress(self.conn, self.job_id, self.index)
 
     def save(self, progress: dict[str, Any]) -> None:
+        self.loaded = None
         journal.save_progress(self.conn, self.job_id, self.index, progress)
 
     def progress(self, message: str = "", **data: Any) -> None:
@@ -135,7 +160,13 @@ class ActionContext:
     def retry_locks(self, attempt: Callable[[], T], *, what: str | None = None,
                     cap: float = 5.0, hint: str | None = None) -> T:
         """``Executor.retry_locks`` on this job's connection, for this step."""
-        return self.executor.retry_locks(self.conn, attempt, step=self.step, what=what, cap=cap,
+        def timed() -> T:
+            t0 = time.monotonic()
+            result = attempt()
+            self._held((time.monotonic() - t0) * 1000)
+            return result
+
+        return self.executor.retry_locks(self.conn, timed, step=self.step, what=what, cap=cap,
                                          hint=hint)
 
     def set_lock_timeout(self, conn: Connection, ms: float | None = None, *,
@@ -145,8 +176,10 @@ class ActionContext:
             conn, self.settings.lock_timeout_ms if ms is None else ms, local=local)
 
     def run_ddl(self, statements: list[str], *, transactional: bool = True) -> float:
-        return self.executor.run_statements(self.conn, statements, transactional=transactional,
-                                            step=self.step)
+        ms = self.executor.run_statements(self.conn, statements, transactional=transactional,
+                                          step=self.step)
+        self._held(ms)
+        return ms
 
     def connect(self, purpose: str) -> Connection:
         return connect(self.settings, purpose=purpose)
@@ -158,14 +191,21 @@ class ActionContext:
     def throttle(self) -> Throttle:
         """The run's ``--max-load``/``--critical-load`` throttle for this action's bulk loop
         (``check()`` between batches; close it, or use it as a context manager). Its pauses
-        and its stop are reported as this step's progress."""
-        return Throttle(self.settings, lambda msg, data: self.progress(msg, **data),
-                                 job_id=self.job_id)
+        and its stop are reported as this step's progress. The pacers made after it ask it
+        whether the application is at work (``--duty auto``)."""
+        self._throttle = Throttle(self.settings, lambda msg, data: self.progress(msg, **data),
+                                  job_id=self.job_id)
+        return self._throttle
 
-    def pacer(self, cap: int, first: int, floor: int = 1) -> Pacer:
-        """Batch sizes for ``--batch-time``, rests for ``--duty`` (see ``throttle.Pacer``)."""
-        return Pacer(self.settings.batch_time_ms, cap, first, floor,
-                     duty=self.settings.duty_pct)
+    def pacer(self, cap: int, first: int, floor: int = 1, *,
+              target_ms: float | None = None) -> Pacer:
+        """Batch sizes for ``--batch-time`` (or ``target_ms``), rests for ``--duty`` (see
+        ``throttle.Pacer``); under ``--duty auto``, only while the step's throttle sees the
+        application at work."""
+        t = self._throttle
+        return Pacer(self.settings.batch_time_ms if target_ms is None else target_ms, cap,
+                     first, floor, duty=self.settings.duty_pct,
+                     busy=t.app_busy if t is not None and self.settings.duty_auto else None)
 
 
 class Executor:
@@ -178,7 +218,7 @@ class Executor:
         self.settings = settings or Settings()
         self._progress = progress
         self._secrets = dict(secrets or {})
-        self.registry = registry or _default
+        self.registry = registry or default_registry()
 
     def secret(self, key: str) -> str | None:
         return self._secrets.get(key)
@@ -193,11 +233,12 @@ class Executor:
         validate_limits(self.settings)
         with connect(self.settings, purpose="job") as conn:
             validate_limits(self.settings, conn)
-            preflight.refuse_missing(conn, [preflight.journal_schema(), *plan.requires],
-                                     f"{plan.operation} {plan.target}")
+            preflight.refuse_missing(conn, [preflight.journal_schema(), preflight.journal_tables(
+                preflight.parallel_copy(plan.steps)), *plan.requires],
+                f"{plan.operation} {plan.target}")
             journal.ensure_schema(conn)
-            with self._table_lock(conn, plan.target):
-                journal.refuse_unfinished(conn, plan.target)
+            with self._table_lock(conn, plan.target, unfinished=True) as jobs:
+                journal.refuse_unfinished(conn, plan.target, jobs)
                 job_id = journal.create_job(conn, plan, socket.gethostname(), os.getpid())
                 self._run_job(conn, job_id, plan, ["pending"] * len(plan.steps))
         return job_id
@@ -260,6 +301,7 @@ class Executor:
         could be stale (another process still finishing the job), and a step could run twice."""
         if not journal.schema_exists(conn):
             raise Refused(f"no job {job_id}: this database has no pgcleave journal")
+        journal.ensure_schema(conn)  # a job journaled before an upgrade: the columns it writes
         target = journal.load_plan(conn, job_id)[0].target
         with self._table_lock(conn, target):
             plan, states, job_state = journal.load_plan(conn, job_id)
@@ -267,17 +309,25 @@ class Executor:
                 raise Refused(f"job {job_id} is already {job_state}; nothing to {verb}",
                               hint="an operation that finished has its own reverse command"
                               if verb == "roll back" and job_state == "done" else None)
-            preflight.refuse_missing(conn, plan.requires, f"{verb} job {job_id}")
+            # a rollback's undo statements write no range of a copy
+            parts = verb == "resume" and preflight.parallel_copy(plan.steps)
+            preflight.refuse_missing(conn, [preflight.journal_tables(parts), *plan.requires],
+                                     f"{verb} job {job_id}")
             self.registry.recover(conn)
             yield plan, states
 
     # -- internals -----------------------------------------------------------------------------
     @contextmanager
-    def _table_lock(self, conn: Connection, target: str) -> Iterator[None]:
-        """Session advisory lock keyed by the target's name; released when the job ends."""
+    def _table_lock(self, conn: Connection, target: str, *, unfinished: bool = False
+                    ) -> Iterator[list[tuple[int, str]] | None]:
+        """Session advisory lock keyed by the target's name; released when the job ends.
+        With ``unfinished``, the target's unfinished jobs are read in the same round trip,
+        once the lock is held (a statement of its own after it), and yielded."""
         key = "pgcleave:" + target
-        row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
-                           [key]).fetchone()
+        with conn.pipeline():
+            got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [key])
+            jobs = conn.execute(journal.UNFINISHED_SQL, [target]) if unfinished else None
+        row = got.fetchone()
         if not (row and row[0]):
             holder = conn.execute(
                 "SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a"
@@ -289,7 +339,7 @@ class Executor:
             raise Busy(f"another pgcleave run is working on {target}{who}",
                        hint="wait for it to finish; `pgcleave jobs` shows what it is doing")
         try:
-            yield
+            yield None if jobs is None else [(int(r[0]), str(r[1])) for r in jobs.fetchall()]
         finally:
             if not conn.closed:
                 conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key])
@@ -306,13 +356,14 @@ class Executor:
                 self._run_step(conn, job_id, idx, total, step)
             except PgcleaveError as exc:
                 self._fail(conn, job_id, idx, str(exc))
+                undo = done + _kept_effect(step, idx)
                 if isinstance(exc, Overloaded):
                     exc.job_id = job_id
                     exc.hint = f"resume with pgcleave resume {job_id} once the load is down"
                 if isinstance(exc, LockContention):
                     exc.hint = (f"the job stays resumable: pgcleave resume {job_id} "
                                 f"(or pgcleave rollback {job_id})")
-                exc.message += self._undo_residue(conn, job_id, plan, done)
+                exc.message += self._undo_residue(conn, job_id, plan, undo)
                 raise
             except (OSError, psycopg.Error) as exc:  # a server error; a file not written
                 msg = str(exc).strip()
@@ -320,7 +371,9 @@ class Executor:
                 pg = exc if isinstance(exc, psycopg.Error) else None
                 raise StepFailed(f"job {job_id}, step {idx + 1}/{total} ({step.name}: "
                                  f"{step.description}) failed: {msg}"
-                                 + self._undo_residue(conn, job_id, plan, done), job_id=job_id,
+                                 + self._undo_residue(conn, job_id, plan,
+                                                      done + _kept_effect(step, idx)),
+                                 job_id=job_id,
                                  hint=f"fix the cause, then `pgcleave resume {job_id}`; or "
                                       f"`pgcleave rollback {job_id}`",
                                  sqlstate=pg.sqlstate if pg else None,
@@ -414,14 +467,17 @@ class Executor:
             if fn is None:
                 raise StepFailed(f"unknown action {step.action!r} in job {job_id}", job_id=job_id,
                                  hint="this job was planned by a newer pgcleave; upgrade")
-            journal.set_step(conn, job_id, idx, "running")
-            fn(ActionContext(self, conn, job_id, idx, step))
+            ctx = ActionContext(self, conn, job_id, idx, step)
+            ctx.loaded = journal.start_step(conn, job_id, idx)
+            fn(ctx)
             journal.set_step(conn, job_id, idx, "done",
-                             duration_ms=(time.monotonic() - started) * 1000)
+                             duration_ms=(time.monotonic() - started) * 1000,
+                             held_ms=ctx.held_ms)
         elif step.transactional:
-            def mark_done() -> None:
+            def mark_done(held_ms: float) -> None:
                 journal.set_step(conn, job_id, idx, "done",
-                                 duration_ms=(time.monotonic() - started) * 1000)
+                                 duration_ms=(time.monotonic() - started) * 1000,
+                                 held_ms=held_ms)
 
             held = self.run_statements(conn, step.statements, transactional=True, step=step,
                                        finish=mark_done)
@@ -432,7 +488,7 @@ class Executor:
             journal.set_step(conn, job_id, idx, "running")
             held = self.run_statements(conn, step.statements, transactional=False, step=step)
             journal.set_step(conn, job_id, idx, "done",
-                             duration_ms=(time.monotonic() - started) * 1000)
+                             duration_ms=(time.monotonic() - started) * 1000, held_ms=held)
             self.emit(Event("step-done", job_id, idx, total, step, step.description,
                             {"held_ms": held}))
             return
@@ -440,12 +496,13 @@ class Executor:
                         {"ms": (time.monotonic() - started) * 1000}))
 
     def run_statements(self, conn: Connection, statements: Sequence[str], *, transactional: bool,
-                       step: Step | None = None, finish: Callable[[], None] | None = None
-                       ) -> float:
+                       step: Step | None = None,
+                       finish: Callable[[float], None] | None = None) -> float:
         """Run statements under lock_timeout with jittered exponential retry.
 
         Returns the duration in ms of the successful attempt: for a transactional step that is
-        how long its locks were held (plus the time to get them).
+        how long its locks were held (plus the time to get them). ``finish`` runs inside that
+        transaction, just before its commit, with the ms its locks have been held so far.
         """
         ddl = step.ddl if step is not None else True
         timeout = self.settings.lock_timeout_ms if ddl else 0
@@ -463,7 +520,7 @@ class Executor:
                     if step is not None:
                         _fault("inside", step, -1)
                     if finish is not None:
-                        finish()
+                        finish((time.monotonic() - t0) * 1000)
                 return (time.monotonic() - t0) * 1000
 
             return self.retry_locks(conn, attempt, step=step, cleanup=cleanup)
@@ -491,6 +548,20 @@ class Executor:
         lasts until the end of the current transaction; otherwise until ``RESET``."""
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}" if local else
                              "SET lock_timeout = {}").format(sql.Literal(max(int(ms), 0))))
+
+    @staticmethod
+    def once_under_lock_timeout(conn: Connection, ms: float, statement: sql.Composed
+                                ) -> bool:
+        """Run ``statement`` in a transaction of its own under a ``lock_timeout`` of ``ms``,
+        once: False when the lock was not granted in time (no retry: for housekeeping that
+        the next run tries again, such as the recovery pass)."""
+        try:
+            with conn.transaction():
+                Executor.set_lock_timeout(conn, ms)
+                conn.execute(statement)
+            return True
+        except pgerrors.LockNotAvailable:
+            return False
 
     def retry_locks(self, conn: Connection, attempt: Callable[[], T], *,
                     step: Step | None = None, what: str | None = None,
@@ -541,19 +612,20 @@ def _fault(when: str, step: Step, idx: int) -> None:
     kill-inside:STEP (statements sent, transaction not yet committed), with STEP a step name or
     its 1-based number, sends SIGKILL to this process at that point, like ``kill -9``;
     fail-before:STEP makes that step fail as a server error would (the job stays resumable)."""
-    spec = os.environ.get("PGCLEAVE_FAULT")
-    if not spec:
-        return
-    for part in spec.split(","):
-        kind, _, which = part.partition(":")
-        if which not in (step.name, str(idx + 1)):
-            continue
-        if kind == f"kill-{when}":
-            os.kill(os.getpid(), signal.SIGKILL)
-        if kind == f"fail-{when}":
-            raise StepFailed(f"step {step.name} failed (injected by PGCLEAVE_FAULT={part})")
+    at = (step.name, str(idx + 1))
+    faults.kill_at(f"kill-{when}", *at)
+    if (which := faults.injected(f"fail-{when}", *at)) is not None:
+        raise StepFailed(f"step {step.name} failed (injected by PGCLEAVE_FAULT=fail-{when}:"
+                         f"{which})")
 
 
 def run_plan(plan: Plan, settings: Settings | None = None, progress: Progress | None = None
              ) -> int:
     return Executor(settings, progress).run(plan)
+
+
+def _kept_effect(step: Step, idx: int) -> list[int]:
+    """The failed step itself when what it did before failing stays (it runs outside one
+    transaction: a concurrent index build leaves its INVALID index) and that harms the
+    application: then it is undone at once with the done steps."""
+    return [idx] if not step.transactional and step.residue.harmful else []

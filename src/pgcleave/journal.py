@@ -9,17 +9,20 @@ is created on first use by a command that changes something (never by a dry run)
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-from .connection import Connection
+from .connection import Connection, pipelined_transaction
 from .errors import Busy
-from .plan import Plan, Step
-from .preflight import Requirement
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 SCHEMA = "pgcleave"
 
@@ -177,11 +180,44 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("copy:layout", """
     ALTER TABLE pgcleave.copies ADD COLUMN layout jsonb NOT NULL DEFAULT '{}';
     """),
+    # how long a statement step held its locks: the successful attempt, from its first
+    # statement to its commit (duration_ms also counts the lock retries before it)
+    ("core:held_ms", """
+    ALTER TABLE pgcleave.steps ADD COLUMN held_ms double precision;
+    """),
+    # what the swap does with inbound foreign keys it cannot re-point: refuse, drop, emulate
+    ("copy:inbound_fks", """
+    ALTER TABLE pgcleave.copies ADD COLUMN inbound_fks text NOT NULL DEFAULT 'refuse';
+    """),
+    # the parts of a parallel step that share one exported snapshot (carve --jobs): each part
+    # is written once, by an INSERT in the transaction that did its work (in a REPEATABLE
+    # READ snapshot an UPDATE of a row another connection changed since would fail)
+    ("core:step_parts", """
+    CREATE TABLE pgcleave.step_parts (
+        job_id   bigint NOT NULL,
+        idx      integer NOT NULL,
+        part     text NOT NULL,
+        progress jsonb NOT NULL,
+        saved_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (job_id, idx, part),
+        FOREIGN KEY (job_id, idx) REFERENCES pgcleave.steps ON DELETE CASCADE
+    );
+    """),
+    # the inbound foreign keys a swap dropped (--inbound-fks drop), as emulated_fks.Rule JSON
+    # texts: unswap puts them back on the plain table
+    ("copy:dropped_fks", """
+    ALTER TABLE pgcleave.copies ADD COLUMN dropped_fks jsonb NOT NULL DEFAULT '[]';
+    """),
 )
 
 
 def ensure_schema(conn: Connection) -> None:
-    """Create or upgrade the ``pgcleave`` schema. Safe under concurrency (advisory xact lock)."""
+    """Create or upgrade the ``pgcleave`` schema. Safe under concurrency (advisory xact lock).
+    Every command runs this first: when every migration is applied already (each is only ever
+    added), one read says so, without a transaction or a lock."""
+    applied = _applied(conn)
+    if all(name in applied for name, _ in MIGRATIONS):
+        return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('pgcleave:schema', 0))")
         # CREATE SCHEMA IF NOT EXISTS checks CREATE on the database before it looks: a role
@@ -197,6 +233,20 @@ def ensure_schema(conn: Connection) -> None:
                 conn.execute("INSERT INTO pgcleave.meta (migration) VALUES (%s)", [name])
 
 
+def _applied(conn: Connection) -> set[str]:
+    """The migrations applied, in one query: on an idle autocommit connection the table is
+    read at once (a database that never had the schema answers with an error, once; a
+    failed statement of its own changes nothing), else after asking whether it exists."""
+    if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+        try:
+            return {r[0] for r in conn.execute("SELECT migration FROM pgcleave.meta")}
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+            return set()
+    if conn.execute("SELECT to_regclass('pgcleave.meta') IS NOT NULL").fetchone() != (True,):
+        return set()
+    return {r[0] for r in conn.execute("SELECT migration FROM pgcleave.meta")}
+
+
 def schema_exists(conn: Connection) -> bool:
     row = conn.execute("SELECT to_regclass('pgcleave.jobs') IS NOT NULL").fetchone()
     return bool(row and row[0])
@@ -207,14 +257,21 @@ def unfinished_jobs(conn: Connection, target: str) -> list[tuple[int, str]]:
     failed, oldest first: they must be resumed or rolled back before anything else runs."""
     if not schema_exists(conn):
         return []
-    return [(int(r[0]), str(r[1])) for r in conn.execute(
-        "SELECT id, operation FROM pgcleave.jobs WHERE target = %s"
-        " AND state IN ('running', 'failed') ORDER BY id", [target])]
+    return [(int(r[0]), str(r[1])) for r in conn.execute(UNFINISHED_SQL, [target])]
 
 
-def refuse_unfinished(conn: Connection, target: str) -> None:
-    """Refuse to plan or start work on ``target`` while an earlier job on it is unfinished."""
-    jobs = unfinished_jobs(conn, target)
+#: The query of ``unfinished_jobs`` once the schema exists (parameter: the target), for a
+#: caller that sends it in a pipeline (the executor, right after taking the table's lock).
+UNFINISHED_SQL = ("SELECT id, operation FROM pgcleave.jobs WHERE target = %s"
+                  " AND state IN ('running', 'failed') ORDER BY id")
+
+
+def refuse_unfinished(conn: Connection, target: str,
+                      jobs: list[tuple[int, str]] | None = None) -> None:
+    """Refuse to plan or start work on ``target`` while an earlier job on it is unfinished
+    (``jobs``: ``UNFINISHED_SQL``'s answer when the caller asked it already)."""
+    if jobs is None:
+        jobs = unfinished_jobs(conn, target)
     if jobs:
         jid, op = jobs[0]
         raise Busy(f"job {jid} ({op}) on {target} is unfinished",
@@ -245,16 +302,31 @@ def residue(conn: Connection, target: str) -> list[Residue]:
     """What unfinished jobs on ``target`` left that refuses statements or hides rows."""
     if not schema_exists(conn):
         return []
-    rows = conn.execute(
+    return residue_from(conn.execute(residue_sql(target)).fetchall())
+
+
+#: Whether the process running job ``j`` is alive: it holds the advisory lock of the job's
+#: target (``j``: a row of pgcleave.jobs in the query this is part of).
+JOB_ALIVE_SQL = (
+    "EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
+    " AND l.objsubid = 1 AND l.classid = ((hashtextextended('pgcleave:' || j.target, 0)"
+    " >> 32) & 4294967295)::oid AND l.objid = (hashtextextended('pgcleave:' || j.target, 0)"
+    " & 4294967295)::oid)")
+
+
+def residue_sql(target: str) -> sql.Composed:
+    """The query of ``residue`` (when the schema exists), for a caller that sends it with
+    others in one pipeline; ``residue_from`` reads its rows."""
+    return sql.SQL(
         "SELECT j.id, j.operation, s.name, s.step->>'residue', coalesce(s.step->>'residue_note',"
-        " ''), EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
-        " AND l.objsubid = 1 AND l.classid = ((hashtextextended('pgcleave:' || j.target, 0)"
-        " >> 32) & 4294967295)::oid AND l.objid = (hashtextextended('pgcleave:' || j.target, 0)"
-        " & 4294967295)::oid), jsonb_array_length(coalesce(s.step->'undo', '[]')) > 0"
+        " ''), " + JOB_ALIVE_SQL + ", jsonb_array_length(coalesce(s.step->'undo', '[]')) > 0"
         " FROM pgcleave.jobs j JOIN pgcleave.steps s ON s.job_id = j.id"
-        " WHERE j.target = %s AND j.state IN ('running', 'failed')"
+        " WHERE j.target = {} AND j.state IN ('running', 'failed')"
         " AND s.state IN ('done', 'skipped') AND s.step->>'residue' IN ('refuses', 'hides')"
-        " ORDER BY j.id, s.idx", [target]).fetchall()
+        " ORDER BY j.id, s.idx").format(sql.Literal(target))
+
+
+def residue_from(rows: list[tuple[Any, ...]]) -> list[Residue]:
     return [Residue(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), bool(r[5]),
                     bool(r[6])) for r in rows]
 
@@ -277,6 +349,7 @@ class JobRow:
     steps_total: int
     error: str | None
     current_step: str | None
+    args: dict[str, Any] = field(default_factory=dict)  # the options it was started with
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -284,22 +357,33 @@ class JobRow:
             "state": self.state, "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(), "steps_done": self.steps_done,
             "steps_total": self.steps_total, "error": self.error,
-            "current_step": self.current_step,
+            "current_step": self.current_step, "args": self.args,
         }
 
 
+def args_text(args: dict[str, Any]) -> str:
+    """A job's args on one line for people (``jobs``, ``report``): ``key=value``, by key."""
+    def one(v: Any) -> str:
+        return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+    return " ".join(f"{k}={one(v)}" for k, v in sorted(args.items()))
+
+
 def create_job(conn: Connection, plan: Plan, client_host: str, client_pid: int) -> int:
-    with conn.transaction():
-        row = conn.execute(
+    """The job and its steps, in one transaction of two round trips."""
+    with pipelined_transaction(conn) as sync:
+        cur = conn.execute(
             "INSERT INTO pgcleave.jobs (operation, target, args, plan, client_host, client_pid)"
             " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
             [plan.operation, plan.target, Jsonb(plan.args), Jsonb(plan.to_json()), client_host,
              client_pid],
-        ).fetchone()
+        )
+        sync()
+        row = cur.fetchone()
         assert row is not None
         job_id = int(row[0])
-        with conn.cursor() as cur:
-            cur.executemany(
+        with conn.cursor() as steps:
+            steps.executemany(
                 "INSERT INTO pgcleave.steps (job_id, idx, name, step) VALUES (%s, %s, %s, %s)",
                 [(job_id, i, s.name, Jsonb(s.to_json())) for i, s in enumerate(plan.steps)],
             )
@@ -308,6 +392,10 @@ def create_job(conn: Connection, plan: Plan, client_host: str, client_pid: int) 
 
 def load_plan(conn: Connection, job_id: int) -> tuple[Plan, list[str], str]:
     """The plan of a job, the state of each step, and the job's state."""
+    # imported when a plan is read: ``status`` reads the journal, never a plan
+    from .plan import Plan, Step
+    from .preflight import Requirement
+
     row = conn.execute("SELECT plan, state FROM pgcleave.jobs WHERE id = %s", [job_id]).fetchone()
     if row is None:
         from .errors import NotFound
@@ -324,7 +412,8 @@ def load_plan(conn: Connection, job_id: int) -> tuple[Plan, list[str], str]:
 
 
 def set_step(conn: Connection, job_id: int, idx: int, state: str, *, error: str | None = None,
-             duration_ms: float | None = None, attempts: int | None = None) -> None:
+             duration_ms: float | None = None, attempts: int | None = None,
+             held_ms: float | None = None) -> None:
     conn.execute(
         sql.SQL(
             "UPDATE pgcleave.steps SET state = %(state)s, error = %(error)s,"
@@ -333,12 +422,23 @@ def set_step(conn: Connection, job_id: int, idx: int, state: str, *, error: str 
             " finished_at = CASE WHEN %(state)s IN ('done', 'skipped', 'failed', 'undone')"
             "                    THEN clock_timestamp() ELSE finished_at END,"
             " duration_ms = coalesce(%(dur)s, duration_ms),"
-            " attempts = coalesce(%(att)s, attempts)"
+            " attempts = coalesce(%(att)s, attempts),"
+            " held_ms = coalesce(%(held)s, held_ms)"
             " WHERE job_id = %(job)s AND idx = %(idx)s"
         ),
-        {"state": state, "error": error, "dur": duration_ms, "att": attempts, "job": job_id,
-         "idx": idx},
+        {"state": state, "error": error, "dur": duration_ms, "att": attempts, "held": held_ms,
+         "job": job_id, "idx": idx},
     )
+
+
+def start_step(conn: Connection, job_id: int, idx: int) -> dict[str, Any]:
+    """Mark a step running and return its saved progress (one round trip: an action reads
+    it first thing)."""
+    row = conn.execute(
+        "UPDATE pgcleave.steps SET state = 'running', error = NULL,"
+        " started_at = clock_timestamp() WHERE job_id = %s AND idx = %s RETURNING progress",
+        [job_id, idx]).fetchone()
+    return dict(row[0]) if row and row[0] else {}
 
 
 def set_job(conn: Connection, job_id: int, state: str, error: str | None = None) -> None:
@@ -350,6 +450,35 @@ def set_job(conn: Connection, job_id: int, state: str, error: str | None = None)
 def save_progress(conn: Connection, job_id: int, idx: int, progress: dict[str, Any]) -> None:
     conn.execute("UPDATE pgcleave.steps SET progress = %s WHERE job_id = %s AND idx = %s",
                  [Jsonb(progress), job_id, idx])
+
+
+def save_progress_part(conn: Connection, job_id: int, idx: int, key: str, part: str,
+                       progress: dict[str, Any]) -> None:
+    """Save ``progress[key][part]`` of a step alone, leaving the rest as it is in the row's
+    latest version: the connections of a parallel action each save their own part (an
+    UPDATE in READ COMMITTED applies ``jsonb_set`` to the version another one committed)."""
+    conn.execute("UPDATE pgcleave.steps SET progress = jsonb_set(coalesce(progress, '{}'),"
+                 " ARRAY[%s, %s], %s) WHERE job_id = %s AND idx = %s",
+                 [key, part, Jsonb(progress), job_id, idx])
+
+
+def insert_part(conn: Connection, job_id: int, idx: int, part: str,
+                progress: dict[str, Any]) -> None:
+    """Record one finished part of a parallel step, in the transaction that did its work
+    (an INSERT of a new row: safe in a snapshot the parts' transactions share)."""
+    conn.execute("INSERT INTO pgcleave.step_parts (job_id, idx, part, progress)"
+                 " VALUES (%s, %s, %s, %s)", [job_id, idx, part, Jsonb(progress)])
+
+
+def load_parts(conn: Connection, job_id: int, idx: int) -> dict[str, dict[str, Any]]:
+    return {str(r[0]): dict(r[1]) for r in conn.execute(
+        "SELECT part, progress FROM pgcleave.step_parts WHERE job_id = %s AND idx = %s",
+        [job_id, idx])}
+
+
+def clear_parts(conn: Connection, job_id: int, idx: int) -> None:
+    conn.execute("DELETE FROM pgcleave.step_parts WHERE job_id = %s AND idx = %s",
+                 [job_id, idx])
 
 
 def load_progress(conn: Connection, job_id: int, idx: int) -> dict[str, Any]:
@@ -366,12 +495,84 @@ def list_jobs(conn: Connection, *, include_finished: bool = True) -> list[JobRow
         "SELECT j.id, j.operation, j.target, j.state, j.created_at, j.updated_at,"
         " count(*) FILTER (WHERE s.state IN ('done', 'skipped')), count(s.idx), j.error,"
         " (SELECT s2.name FROM pgcleave.steps s2 WHERE s2.job_id = j.id"
-        "   AND s2.state NOT IN ('done', 'skipped') ORDER BY s2.idx LIMIT 1)"
+        "   AND s2.state NOT IN ('done', 'skipped') ORDER BY s2.idx LIMIT 1), j.args"
         f" FROM pgcleave.jobs j LEFT JOIN pgcleave.steps s ON s.job_id = j.id {where}"
         " GROUP BY j.id ORDER BY j.id"
     ).fetchall()
-    return [JobRow(*r) for r in rows]
+    return [_job_row(r) for r in rows]
+
+
+def _job_row(r: tuple[Any, ...]) -> JobRow:
+    job = JobRow(*r[:-1])
+    job.args = dict(r[-1] or {})
+    return job
 
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
+
+
+@dataclass
+class StepTiming:
+    """When one step of a job ran and how long it held its locks."""
+
+    job_id: int
+    idx: int
+    name: str
+    description: str
+    state: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: float | None
+    attempts: int
+    lock: str | None  # the strongest lock the plan says the step takes
+    lock_on: str | None
+    action: str | None
+    #: ms the step held its locks: for statement steps the successful attempt's transaction
+    #: (the executor measures it); for an action, what its cut-over saved in its progress
+    #: (move, carve: one figure or a list, summed), else its longest attempt through
+    #: retry_locks/run_ddl; None when nothing measured it (or a job older than held_ms)
+    held_ms: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        for k in ("started_at", "finished_at"):
+            d[k] = d[k].isoformat() if d[k] is not None else None
+        return d
+
+
+def step_timings(conn: Connection, target: str) -> list[tuple[JobRow, list[StepTiming]]]:
+    """The jobs on ``target`` (oldest first), each with its steps' timings, in order."""
+    from .plan import Step
+
+    jobs = [j for j in list_jobs(conn) if j.target == target]
+    if not jobs:
+        return []
+    has_held = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'pgcleave.steps'::regclass"
+        " AND attname = 'held_ms' AND NOT attisdropped)").fetchone() == (True,)
+    rows = conn.execute(
+        "SELECT job_id, idx, name, step, state, started_at, finished_at, duration_ms, attempts,"
+        f" progress, {'held_ms' if has_held else 'NULL::float8'} FROM pgcleave.steps"
+        " WHERE job_id = ANY(%s) ORDER BY job_id, idx", [[j.id for j in jobs]]).fetchall()
+    by_job: dict[int, list[StepTiming]] = {j.id: [] for j in jobs}
+    for job_id, idx, name, step, state, started, finished, dur, att, progress, held in rows:
+        s = Step.from_json(step)
+        lock = s.strongest_lock
+        saved = _saved_held(progress or {}) if s.action else None
+        held = saved if saved is not None else held
+        by_job[int(job_id)].append(StepTiming(
+            int(job_id), int(idx), str(name), s.description, str(state), started, finished,
+            None if dur is None else float(dur), int(att or 0),
+            None if lock is None else lock.level.value, None if lock is None else lock.on,
+            s.action, None if held is None else float(held)))
+    return [(j, by_job[j.id]) for j in jobs]
+
+
+def _saved_held(progress: dict[str, Any]) -> float | None:
+    v = progress.get("held_ms")
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, list) and v and all(isinstance(x, int | float) for x in v):
+        return float(sum(v))
+    return None

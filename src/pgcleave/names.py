@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from .errors import Refused
+
 
 @dataclass(frozen=True, order=True)
 class QualifiedName:
@@ -71,3 +73,53 @@ _RESERVED = {
     "THEN", "TO", "TRAILING", "TRUE", "UNION", "UNIQUE", "USER", "USING", "VARIADIC", "WHEN",
     "WHERE", "WINDOW", "WITH",
 }
+
+
+# -- parsing user input --------------------------------------------------------------------------
+def parse_columns(text: str | list[str] | tuple[str, ...]) -> list[str]:
+    """``id, created_at`` / ``(id,created_at)`` / ``id,"Created At"`` -> column names.
+
+    Unquoted names fold to lower case and quoted ones keep their spelling, as in SQL.
+    """
+    if not isinstance(text, str):
+        return [c for part in text for c in parse_columns(part)]
+    s = text.strip()
+    if s.startswith("(") and s.endswith(")"):
+        s = s[1:-1]
+    out: list[str] = []
+    cur: list[str] = []
+    quoted = False
+    in_quote = False
+    i = 0
+    while i < len(s):
+        ch = s[i]
+        if in_quote:
+            if ch == '"':
+                if i + 1 < len(s) and s[i + 1] == '"':
+                    cur.append('"')
+                    i += 1
+                else:
+                    in_quote = False
+            else:
+                cur.append(ch)
+        elif ch == '"':
+            in_quote = quoted = True
+        elif ch == ",":
+            out.append(_fold(cur, quoted))
+            cur, quoted = [], False
+        elif not ch.isspace():
+            cur.append(ch)
+        i += 1
+    if in_quote:
+        raise Refused(f"unterminated quote in column list {text!r}")
+    if cur or quoted:
+        out.append(_fold(cur, quoted))
+    if not out or any(c == "" for c in out):
+        raise Refused(f"empty column name in {text!r}",
+                      hint="give columns separated by commas, e.g. id,created_at")
+    return out
+
+
+def _fold(chars: list[str], quoted: bool) -> str:
+    name = "".join(chars)
+    return name if quoted else name.lower()

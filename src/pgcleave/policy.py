@@ -18,11 +18,9 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from . import schemes
 from .catalog import TableInfo
 from .connection import Connection
 from .errors import Refused
-from .journal import schema_exists
 from .names import QualifiedName
 
 RETENTION_ACTIONS = ("detach", "archive", "drop")
@@ -119,19 +117,28 @@ class Policy:
 
 
 def load(conn: Connection, table: QualifiedName) -> Policy | None:
-    if not schema_exists(conn) or not _has_table(conn):
+    if not _has_table(conn):
         return None
+    return from_row(table, conn.execute(load_sql(table)).fetchone())
+
+
+def load_sql(table: QualifiedName) -> sql.Composed:
+    """The query of ``load`` (when ``pgcleave.policies`` exists), for a caller that sends it
+    with others in one pipeline; ``from_row`` reads its answer."""
     cols = sql.SQL(", ").join(map(sql.Identifier, Policy._COLUMNS))
-    row = conn.execute(sql.SQL("SELECT {} FROM pgcleave.policies WHERE table_schema = %s AND "
-                               "table_name = %s").format(cols), [table.schema, table.name]
-                       ).fetchone()
+    return sql.SQL("SELECT {} FROM pgcleave.policies WHERE table_schema = {} AND "
+                   "table_name = {}").format(cols, sql.Literal(table.schema),
+                                             sql.Literal(table.name))
+
+
+def from_row(table: QualifiedName, row: tuple[Any, ...] | None) -> Policy | None:
     if row is None:
         return None
     return Policy(table, **dict(zip(Policy._COLUMNS, row, strict=True)))
 
 
 def load_all(conn: Connection) -> list[Policy]:
-    if not schema_exists(conn) or not _has_table(conn):
+    if not _has_table(conn):
         return []
     cols = sql.SQL(", ").join(map(sql.Identifier, Policy._COLUMNS))
     rows = conn.execute(sql.SQL("SELECT table_schema, table_name, {} FROM pgcleave.policies "
@@ -141,13 +148,21 @@ def load_all(conn: Connection) -> list[Policy]:
 
 
 def _has_table(conn: Connection) -> bool:
-    row = conn.execute("SELECT to_regclass('pgcleave.policies') IS NOT NULL").fetchone()
-    return bool(row and row[0])
+    """Whether the journal's schema and its policies table exist (one query)."""
+    row = conn.execute(PRESENT_SQL).fetchone()
+    return bool(row and row[0] and row[1])
+
+
+#: Whether ``pgcleave.jobs`` and ``pgcleave.policies`` exist: two booleans.
+PRESENT_SQL = ("SELECT to_regclass('pgcleave.jobs') IS NOT NULL,"
+               " to_regclass('pgcleave.policies') IS NOT NULL")
 
 
 # -- validation --------------------------------------------------------------------------------
 def validate(policy: Policy, info: TableInfo) -> None:
     """Refuse a policy that does not fit the table as the catalog shows it."""
+    from . import schemes  # here: ``status`` reads policies and validates none
+
     p = info.partitioning
     if p is None:
         raise Refused(f"{info.name} is not partitioned",

@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from .connection import Connection
 from .errors import Refused
@@ -53,6 +54,7 @@ class Result:
     requirement: Requirement
     ok: bool
     detail: str = ""  # why it could not be checked (a server away)
+    away: bool = False  # its server is out of reach: not asked, or asked in vain
 
     @property
     def fix(self) -> str:
@@ -93,6 +95,34 @@ def journal_schema() -> Requirement:
         " has_schema_privilege('pgcleave', 'USAGE') END",
         "GRANT CREATE ON DATABASE <this database> TO {user}; or have an administrator run "
         "CREATE SCHEMA pgcleave AUTHORIZATION {user}")
+
+
+#: What a job does to the journal's tables: its row and its steps' rows; a parallel copy's
+#: connections (carve's --jobs or --max-rate) insert one row per committed range into
+#: step_parts, read them on a resume and delete them when a rewritten source is copied again.
+_JOURNAL_WRITES = {"jobs": ("SELECT", "INSERT", "UPDATE"), "steps": ("SELECT", "INSERT", "UPDATE"),
+                   "step_parts": ("SELECT", "INSERT", "DELETE")}
+
+
+def journal_tables(parts: bool = False) -> Requirement:
+    """Writing the journal's tables when another role created them (an administrator who ran
+    pgcleave first): a job the role cannot journal is refused before its first change, not
+    stopped in the middle (step_parts is first written by the copy, after the first steps
+    changed things). ``parts``: the plan has a parallel copy. A table not there yet is
+    created by this role, its owner."""
+    tables = ["jobs", "steps", *(["step_parts"] if parts else [])]
+    checks = " AND ".join(
+        f"coalesce(has_table_privilege(to_regclass('pgcleave.{t}'), '{priv}'), true)"
+        for t in tables for priv in _JOURNAL_WRITES[t])
+    grants = "; ".join(f"GRANT {', '.join(_JOURNAL_WRITES[t])} ON pgcleave.{t} TO {{user}}"
+                       for t in tables)
+    names = ", ".join(f"pgcleave.{t}" for t in tables)
+    return Requirement(f"writing the pgcleave journal ({names})", f"SELECT {checks}", grants)
+
+
+def parallel_copy(steps: Iterable[Any]) -> bool:
+    """Whether a plan's steps hold a parallel copy that journals its ranges in step_parts."""
+    return any(s.action == "carve.copy" and "parallel" in (s.params or {}) for s in steps)
 
 
 def table_change(table: QualifiedName) -> list[Requirement]:
@@ -199,24 +229,116 @@ def on_server(req: Requirement, server: str, dblink_schema: str) -> Requirement:
 # -- asking them ----------------------------------------------------------------------------
 def check(conn: Connection, requirements: Iterable[Requirement]) -> list[Result]:
     """Every requirement with its answer. A query that fails (a server away, a function this
-    version lacks) counts as not met, with the error as detail."""
-    out: list[Result] = []
+    version lacks) counts as not met, with the error as detail.
+
+    The questions of this database are asked together, and those of each server together
+    (``_group``), so a server that does not answer is waited for once, however many of its
+    questions there are: each of them is then not met, the server named in its detail."""
     seen: set[tuple[str, str | None, str | None]] = set()
+    unique = []
     for req in requirements:
         key = (req.query, req.server, req.path)
-        if key in seen:
-            continue
-        seen.add(key)
-        if req.path is not None:
-            out.append(Result(req, _writable(Path(req.path))))
-            continue
+        if key not in seen:
+            seen.add(key)
+            unique.append(req)
+    groups: dict[str | None, list[Requirement]] = {}
+    for req in unique:
+        if req.path is None:
+            groups.setdefault(req.server, []).append(req)
+    answers = {id(res.requirement): res for reqs in groups.values()
+               for res in _group(conn, reqs)}
+    return [Result(req, _writable(Path(req.path))) if req.path is not None
+            else answers[id(req)] for req in unique]
+
+
+#: A shard's questions are given up after its foreign server's ``connect_timeout`` (10 s when
+#: it has none) and this much more: libpq's connect_timeout bounds dblink's connection on
+#: PostgreSQL 15, but a link that takes the connection and never answers kept 18's waiting.
+REMOTE_GRACE_S = 5
+
+
+def _group(conn: Connection, requirements: list[Requirement]) -> list[Result]:
+    """The answers of requirements asked of one server (or of this database), those of a
+    shard under a statement_timeout (``REMOTE_GRACE_S``)."""
+    server = requirements[0].server
+    if server is None:
+        return _group_asked(conn, requirements)
+    row = conn.execute(
+        "SELECT current_setting('statement_timeout'), set_config('statement_timeout', ("
+        "coalesce((SELECT option_value FROM pg_options_to_table((SELECT srvoptions FROM"
+        " pg_foreign_server WHERE srvname = %s)) WHERE option_name = 'connect_timeout'),"
+        " '10')::int + %s) * 1000 || '', false)", [server, REMOTE_GRACE_S]).fetchone()
+    try:
+        return _group_asked(conn, requirements)
+    finally:
+        if row is not None:
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", [row[0]])
+
+
+def _group_asked(conn: Connection, requirements: list[Requirement]) -> list[Result]:
+    """In one statement when the connection allows it (``_together``), else, or when that
+    fails for another reason than the server being out of reach, one by one to say which
+    failed and why. Out of reach (a dblink connection that failed, SQLSTATE class 08, or
+    that did not answer in time) answers for the whole group: asking again would only wait
+    again."""
+    try:
+        together = _together(conn, requirements)
+    except psycopg.Error as exc:
+        if not _unreachable(requirements[0], exc):
+            together = None
+        else:
+            return [Result(r, False, _detail(r, exc), away=True) for r in requirements]
+    if together is not None:
+        return [Result(r, ok) for r, ok in zip(requirements, together, strict=True)]
+    out: list[Result] = []
+    for req in requirements:
         try:
-            with conn.transaction():
-                row = conn.execute(req.query.encode()).fetchone()
-            out.append(Result(req, bool(row and row[0])))
+            out.append(Result(req, _ask(conn, req)))
         except psycopg.Error as exc:
-            out.append(Result(req, False, str(exc).strip().splitlines()[0]))
+            if _unreachable(req, exc):
+                return out + [Result(r, False, _detail(r, exc), away=True)
+                              for r in requirements[len(out):]]
+            out.append(Result(req, False, _detail(req, exc)))
     return out
+
+
+def _ask(conn: Connection, req: Requirement) -> bool:
+    if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+        # a statement of its own fails alone: no transaction to keep it in
+        row = conn.execute(req.query.encode()).fetchone()
+    else:
+        with conn.transaction():
+            row = conn.execute(req.query.encode()).fetchone()
+    return bool(row and row[0])
+
+
+def _unreachable(req: Requirement, exc: psycopg.Error) -> bool:
+    """dblink could not connect to ``req``'s server (08001) or it did not answer before the
+    statement_timeout (57014), not a question that failed."""
+    state = exc.sqlstate or ""
+    return req.server is not None and (state.startswith("08") or state == "57014")
+
+
+def _detail(req: Requirement, exc: psycopg.Error) -> str:
+    first = str(exc).strip().splitlines()[0]
+    if not _unreachable(req, exc):
+        return first
+    why = (exc.diag.message_detail or "").strip().splitlines()
+    return f"server {req.server} is out of reach: {first}" + (f" ({why[0]})" if why else "")
+
+
+def _together(conn: Connection, requirements: list[Requirement]) -> list[bool] | None:
+    """Every requirement's answer in one statement (one round trip: each query is a scalar
+    subquery of it); None when they are too few or the connection is not idle in autocommit
+    (only there does a failed statement of its own change nothing). A failure is raised, for
+    ``_group`` to tell a server out of reach from a question that failed."""
+    if len(requirements) < 2 or not conn.autocommit \
+            or conn.info.transaction_status != TransactionStatus.IDLE:
+        return None
+    query = sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+        sql.SQL("({})::bool").format(sql.SQL(r.query)) for r in requirements))
+    row = conn.execute(query).fetchone()
+    return [bool(v) for v in row] if row is not None else None
 
 
 def _writable(p: Path) -> bool:
@@ -237,6 +359,11 @@ def refuse_missing(conn: Connection, requirements: Sequence[Requirement], what: 
     missing = [r for r in check(conn, requirements) if not r.ok]
     if not missing:
         return
+    if all(r.away for r in missing):  # nothing the role lacks: the servers did not answer
+        away = sorted({str(r.requirement.server) for r in missing})
+        raise Refused(f"{what} cannot ask server {', '.join(away)} what it needs there; nothing "
+                      f"was changed: {missing[0].detail}",
+                      hint="start the server or fix the network, then run it again")
     user = str(conn.info.user)
     lines = [f"  - {r.requirement.what}" + (f" ({r.detail})" if r.detail else "")
              for r in missing]

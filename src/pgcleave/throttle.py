@@ -28,6 +28,7 @@ for ``probe_p95``).
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,6 +40,9 @@ from .errors import Overloaded, Refused, UsageError
 #: How often the throttle asks the database at most (between batches; a pause re-asks at
 #: this pace too).
 SAMPLE_EVERY_S = 0.25
+
+#: ``--duty auto`` rests while a sample of this many seconds back saw the application at work.
+BUSY_MEMORY_S = 1.0
 
 #: Probes kept for the percentile.
 PROBE_WINDOW = 20
@@ -144,6 +148,9 @@ class Load:
     lock_waits: int
     lag_s: float
     probe_p95_ms: float
+    # sessions in a statement or a transaction, or out of one for less than a second: the
+    # application at work (an idle pool's connections are not)
+    busy: int = 0
 
     def describe(self) -> str:
         return (f"active={self.active}, lock_waits={self.lock_waits}, lag={self.lag_s:.1f}s, "
@@ -156,7 +163,9 @@ _LOAD_SQL = """
 SELECT count(*) FILTER (WHERE state = 'active'),
        count(*) FILTER (WHERE wait_event_type = 'Lock'),
        (SELECT coalesce(max(extract(epoch FROM replay_lag)), 0)
-          FROM pg_stat_replication)
+          FROM pg_stat_replication),
+       count(*) FILTER (WHERE state <> 'idle'
+                          OR state_change > now() - interval '1 second')
   FROM pg_stat_activity
  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
    AND application_name NOT LIKE %s
@@ -187,6 +196,11 @@ class Throttle:
         self._last = 0.0
         self.paused_s = 0.0
         self.pauses = 0
+        self._busy_at = -BUSY_MEMORY_S  # when a sample last saw the application at work
+        self._busy_sampled = -SAMPLE_EVERY_S
+        # the connections of one parallel copy share one throttle: one sample at a time,
+        # and a pause holds every connection (they wait on this lock)
+        self._lock = threading.Lock()
 
     @property
     def active(self) -> bool:
@@ -217,12 +231,36 @@ class Throttle:
         if self._probes:
             ordered = sorted(self._probes)
             p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-        return Load(int(row[0]), int(row[1]), float(row[2] or 0), p95)
+        load = Load(int(row[0]), int(row[1]), float(row[2] or 0), p95, int(row[3]))
+        if load.busy:
+            self._busy_at = time.monotonic()
+        return load
+
+    def app_busy(self) -> bool:
+        """Whether the application is at work (``--duty auto`` rests only then): one of its
+        sessions was in a statement or a transaction, or had left one less than a second
+        before, at a sample of the last ``BUSY_MEMORY_S``. Sampled at most every
+        ``SAMPLE_EVERY_S``; without ``--duty auto`` always True (``--duty`` rests after every
+        batch)."""
+        if not self.settings.duty_auto:
+            return True
+        with self._lock:
+            # a sample ``check()`` took just before answers this too
+            if time.monotonic() - max(self._busy_sampled, self._last) >= SAMPLE_EVERY_S:
+                self._busy_sampled = time.monotonic()
+                self.sample()
+        return time.monotonic() - self._busy_at < BUSY_MEMORY_S
 
     def check(self) -> None:
         """Return at once when under the limits (or sampled less than SAMPLE_EVERY_S ago);
         pause while over ``max_load``; raise ``Overloaded`` over ``critical_load``."""
         if not self.active or time.monotonic() - self._last < SAMPLE_EVERY_S:
+            return
+        with self._lock:
+            self._check()
+
+    def _check(self) -> None:
+        if time.monotonic() - self._last < SAMPLE_EVERY_S:
             return
         paused_at: float | None = None
         while True:
@@ -254,6 +292,29 @@ class Throttle:
             self._sleep(SAMPLE_EVERY_S)
 
 
+class RateLimit:
+    """``--max-rate`` over every connection of one bulk copy: after each batch, ``add`` counts
+    its rows and sleeps while the copy as a whole is ahead of the rate. Thread-safe (the
+    connections of ``fill --jobs`` share one)."""
+
+    def __init__(self, rows_per_s: float | None, *,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rows_per_s = rows_per_s
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._rows = 0
+        self._started = time.monotonic()
+
+    def add(self, rows: int) -> None:
+        if not self.rows_per_s:
+            return
+        with self._lock:
+            self._rows += rows
+            ahead = self._rows / self.rows_per_s - (time.monotonic() - self._started)
+        if ahead > 0:
+            self._sleep(ahead)
+
+
 class Pacer:
     """The size of the next batch, so that each batch's transaction lasts about ``target_ms``:
     ``units`` are what a batch is counted in (rows for keyset batches, blocks for block
@@ -262,9 +323,13 @@ class Pacer:
     ``cap``-sized batches, as before time bounds existed."""
 
     def __init__(self, target_ms: float, cap: int, first: int, floor: int = 1, *,
-                 duty: int = 100, sleep: Callable[[float], None] = time.sleep) -> None:
+                 duty: int = 100, sleep: Callable[[float], None] = time.sleep,
+                 busy: Callable[[], bool] | None = None) -> None:
         self.target_s = target_ms / 1000
         self.duty = min(max(duty, 1), 100)
+        # whether to rest at all after this batch (``Throttle.app_busy``): None, always
+        self.busy = busy
+        self.rests = 0
         self._sleep = sleep
         self._last_s = 0.0
         self.rested_s = 0.0
@@ -290,12 +355,16 @@ class Pacer:
         self.size = int(max(self.floor, min(self.cap, nxt)))
         return self.size
 
-    def rest(self) -> None:
+    def rest(self) -> float:
         """Between two batches: rest so the loop works ``duty`` percent of the time (the last
         batch's length times (100 - duty) / duty), leaving the rest of a core to the
-        application. At 100, return at once."""
+        application. At 100, return at once. Returns the seconds rested."""
         if self.duty >= 100 or self._last_s <= 0:
-            return
+            return 0.0
+        if self.busy is not None and not self.busy():
+            return 0.0
         pause = self._last_s * (100 - self.duty) / self.duty
         self.rested_s += pause
+        self.rests += 1
         self._sleep(pause)
+        return pause

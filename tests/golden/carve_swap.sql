@@ -50,7 +50,7 @@ COMMIT;
 -- step 3/5 [carve-verify]: validate foreign keys and check in one snapshot (after a replay; the source counted on a second connection that imports the snapshot) that Metrics_1, Metrics_default_pgcleave_new hold exactly the rows of "Metrics_default"
 --   locks: SHARE UPDATE EXCLUSIVE on Metrics_1, Metrics_default_pgcleave_new
 --   runs: one transaction
---   action: carve.verify {"begun": "SELECT to_regclass('public.\"Metrics_default_pgcleave_retired\"') IS NOT NULL", "count_copies": "SELECT count(*) FROM \"public\".\"Metrics_default_pgcleave_hold\"", "count_source": "SELECT count(*) FROM ONLY \"public\".\"Metrics_default\"", "ddl": [], "replay": ["SET LOCAL enable_seqscan = off", "SET LOCAL enable_hashjoin = off", "SET LOCAL enable_mergejoin = off", "SET LOCAL jit = off", "DELETE FROM \"public\".\"Metrics_default_pgcleave_hold\" WHERE (\"k\") IN (SELECT \"k\" FROM \"pgcleave\".\"carve_<oid:public.Metrics_default>_log\")", "INSERT INTO \"public\".\"Metrics_default_pgcleave_hold\" (\"k\", \"v\") SELECT \"k\", \"v\" FROM ONLY \"public\".\"Metrics_default\" WHERE (\"k\") IN (SELECT \"k\" FROM \"pgcleave\".\"carve_<oid:public.Metrics_default>_log\")", "DELETE FROM \"pgcleave\".\"carve_<oid:public.Metrics_default>_log\""]}
+--   action: carve.verify {"begun": "SELECT to_regclass('public.\"Metrics_default_pgcleave_retired\"') IS NOT NULL", "count_copies": "SELECT count(*), coalesce(sum(h), 0) FROM (SELECT hash_record_extended(t, 0) AS h FROM \"public\".\"Metrics_default_pgcleave_hold\" t) d", "count_source": "SELECT count(*), coalesce(sum(h), 0) FROM (SELECT hash_record_extended(t, 0) AS h FROM ONLY \"public\".\"Metrics_default\" t) d", "ddl": [], "replay": ["SET LOCAL enable_seqscan = off", "SET LOCAL enable_hashjoin = off", "SET LOCAL enable_mergejoin = off", "SET LOCAL jit = off", "DELETE FROM \"public\".\"Metrics_default_pgcleave_hold\" WHERE (\"k\") IN (SELECT \"k\" FROM \"pgcleave\".\"carve_<oid:public.Metrics_default>_log\")", "INSERT INTO \"public\".\"Metrics_default_pgcleave_hold\" (\"k\", \"v\") SELECT \"k\", \"v\" FROM ONLY \"public\".\"Metrics_default\" WHERE (\"k\") IN (SELECT \"k\" FROM \"pgcleave\".\"carve_<oid:public.Metrics_default>_log\")", "DELETE FROM \"pgcleave\".\"carve_<oid:public.Metrics_default>_log\""]}
 BEGIN;
 SET LOCAL enable_seqscan = off;
 SET LOCAL enable_hashjoin = off;
@@ -59,8 +59,8 @@ SET LOCAL jit = off;
 DELETE FROM "public"."Metrics_default_pgcleave_hold" WHERE ("k") IN (SELECT "k" FROM "pgcleave"."carve_<oid:public.Metrics_default>_log");
 INSERT INTO "public"."Metrics_default_pgcleave_hold" ("k", "v") SELECT "k", "v" FROM ONLY "public"."Metrics_default" WHERE ("k") IN (SELECT "k" FROM "pgcleave"."carve_<oid:public.Metrics_default>_log");
 DELETE FROM "pgcleave"."carve_<oid:public.Metrics_default>_log";
-SELECT count(*) FROM ONLY "public"."Metrics_default";
-SELECT count(*) FROM "public"."Metrics_default_pgcleave_hold";
+SELECT count(*), coalesce(sum(h), 0) FROM (SELECT hash_record_extended(t, 0) AS h FROM ONLY "public"."Metrics_default" t) d;
+SELECT count(*), coalesce(sum(h), 0) FROM (SELECT hash_record_extended(t, 0) AS h FROM "public"."Metrics_default_pgcleave_hold" t) d;
 COMMIT;
 
 -- step 4/5 [carve-swap]: short transactions: detach "Metrics_default" and attach Metrics_default_pgcleave_hold for FOR VALUES FROM ('100') TO ('200') and Metrics_default as the DEFAULT; then move 4 piece(s) per transaction from Metrics_default_pgcleave_hold to "Metrics" (no scan: CHECKs prove every bound)
@@ -93,12 +93,10 @@ DROP TABLE "public"."Metrics_default_pgcleave_hold";
 COMMIT;
 
 -- step 5/5 [carve-drop-old]: drop the detached Metrics_default_pgcleave_retired, the key log and the capture function
---   locks: ACCESS EXCLUSIVE on "Metrics_default_pgcleave_retired" (detached, unused)
---   runs: one transaction, under lock_timeout with retry
-BEGIN;
+--   locks: ACCESS EXCLUSIVE on "Metrics_default_pgcleave_retired" (detached, unused); ACCESS EXCLUSIVE on each new partition, catalog only
+--   runs: autocommit, not in a transaction, under lock_timeout with retry
 DROP TABLE IF EXISTS "public"."Metrics_default_pgcleave_retired";
 DROP TABLE IF EXISTS "pgcleave"."carve_<oid:public.Metrics_default>_log";
-DROP FUNCTION IF EXISTS "pgcleave"."carve_<oid:public.Metrics_default>"();
 ALTER TABLE "public"."Metrics_default" DROP CONSTRAINT IF EXISTS "pgcleave_bound";
 DO $pgcleave$ DECLARE r record; BEGIN FOR r IN SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = to_regclass('public."Metrics_default"') AND starts_with(c.relname, 'Metrics_default_pgcleave_new') LOOP EXECUTE format('ALTER INDEX %I.%I RENAME TO %I', 'public', r.relname, left('Metrics_default' || substr(r.relname, length('Metrics_default_pgcleave_new') + 1), 63)); END LOOP; END $pgcleave$;
-COMMIT;
+DROP FUNCTION IF EXISTS "pgcleave"."carve_<oid:public.Metrics_default>"();

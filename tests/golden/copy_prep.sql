@@ -67,12 +67,12 @@ BEGIN
     INSERT INTO "public"."ledger_intermediate" ("id", "account", "amount") OVERRIDING SYSTEM VALUE VALUES (NEW."id", NEW."account", NEW."amount") ON CONFLICT ("id") DO UPDATE SET "account" = EXCLUDED."account", "amount" = EXCLUDED."amount";
   ELSIF TG_OP = ''UPDATE'' THEN
     IF ROW(OLD."id") IS DISTINCT FROM ROW(NEW."id") THEN
-    PERFORM pg_catalog.pg_advisory_xact_lock_shared(<lock>);
+    PERFORM pg_catalog.pg_advisory_xact_lock_shared(<lock> + (w::bigint << 32)) FROM pg_catalog.generate_series(0, 7) w;
     DELETE FROM "public"."ledger_intermediate" WHERE "id" = OLD."id";
     END IF;
     INSERT INTO "public"."ledger_intermediate" ("id", "account", "amount") OVERRIDING SYSTEM VALUE VALUES (NEW."id", NEW."account", NEW."amount") ON CONFLICT ("id") DO UPDATE SET "account" = EXCLUDED."account", "amount" = EXCLUDED."amount";
   ELSE
-    PERFORM pg_catalog.pg_advisory_xact_lock_shared(<lock>);
+    PERFORM pg_catalog.pg_advisory_xact_lock_shared(<lock> + (w::bigint << 32)) FROM pg_catalog.generate_series(0, 7) w;
     DELETE FROM "public"."ledger_intermediate" WHERE "id" = OLD."id";
   END IF;
   RETURN NULL;

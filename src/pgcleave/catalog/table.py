@@ -7,8 +7,9 @@ Partitions are always ordered by their bounds, evaluated by the server in the ke
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -16,6 +17,9 @@ from psycopg import sql
 from ..connection import Connection
 from ..errors import NotFound, Refused
 from ..names import QualifiedName
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -250,196 +254,262 @@ def snapshot(conn: Connection, name: str) -> TableInfo:
 
 
 def _snapshot_oid(conn: Connection, oid: int, qname: QualifiedName, kind: str) -> TableInfo:
+    """Every independent query travels in one pipeline (one round trip instead of one a
+    query: ``status`` and every planner pay it); what depends on their answers (exact counts
+    of tables never analyzed, the partitions' order, remote sizes) is asked after."""
     q = _Query(conn)
-    cls = q.one(
-        "SELECT c.relpersistence, pg_get_userbyid(c.relowner), c.relacl::text,"
-        " obj_description(c.oid, 'pg_class'), c.relrowsecurity, c.relforcerowsecurity,"
-        " coalesce(c.reloptions, '{}'), c.reltuples, c.relispartition"
-        " FROM pg_class c WHERE c.oid = %s", oid)
-    persistence, owner, acl, comment, rls, rls_forced, reloptions, reltuples, is_part = cls
-
-    # 18+ records each NOT NULL as a named constraint (contype 'n'), which may be NOT VALID
-    # (attnotnull is then set although NULLs may remain): not_null means a valid one.
-    columns = [Column(*r) for r in q.all(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod),"
-        " a.attnotnull AND coalesce(nn.convalidated, true),"
-        " pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, a.attgenerated::text, a.attnum,"
-        " a.atttypid::int, CASE WHEN a.attcollation <> t.typcollation THEN co.collname END,"
-        " col_description(a.attrelid, a.attnum), nn.conname::text"
-        " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
-        " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
-        " LEFT JOIN pg_collation co ON co.oid = a.attcollation"
-        " LEFT JOIN pg_constraint nn ON nn.conrelid = a.attrelid AND nn.contype = 'n'"
-        "   AND nn.conkey[1] = a.attnum"
-        " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum", oid)]
-
-    constraints = [Constraint(r[0], r[1], r[2], r[3], list(r[4] or []), r[5]) for r in q.all(
-        "SELECT con.conname, con.contype::text, pg_get_constraintdef(con.oid), con.convalidated,"
-        " (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(con.conkey)"
-        "   WITH ORDINALITY k(attnum, ord) JOIN pg_attribute a ON a.attrelid = con.conrelid"
-        "   AND a.attnum = k.attnum), con.conparentid <> 0"
-        " FROM pg_constraint con WHERE con.conrelid = %s AND con.contype <> 'n'"
-        " ORDER BY con.conname", oid)]
-    primary_key = next((c for c in constraints if c.type == "p"), None)
-
-    indexes = [Index(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), r[6]) for r in q.all(
-        "SELECT ic.relname, pg_get_indexdef(i.indexrelid), i.indisunique, i.indisprimary,"
-        " i.indisvalid, (SELECT array_agg(coalesce(a.attname, '(expression)') ORDER BY k.ord)"
-        "   FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)"
-        "   LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum),"
-        " con.conname"
-        " FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid"
-        " LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid"
-        " WHERE i.indrelid = %s ORDER BY ic.relname", oid)]
-
-    fk_sql = (
-        "SELECT con.conname, sn.nspname, s.relname,"
-        " (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(con.conkey) WITH ORDINALITY"
-        "   k(n, ord) JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n),"
-        " rn.nspname, r.relname,"
-        " (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(con.confkey) WITH ORDINALITY"
-        "   k(n, ord) JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n),"
-        " pg_get_constraintdef(con.oid), con.convalidated"
-        " FROM pg_constraint con JOIN pg_class s ON s.oid = con.conrelid"
-        " JOIN pg_namespace sn ON sn.oid = s.relnamespace"
-        " JOIN pg_class r ON r.oid = con.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace"
-        " WHERE con.contype = 'f' AND con.conparentid = 0 AND {} = %s ORDER BY con.conname")
-
-    def fks(col: str) -> list[ForeignKey]:
-        return [ForeignKey(r[0], QualifiedName(r[1], r[2]), list(r[3]), QualifiedName(r[4], r[5]),
-                           list(r[6]), r[7], r[8]) for r in q.all(fk_sql.format(col), oid)]
-
-    sequences = [SequenceInfo(QualifiedName(r[0], r[1]), r[2], r[3], r[4], increment=r[5],
-                              min_value=r[6], max_value=r[7], start=r[8], cache=r[9],
-                              cycle=r[10], grants=list(r[11])) for r in q.all(
-        "SELECT sn.nspname, s.relname, a.attname,"
-        " CASE WHEN a.attidentity <> '' THEN 'identity' ELSE 'serial' END, ps.last_value,"
-        " sq.seqincrement, sq.seqmin, sq.seqmax, sq.seqstart, sq.seqcache, sq.seqcycle,"
-        " (SELECT coalesce(json_agg(json_build_object('grantee', CASE WHEN x.grantee = 0"
-        "   THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END, 'privilege', x.privilege_type,"
-        "   'grantable', x.is_grantable) ORDER BY x.grantee, x.privilege_type), '[]')"
-        "   FROM aclexplode(s.relacl) x WHERE x.grantee <> s.relowner)"
-        " FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
-        " JOIN pg_sequence sq ON sq.seqrelid = s.oid"
-        " JOIN pg_namespace sn ON sn.oid = s.relnamespace"
-        " JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
-        " LEFT JOIN pg_sequences ps ON ps.schemaname = sn.nspname AND ps.sequencename = s.relname"
-        " WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass"
-        " AND d.refobjid = %s AND d.deptype IN ('a', 'i') ORDER BY a.attnum", oid)]
-
-    triggers = [Trigger(*r) for r in q.all(
-        "SELECT t.tgname, pg_get_triggerdef(t.oid), t.tgenabled::text FROM pg_trigger t"
-        " WHERE t.tgrelid = %s AND NOT t.tgisinternal AND t.tgparentid = 0 ORDER BY t.tgname",
-        oid)]
-
-    grants = [{"grantee": r[0], "privilege": r[1], "grantable": r[2]} for r in q.all(
-        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,"
-        " a.privilege_type, a.is_grantable FROM pg_class c, aclexplode(c.relacl) a"
-        " WHERE c.oid = %s AND a.grantee <> c.relowner ORDER BY 1, 2", oid)]
-
-    column_grants = [{"column": r[0], "grantee": r[1], "privilege": r[2], "grantable": r[3]}
-                     for r in q.all(
-        "SELECT a.attname, CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee)"
-        " END, x.privilege_type, x.is_grantable FROM pg_attribute a JOIN pg_class c"
-        " ON c.oid = a.attrelid, aclexplode(a.attacl) x WHERE a.attrelid = %s AND a.attnum > 0"
-        " AND NOT a.attisdropped AND x.grantee <> c.relowner ORDER BY a.attnum, 2, 3", oid)]
-
-    views = [View(QualifiedName(r[0], r[1]), r[2], r[3] == "m") for r in q.all(
-        "SELECT DISTINCT vn.nspname, v.relname, pg_get_viewdef(v.oid), v.relkind::text"
-        " FROM pg_depend d JOIN pg_rewrite rw ON rw.oid = d.objid"
-        " JOIN pg_class v ON v.oid = rw.ev_class JOIN pg_namespace vn ON vn.oid = v.relnamespace"
-        " WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass"
-        " AND d.refobjid = %s AND v.oid <> %s ORDER BY 1, 2", oid, oid)]
-
-    policies = [Policy(r[0], r[1], r[2], list(r[3]), r[4], r[5]) for r in q.all(
-        "SELECT p.polname, p.polpermissive,"
-        " CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'"
-        "   WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,"
-        " ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE pg_get_userbyid(r) END"
-        "       FROM unnest(p.polroles) r),"
-        " pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)"
-        " FROM pg_policy p WHERE p.polrelid = %s ORDER BY p.polname", oid)]
-
-    partitioning = _partitioning(q, oid) if kind == "p" else None
-    parent = None
-    if is_part:
-        prow = q.one("SELECT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c"
-                     " ON c.oid = i.inhparent JOIN pg_namespace n ON n.oid = c.relnamespace"
-                     " WHERE i.inhrelid = %s", oid)
-        parent = QualifiedName(prow[0], prow[1])
+    with conn.pipeline():
+        cls = q.first(
+            "SELECT c.relpersistence, pg_get_userbyid(c.relowner), c.relacl::text,"
+            " obj_description(c.oid, 'pg_class'), c.relrowsecurity, c.relforcerowsecurity,"
+            " coalesce(c.reloptions, '{}'), c.reltuples, c.relispartition,"
+            " has_table_privilege(c.oid, 'SELECT')"
+            " FROM pg_class c WHERE c.oid = %s", oid)
+        parts = _partitioning_queries(q, oid) if kind == "p" else None
+        parent = q.rows(lambda r: QualifiedName(r[0], r[1]),
+                        "SELECT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c"
+                        " ON c.oid = i.inhparent JOIN pg_namespace n ON n.oid = c.relnamespace"
+                        " WHERE i.inhrelid = %s", oid)
+        size = _size_query(q, oid, kind)
+        lists = _table_queries(q, oid)
+    # leaving the pipeline synced it: every answer is in
+    known = {name: pending.get() for name, pending in lists.items()}
+    (persistence, owner, acl, comment, rls, rls_forced, reloptions, reltuples, is_part,
+     readable) = cls.get()
+    parent_rows = parent.get()
+    size_row = size.get() if size is not None else None
+    partitioning = _partitioning_build(q, parts) if parts is not None else None
 
     if kind == "p":
-        # pg_partition_tree lists nothing for a plain table, so only partitioned ones use it.
-        size_row = q.one("SELECT coalesce(sum(pg_total_relation_size(relid)), 0)"
-                         " FROM pg_partition_tree(%s) WHERE isleaf", oid)
-        total_bytes = int(size_row[0] or 0)
+        total_bytes = int(size_row[0] or 0) if size_row else 0
         rows: int | None = (sum(p.rows or 0 for p in partitioning.leaves())
                             if partitioning is not None else 0)
     elif kind == "r":
-        total_bytes = int(q.one("SELECT pg_total_relation_size(%s)", oid)[0])
-        rows = _rows(q, oid, float(reltuples), total_bytes)
+        total_bytes = int(size_row[0]) if size_row else 0
+        rows = _estimate(float(reltuples))
+        if _countable(float(reltuples), total_bytes, readable):
+            rows = _exact_counts(q, [qname])[0]
     else:
         rows = int(reltuples) if reltuples >= 0 else None
         total_bytes = 0
 
+    constraints = known["constraints"]
     return TableInfo(
         oid=oid, name=qname, kind=kind, persistence=persistence, owner=owner,
-        columns=columns, primary_key=primary_key, indexes=indexes, constraints=constraints,
-        foreign_keys_out=fks("con.conrelid"), foreign_keys_in=fks("con.confrelid"),
-        sequences=sequences, triggers=triggers, grants=grants, acl=acl, views=views,
-        comment=comment, rls_enabled=rls, rls_forced=rls_forced, policies=policies,
-        reloptions=list(reloptions), partitioning=partitioning, parent=parent, rows=rows,
-        bytes=total_bytes, server_version=server_version(q.conn), column_grants=column_grants,
+        columns=known["columns"], primary_key=next((c for c in constraints if c.type == "p"),
+                                                   None),
+        indexes=known["indexes"], constraints=constraints,
+        foreign_keys_out=known["fks_out"], foreign_keys_in=known["fks_in"],
+        sequences=known["sequences"], triggers=known["triggers"], grants=known["grants"],
+        acl=acl, views=known["views"], comment=comment, rls_enabled=rls, rls_forced=rls_forced,
+        policies=known["policies"], reloptions=list(reloptions), partitioning=partitioning,
+        parent=parent_rows[0] if is_part and parent_rows else None, rows=rows,
+        bytes=total_bytes, server_version=server_version(q.conn),
+        column_grants=known["column_grants"],
     )
+
+
+def _size_query(q: _Query, oid: int, kind: str) -> _Pending[tuple[Any, ...]] | None:
+    if kind == "p":
+        # pg_partition_tree lists nothing for a plain table, so only partitioned ones use it.
+        return q.first("SELECT coalesce(sum(pg_total_relation_size(relid)), 0)"
+                       " FROM pg_partition_tree(%s) WHERE isleaf", oid)
+    if kind == "r":
+        return q.first("SELECT pg_total_relation_size(%s)", oid)
+    return None
+
+
+_FK_SQL = (
+    "SELECT con.conname, sn.nspname, s.relname,"
+    " (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(con.conkey) WITH ORDINALITY"
+    "   k(n, ord) JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n),"
+    " rn.nspname, r.relname,"
+    " (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(con.confkey) WITH ORDINALITY"
+    "   k(n, ord) JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n),"
+    " pg_get_constraintdef(con.oid), con.convalidated"
+    " FROM pg_constraint con JOIN pg_class s ON s.oid = con.conrelid"
+    " JOIN pg_namespace sn ON sn.oid = s.relnamespace"
+    " JOIN pg_class r ON r.oid = con.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace"
+    " WHERE con.contype = 'f' AND con.conparentid = 0 AND {} = %s ORDER BY con.conname")
+
+
+def _fk(r: tuple[Any, ...]) -> ForeignKey:
+    return ForeignKey(r[0], QualifiedName(r[1], r[2]), list(r[3]), QualifiedName(r[4], r[5]),
+                      list(r[6]), r[7], r[8])
+
+
+def _table_queries(q: _Query, oid: int) -> dict[str, _Pending[list[Any]]]:
+    """The lists a snapshot holds, each query queued (not yet answered) under its field."""
+    return {
+        # 18+ records each NOT NULL as a named constraint (contype 'n'), which may be NOT
+        # VALID (attnotnull is then set although NULLs may remain): not_null means a valid one.
+        "columns": q.rows(lambda r: Column(*r),
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod),"
+            " a.attnotnull AND coalesce(nn.convalidated, true),"
+            " pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, a.attgenerated::text,"
+            " a.attnum, a.atttypid::int,"
+            " CASE WHEN a.attcollation <> t.typcollation THEN co.collname END,"
+            " col_description(a.attrelid, a.attnum), nn.conname::text"
+            " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+            " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+            " LEFT JOIN pg_collation co ON co.oid = a.attcollation"
+            " LEFT JOIN pg_constraint nn ON nn.conrelid = a.attrelid AND nn.contype = 'n'"
+            "   AND nn.conkey[1] = a.attnum"
+            " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            oid),
+        "constraints": q.rows(
+            lambda r: Constraint(r[0], r[1], r[2], r[3], list(r[4] or []), r[5]),
+            "SELECT con.conname, con.contype::text, pg_get_constraintdef(con.oid),"
+            " con.convalidated, (SELECT array_agg(a.attname ORDER BY k.ord)"
+            "   FROM unnest(con.conkey) WITH ORDINALITY k(attnum, ord) JOIN pg_attribute a"
+            "   ON a.attrelid = con.conrelid AND a.attnum = k.attnum), con.conparentid <> 0"
+            " FROM pg_constraint con WHERE con.conrelid = %s AND con.contype <> 'n'"
+            " ORDER BY con.conname", oid),
+        "indexes": q.rows(
+            lambda r: Index(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), r[6]),
+            "SELECT ic.relname, pg_get_indexdef(i.indexrelid), i.indisunique, i.indisprimary,"
+            " i.indisvalid, (SELECT array_agg(coalesce(a.attname, '(expression)')"
+            "   ORDER BY k.ord) FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)"
+            "   LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum),"
+            " con.conname"
+            " FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid"
+            " LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid"
+            "   AND con.conrelid = i.indrelid"
+            " WHERE i.indrelid = %s ORDER BY ic.relname", oid),
+        "fks_out": q.rows(_fk, _FK_SQL.format("con.conrelid"), oid),
+        "fks_in": q.rows(_fk, _FK_SQL.format("con.confrelid"), oid),
+        "sequences": q.rows(
+            lambda r: SequenceInfo(QualifiedName(r[0], r[1]), r[2], r[3], r[4],
+                                   increment=r[5], min_value=r[6], max_value=r[7],
+                                   start=r[8], cache=r[9], cycle=r[10], grants=list(r[11])),
+            "SELECT sn.nspname, s.relname, a.attname,"
+            " CASE WHEN a.attidentity <> '' THEN 'identity' ELSE 'serial' END, ps.last_value,"
+            " sq.seqincrement, sq.seqmin, sq.seqmax, sq.seqstart, sq.seqcache, sq.seqcycle,"
+            " (SELECT coalesce(json_agg(json_build_object('grantee', CASE WHEN x.grantee = 0"
+            "   THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee) END, 'privilege',"
+            "   x.privilege_type, 'grantable', x.is_grantable)"
+            "   ORDER BY x.grantee, x.privilege_type), '[]')"
+            "   FROM aclexplode(s.relacl) x WHERE x.grantee <> s.relowner)"
+            " FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
+            " JOIN pg_sequence sq ON sq.seqrelid = s.oid"
+            " JOIN pg_namespace sn ON sn.oid = s.relnamespace"
+            " JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
+            " LEFT JOIN pg_sequences ps ON ps.schemaname = sn.nspname"
+            "   AND ps.sequencename = s.relname"
+            " WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass"
+            " AND d.refobjid = %s AND d.deptype IN ('a', 'i') ORDER BY a.attnum", oid),
+        "triggers": q.rows(lambda r: Trigger(*r),
+            "SELECT t.tgname, pg_get_triggerdef(t.oid), t.tgenabled::text FROM pg_trigger t"
+            " WHERE t.tgrelid = %s AND NOT t.tgisinternal AND t.tgparentid = 0"
+            " ORDER BY t.tgname", oid),
+        "grants": q.rows(lambda r: {"grantee": r[0], "privilege": r[1], "grantable": r[2]},
+            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,"
+            " a.privilege_type, a.is_grantable FROM pg_class c, aclexplode(c.relacl) a"
+            " WHERE c.oid = %s AND a.grantee <> c.relowner ORDER BY 1, 2", oid),
+        "column_grants": q.rows(
+            lambda r: {"column": r[0], "grantee": r[1], "privilege": r[2], "grantable": r[3]},
+            "SELECT a.attname, CASE WHEN x.grantee = 0 THEN 'PUBLIC'"
+            " ELSE pg_get_userbyid(x.grantee) END, x.privilege_type, x.is_grantable"
+            " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid,"
+            " aclexplode(a.attacl) x WHERE a.attrelid = %s AND a.attnum > 0"
+            " AND NOT a.attisdropped AND x.grantee <> c.relowner ORDER BY a.attnum, 2, 3", oid),
+        "views": q.rows(lambda r: View(QualifiedName(r[0], r[1]), r[2], r[3] == "m"),
+            "SELECT DISTINCT vn.nspname, v.relname, pg_get_viewdef(v.oid), v.relkind::text"
+            " FROM pg_depend d JOIN pg_rewrite rw ON rw.oid = d.objid"
+            " JOIN pg_class v ON v.oid = rw.ev_class"
+            " JOIN pg_namespace vn ON vn.oid = v.relnamespace"
+            " WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass"
+            " AND d.refobjid = %s AND v.oid <> %s ORDER BY 1, 2", oid, oid),
+        "policies": q.rows(lambda r: Policy(r[0], r[1], r[2], list(r[3]), r[4], r[5]),
+            "SELECT p.polname, p.polpermissive,"
+            " CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN"
+            "   'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,"
+            " ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE pg_get_userbyid(r) END"
+            "       FROM unnest(p.polroles) r),"
+            " pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)"
+            " FROM pg_policy p WHERE p.polrelid = %s ORDER BY p.polname", oid),
+    }
 
 
 EXACT_COUNT_BYTES = 32 * 1024 * 1024
 
 
-def _rows(q: _Query, oid: int, reltuples: float, size: int) -> int | None:
-    """The planner's estimate; a small table never analyzed is counted exactly instead."""
-    if reltuples >= 0:
-        return int(reltuples)
-    readable = q.one(sql.SQL("SELECT has_table_privilege({}::oid, 'SELECT')").format(
-        sql.Literal(oid)))[0]
-    if size <= EXACT_COUNT_BYTES and readable:
-        row = q.one(sql.SQL("SELECT count(*) FROM ONLY {}").format(_regclass_ident(q, oid)))
-        return int(row[0])
-    return None
+def _estimate(reltuples: float) -> int | None:
+    """The planner's estimate of a table's rows (None: never analyzed)."""
+    return int(reltuples) if reltuples >= 0 else None
 
 
-def _regclass_ident(q: _Query, oid: int) -> sql.Identifier:
-    row = q.one("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
-                " ON n.oid = c.relnamespace WHERE c.oid = %s", oid)
-    return sql.Identifier(row[0], row[1])
+def _countable(reltuples: float, size: int, readable: bool) -> bool:
+    """A small table never analyzed is counted exactly instead of estimated."""
+    return reltuples < 0 and size <= EXACT_COUNT_BYTES and readable
+
+
+def _exact_counts(q: _Query, names: list[QualifiedName]) -> list[int]:
+    """``count(*)`` of each table, all in one round trip (a level's premade partitions are
+    often all never analyzed)."""
+    if not names:
+        return []
+    with q.conn.pipeline():
+        counts = [q.first(sql.SQL("SELECT count(*) FROM ONLY {}").format(n.ident))
+                  for n in names]
+    return [int(c.get()[0]) for c in counts]
+
+
+@dataclass
+class _PartitioningQueries:
+    """A partitioned table's key and partitions, queued in the caller's pipeline."""
+
+    key: _Pending[tuple[Any, ...]]
+    columns: _Pending[list[tuple[str, str]]]
+    partitions: _Pending[list[tuple[Any, ...]]]
+
+
+def _partitioning_queries(q: _Query, oid: int) -> _PartitioningQueries:
+    return _PartitioningQueries(
+        q.first("SELECT pt.partstrat::text, pg_get_partkeydef(pt.partrelid)"
+                " FROM pg_partitioned_table pt WHERE pt.partrelid = %s", oid),
+        q.rows(lambda r: (r[0], r[1]),
+               "SELECT coalesce(a.attname, '(expression)'), format_type(a.atttypid, a.atttypmod)"
+               " FROM pg_partitioned_table pt CROSS JOIN LATERAL unnest(pt.partattrs::int2[])"
+               "   WITH ORDINALITY k(n, ord)"
+               " LEFT JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = k.n"
+               " WHERE pt.partrelid = %s ORDER BY k.ord", oid),
+        q.rows(tuple,
+               "SELECT n.nspname, c.relname, c.oid::int, pg_get_expr(c.relpartbound, c.oid),"
+               " c.relkind::text, fs.srvname, c.reltuples, i.inhdetachpending,"
+               " CASE WHEN c.relkind = 'r' THEN pg_total_relation_size(c.oid) END,"
+               " has_table_privilege(c.oid, 'SELECT')"
+               " FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+               " JOIN pg_namespace n ON n.oid = c.relnamespace"
+               " LEFT JOIN pg_foreign_table ft ON ft.ftrelid = c.oid"
+               " LEFT JOIN pg_foreign_server fs ON fs.oid = ft.ftserver"
+               " WHERE i.inhparent = %s", oid),
+    )
 
 
 def _partitioning(q: _Query, oid: int) -> Partitioning:
-    strat, key = q.one(
-        "SELECT pt.partstrat::text, pg_get_partkeydef(pt.partrelid) FROM pg_partitioned_table pt"
-        " WHERE pt.partrelid = %s", oid)
-    cols = q.all(
-        "SELECT coalesce(a.attname, '(expression)'), format_type(a.atttypid, a.atttypmod)"
-        " FROM pg_partitioned_table pt CROSS JOIN LATERAL unnest(pt.partattrs::int2[])"
-        "   WITH ORDINALITY k(n, ord)"
-        " LEFT JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = k.n"
-        " WHERE pt.partrelid = %s ORDER BY k.ord", oid)
+    """A sub-partitioned partition's level: its three queries in one round trip."""
+    with q.conn.pipeline():
+        queued = _partitioning_queries(q, oid)
+    return _partitioning_build(q, queued)
+
+
+def _partitioning_build(q: _Query, queued: _PartitioningQueries) -> Partitioning:
+    """The level from its answers, then what depends on them: counts of partitions never
+    analyzed, remote sizes, sub-levels, the order of the bounds."""
+    strat, key = queued.key.get()
+    cols = queued.columns.get()
     strategy = {"r": "range", "l": "list", "h": "hash"}[strat]
     parts: list[Partition] = []
-    for r in q.all(
-        "SELECT n.nspname, c.relname, c.oid::int, pg_get_expr(c.relpartbound, c.oid),"
-        " c.relkind::text, fs.srvname, c.reltuples, i.inhdetachpending,"
-        " CASE WHEN c.relkind = 'r' THEN pg_total_relation_size(c.oid) END"
-        " FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " LEFT JOIN pg_foreign_table ft ON ft.ftrelid = c.oid"
-        " LEFT JOIN pg_foreign_server fs ON fs.oid = ft.ftserver"
-        " WHERE i.inhparent = %s", oid):
-        nsp, rel, poid, bound, relkind, server, reltuples, pending, size = r
+    to_count: list[Partition] = []
+    for r in queued.partitions.get():
+        nsp, rel, poid, bound, relkind, server, reltuples, pending, size, readable = r
         p = Partition(QualifiedName(nsp, rel), poid, bound, bound == "DEFAULT", relkind, server,
                       None, size, pending)
         if relkind == "r":
-            p.rows = _rows(q, poid, float(reltuples), int(size or 0))
+            p.rows = _estimate(float(reltuples))
+            if _countable(float(reltuples), int(size or 0), readable):
+                to_count.append(p)
         elif relkind == "f":
             p.rows = int(reltuples) if reltuples >= 0 else None
             if server is not None:
@@ -452,6 +522,8 @@ def _partitioning(q: _Query, oid: int) -> Partitioning:
             p.rows = sum(x.rows or 0 for x in p.partitioning.leaves())
             p.bytes = sum(x.bytes or 0 for x in p.partitioning.leaves())
         parts.append(p)
+    for p, n in zip(to_count, _exact_counts(q, [p.name for p in to_count]), strict=True):
+        p.rows = n
     types = [c[1] for c in cols]
     return Partitioning(strategy, key, [c[0] for c in cols], types,
                         _order_by_bounds(q, strategy, types, parts))
@@ -594,16 +666,49 @@ def _order_by_bounds(q: _Query, strategy: str, types: list[str], parts: list[Par
     return [bounded[i] for i in order_idx] + default
 
 
+class _Pending(Generic[T]):
+    """A query sent, answered when the pipeline it was queued in is synced (on leaving it):
+    ``get()`` builds its rows (once)."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any], build: Callable[[Any], T]) -> None:
+        self._cursor = cursor
+        self._build = build
+        self._done = False
+        self._value: T | None = None
+
+    def get(self) -> T:
+        if not self._done:
+            self._value, self._done = self._build(self._cursor), True
+        return self._value  # type: ignore[return-value]
+
+
 class _Query:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def all(self, query: str | sql.Composed | sql.SQL, *args: Any) -> list[tuple[Any, ...]]:
+    def _send(self, query: str | sql.Composed | sql.SQL, args: tuple[Any, ...]
+              ) -> psycopg.Cursor[Any]:
         q = query.encode() if isinstance(query, str) else query
-        return self.conn.execute(q, list(args) or None).fetchall()
+        return self.conn.execute(q, list(args) or None)
+
+    def rows(self, make: Callable[[tuple[Any, ...]], R], query: str | sql.Composed | sql.SQL,
+             *args: Any) -> _Pending[list[R]]:
+        """Every row, each made into an ``R`` (sent now, answered on ``get()``)."""
+        return _Pending(self._send(query, args), lambda cur: [make(r) for r in cur.fetchall()])
+
+    def first(self, query: str | sql.Composed | sql.SQL, *args: Any
+              ) -> _Pending[tuple[Any, ...]]:
+        """The one row the query returns (sent now, answered on ``get()``)."""
+        return _Pending(self._send(query, args), _one_row)
+
+    def all(self, query: str | sql.Composed | sql.SQL, *args: Any) -> list[tuple[Any, ...]]:
+        return self._send(query, args).fetchall()
 
     def one(self, query: str | sql.Composed | sql.SQL, *args: Any) -> tuple[Any, ...]:
-        q = query.encode() if isinstance(query, str) else query
-        row = self.conn.execute(q, list(args) or None).fetchone()
-        assert row is not None
-        return tuple(row)
+        return _one_row(self._send(query, args))
+
+
+def _one_row(cur: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    row = cur.fetchone()
+    assert row is not None
+    return tuple(row)

@@ -11,7 +11,7 @@ from ..ops import copy as ops
 from ..ops.copy_run import verify_copy
 from . import common
 from .app import app
-from .common import db, dry_run_option, json_option, out, print_json, yes_option
+from .common import db, dry_run_option, jobs_option, json_option, out, print_json, yes_option
 
 
 @app.command()
@@ -30,16 +30,23 @@ from .common import db, dry_run_option, json_option, out, print_json, yes_option
               help="Also create partitions for N intervals before the current one.")
 @click.option("--future", type=click.IntRange(min=0), default=None,
               help="Also create partitions for N intervals after the current one.")
+@click.option("--inbound-fks", "inbound_fks", type=click.Choice(["refuse", "drop", "emulate"]),
+              default="refuse", show_default=True,
+              help="At the swap, foreign keys referencing TABLE by columns without the "
+                   "partition key (those with it are re-pointed): refuse, drop or emulate them "
+                   "with constraint triggers.")
 @dry_run_option
 @yes_option
 @json_option
 def prep(table: str, by: str, interval: str, time_zone: str, defer_indexes: bool,
-         past: int | None, future: int | None, dry_run: bool, yes: bool, as_json: bool) -> None:
+         past: int | None, future: int | None, inbound_fks: str, dry_run: bool, yes: bool,
+         as_json: bool) -> None:
     """Create TABLE_intermediate, partitioned by range of --by, and capture every INSERT, UPDATE
     and DELETE on TABLE into it from now on."""
     with db() as conn:
         plan = ops.plan_prep(conn, table, by=by, interval=interval, time_zone=time_zone,
-                             defer_indexes=defer_indexes, past=past, future=future)
+                             defer_indexes=defer_indexes, past=past, future=future,
+                             inbound_fks=inbound_fks)
     common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
 
 
@@ -77,16 +84,17 @@ def add_partitions(table: str, past: int, future: int, dry_run: bool, yes: bool,
               help="physical: batches of table blocks (TID range scans, PostgreSQL 14+, the "
                    "fastest); key: keyset batches on the primary key; auto: physical when "
                    "available.")
+@jobs_option
 @dry_run_option
 @yes_option
 @json_option
 def fill(table: str, batch_size: int, sleep: float, where: str | None, max_rate: float | None,
-         order: str, dry_run: bool, yes: bool, as_json: bool) -> None:
+         order: str, jobs: str, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Copy TABLE's rows into TABLE_intermediate in primary-key batches (resumable with
     `pgcleave resume JOB` after an interruption)."""
     with db() as conn:
         plan = ops.plan_fill(conn, table, batch_size=batch_size, sleep=sleep, where=where,
-                             max_rate=max_rate, order=order)
+                             max_rate=max_rate, order=order, jobs=jobs)
     common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
 
 

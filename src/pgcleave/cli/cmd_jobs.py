@@ -23,11 +23,13 @@ def jobs(as_json: bool, unfinished: bool) -> None:
         print_json([r.to_json() for r in rows])
         return
     t = Table(show_header=True, header_style="bold")
-    for col in ("job", "operation", "target", "state", "steps", "next step", "updated"):
+    for col in ("job", "operation", "target", "state", "steps", "next step", "updated",
+                "args"):
         t.add_column(col)
     for r in rows:
         t.add_row(str(r.id), r.operation, r.target, r.state, f"{r.steps_done}/{r.steps_total}",
-                  r.current_step or "", r.updated_at.strftime("%Y-%m-%d %H:%M:%S"))
+                  r.current_step or "", r.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+                  journal.args_text(r.args))
     out.print(t)
 
 

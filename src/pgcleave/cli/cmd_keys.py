@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
+from ..names import parse_columns
 from ..ops import keys
 from . import common
 from .app import app
@@ -32,7 +33,7 @@ def set_primary_key(table: str, columns: str, keep_old_key: bool, dry_run: bool,
     key), then adds the key on the parent, which adopts the partitions' keys without a build.
     """
     with db() as conn:
-        plan = keys.plan_set_primary_key(conn, table, keys.parse_columns(columns),
+        plan = keys.plan_set_primary_key(conn, table, parse_columns(columns),
                                          keep_old_key=keep_old_key)
     common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
 
@@ -58,7 +59,7 @@ def create_index(table: str, columns: tuple[str, ...], unique: bool, name: str |
     an INVALID index left by an interrupted run is dropped and built again.
     """
     with db() as conn:
-        plan = keys.plan_create_index(conn, table, keys.parse_columns(columns), unique=unique,
+        plan = keys.plan_create_index(conn, table, parse_columns(columns), unique=unique,
                                       name=name, where=where, method=method)
     common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
 
@@ -96,11 +97,11 @@ def _parse_fk(spec: tuple[str, ...]) -> tuple[list[str], str, list[str] | None]:
                          hint="e.g. pgcleave add-foreign-key orders customer_id REFERENCES "
                               "customers id")
     other = parts[1]
-    ref_cols = keys.parse_columns(parts[2]) if len(parts) == 3 else None
+    ref_cols = parse_columns(parts[2]) if len(parts) == 3 else None
     if ref_cols is None and other.endswith(")") and "(" in other:
         other, _, rest = other.partition("(")
-        ref_cols = keys.parse_columns("(" + rest)
-    return keys.parse_columns(parts[0]), other, ref_cols
+        ref_cols = parse_columns("(" + rest)
+    return parse_columns(parts[0]), other, ref_cols
 
 
 @app.command("drop-index")

@@ -29,6 +29,7 @@ from .common import (
     err,
     execute,
     json_option,
+    max_rate_option,
     out,
     print_json,
     settings,
@@ -36,7 +37,7 @@ from .common import (
 )
 
 
-def _parse_now(text: str | None) -> datetime | None:
+def parse_now(text: str | None) -> datetime | None:
     if text is None:
         return None
     try:
@@ -66,11 +67,15 @@ def _names(conn: Connection, tables: tuple[str, ...]) -> list[str]:
               help="Print a crontab line, a Kubernetes CronJob manifest, a Django management "
                    "command line, a Celery beat entry and a systemd timer that run maintain "
                    "every minute, and exit.")
+@click.option("--jobs", "-j", default="1", show_default=True, metavar="N|auto",
+              help="Each DEFAULT drain's bulk copy on N connections at once, each taking "
+                   "disjoint block ranges in one exported snapshot; auto as for fill.")
+@max_rate_option
 @dry_run_option
 @yes_option
 @json_option
-def maintain(tables: tuple[str, ...], now_text: str | None, print_schedule: bool,
-             dry_run: bool, yes: bool, as_json: bool) -> None:
+def maintain(tables: tuple[str, ...], now_text: str | None, print_schedule: bool, jobs: str,
+             max_rate: float | None, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Create future partitions, move rows out of DEFAULT partitions, retire old partitions
     (detach, archive or drop, as each table's policy says), and ANALYZE what changed.
 
@@ -82,7 +87,7 @@ def maintain(tables: tuple[str, ...], now_text: str | None, print_schedule: bool
     if print_schedule:
         _print_schedule(tables)
         return
-    now = _parse_now(now_text)
+    now = parse_now(now_text)
     results: list[dict[str, Any]] = []
     worst = 0
     recovered: list[dict[str, str]] = []
@@ -95,7 +100,8 @@ def maintain(tables: tuple[str, ...], now_text: str | None, print_schedule: bool
         for name in names:
             res: dict[str, Any] = {"table": name}
             try:
-                res.update(_maintain_one(conn, name, now, dry_run=dry_run, as_json=as_json))
+                res.update(_maintain_one(conn, name, now, dry_run=dry_run, as_json=as_json,
+                                         jobs=jobs, max_rate=max_rate))
             except Busy as exc:
                 res["skipped"] = exc.message
                 err.print(f"{name}: skipped: {exc.message}", markup=False)
@@ -114,25 +120,36 @@ def maintain(tables: tuple[str, ...], now_text: str | None, print_schedule: bool
 
 
 def _recover(conn: Connection, *, quiet: bool) -> list[dict[str, str]]:
-    """The recovery pass ``resume`` runs too: settle what killed jobs left outside this
-    database (prepared transactions of ``pgcleave alter`` on shards: committed when the
-    decision row says commit, rolled back when no decision was made)."""
+    """The recovery pass ``resume`` runs too: settle what killed jobs left behind (prepared
+    transactions of ``pgcleave alter`` on shards: committed when the decision row says
+    commit, rolled back when no decision was made; a split's or merge's CHECK on a DEFAULT
+    that no unfinished job owns: dropped under a short lock_timeout, since it only restricts
+    the DEFAULT; one whose job is unfinished is that job's to drop)."""
     from ..ops import alter  # noqa: F401  (registers recover_prepared as a recovery hook)
+    from ..span_checks import Dropped
 
-    settled = [{"gid": str(gid), "action": str(what)} for gid, what in run_recovery(conn)]
-    if not quiet:
-        for s in settled:
-            out.print(f"recovered: prepared transaction {s['gid']} {s['action']}", markup=False)
+    settled: list[dict[str, str]] = []
+    for item in run_recovery(conn):
+        if isinstance(item, Dropped):
+            settled.append(item.to_json())
+            line = f"recovered: {item}"
+        else:
+            gid, what = item
+            settled.append({"gid": str(gid), "action": str(what)})
+            line = f"recovered: prepared transaction {gid} {what}"
+        if not quiet:
+            out.print(line, markup=False)
     return settled
 
 
 def _maintain_one(conn: Connection, name: str, now: datetime | None, *, dry_run: bool,
-                  as_json: bool) -> dict[str, Any]:
+                  as_json: bool, jobs: str = "1", max_rate: float | None = None
+                  ) -> dict[str, Any]:
     _, qname, _ = resolve(conn, name)
     res: dict[str, Any] = {"table": qname.quoted}
     if not dry_run:
         res["resumed"] = _resume_unfinished(conn, qname.quoted)
-    plan, summary = plan_maintain(conn, name, now=now)
+    plan, summary = plan_maintain(conn, name, now=now, jobs=jobs, max_rate=max_rate)
     require_archive_tools(conn, plan)
     res["planned"] = summary.to_json()
     if dry_run:
@@ -276,9 +293,11 @@ def check(tables: tuple[str, ...], now_text: str | None, max_partitions: int, fm
 
     Problems: premake horizon shorter than the policy asks, rows in a DEFAULT partition (late
     rows for retired ranges told apart), a detach left pending, too many partitions, retention
-    overdue, a failed job, no policy. --format prometheus writes text-exposition metrics.
+    overdue, a failed job, what an unfinished job left (a CHECK refusing rows, rows hidden, a
+    split's or merge's CHECK on a DEFAULT), no policy. --format prometheus writes
+    text-exposition metrics.
     """
-    now = _parse_now(now_text)
+    now = parse_now(now_text)
     with db() as conn:
         results = check_tables(conn, list(tables), now=now, max_partitions=max_partitions)
     problems = [(h.table, p) for h in results for p in h.problems]

@@ -10,16 +10,7 @@ from ..ops.carve import DIRECT_MAX_LOCK_MS, plan_carve
 from ..ops.partition import plan_add_partition, plan_partition, plan_unpartition
 from . import common
 from .app import app
-from .common import dry_run_option, json_option, yes_option
-
-
-def _values(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    vals = [v.strip() for v in text.split(",")]
-    if not all(vals):
-        raise click.BadParameter("empty value in the list", param_hint="--values")
-    return vals
+from .common import dry_run_option, jobs_option, json_option, max_rate_option, yes_option
 
 
 @app.command()
@@ -55,18 +46,23 @@ def _values(text: str | None) -> list[str] | None:
                    "the interval). Default: the interval after now / the largest key.")
 @click.option("--old-name", default=None, metavar="NAME",
               help="New name of the old table (default TABLE_legacy or TABLE_old).")
-@click.option("--drop-inbound-fks", is_flag=True,
-              help="Drop foreign keys that reference TABLE in the cut-over (else refused).")
+@click.option("--inbound-fks", "inbound_fks", type=click.Choice(["refuse", "drop", "emulate"]),
+              default=None,
+              help="Foreign keys referencing TABLE by columns without the partition key "
+                   "(those with it are re-pointed): refuse (default), drop them in the "
+                   "cut-over, or emulate them with constraint triggers.")
+@click.option("--drop-inbound-fks", is_flag=True, help="Same as --inbound-fks drop.")
 @click.option("--require-parent-key", is_flag=True,
               help="Refuse when the primary key cannot live on the partitioned table.")
+@jobs_option
 @dry_run_option
 @yes_option
 @json_option
 def partition(table: str, by: str, interval: str | None, premake: int, modulus: int | None,
               values: tuple[str, ...], batch_size: int, strategy: str | None, then: str | None,
               then_interval: str | None, cutoff: str | None, old_name: str | None,
-              drop_inbound_fks: bool, require_parent_key: bool, dry_run: bool, yes: bool,
-              as_json: bool) -> None:
+              inbound_fks: str | None, drop_inbound_fks: bool, require_parent_key: bool,
+              jobs: str, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Turn the plain TABLE into a partitioned table under the same name, online.
 
     \b
@@ -80,10 +76,10 @@ def partition(table: str, by: str, interval: str | None, premake: int, modulus: 
         plan = plan_partition(conn, table, by=by, interval=interval, premake=premake,
                               strategy=strategy, then=then,
                               then_interval=then_interval, cutoff=cutoff,
-                              drop_inbound_fks=drop_inbound_fks,
+                              drop_inbound_fks=drop_inbound_fks, inbound_fks=inbound_fks,
                               require_parent_key=require_parent_key, old_name=old_name,
                               modulus=modulus, values=list(values) or None,
-                              batch_size=batch_size)
+                              batch_size=batch_size, jobs=jobs)
     common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
 
 
@@ -115,7 +111,8 @@ def add_partition(table: str, lower: str | None, upper: str | None, values: str 
     DEFAULT (rows of its range, if any, move into it), so that no INSERT of the range is
     ever refused and the DEFAULT is never scanned at length under an exclusive lock."""
     with common.db() as conn:
-        plan = plan_add_partition(conn, table, lower=lower, upper=upper, values=_values(values),
+        plan = plan_add_partition(conn, table, lower=lower, upper=upper,
+                                  values=common.comma_list(values, "--values"),
                                   modulus=modulus, remainder=remainder, name=name,
                                   method=method, max_lock_ms=max_lock_ms)
     common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
@@ -138,12 +135,14 @@ def add_partition(table: str, lower: str | None, upper: str | None, values: str 
               help="Largest estimated exclusive-lock time allowed for the direct method.")
 @click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(min=1),
               help="Rows per copy batch (swap).")
+@jobs_option
+@max_rate_option
 @dry_run_option
 @yes_option
 @json_option
 def carve(table: str, lower: str | None, upper: str | None, values: str | None,
-          name: str | None, method: str, max_lock_ms: int, batch_size: int, dry_run: bool,
-          yes: bool, as_json: bool) -> None:
+          name: str | None, method: str, max_lock_ms: int, batch_size: int, jobs: str,
+          max_rate: float | None, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Move the rows of a range or list out of TABLE's DEFAULT (or legacy) partition into a new
     partition; the rows stay visible through TABLE at every moment.
 
@@ -151,7 +150,7 @@ def carve(table: str, lower: str | None, upper: str | None, values: str | None,
     pgcleave carve exercises --from MINVALUE --to B
     pgcleave carve exercises --from B --to D
     """
-    vals = _values(values)
+    vals = common.comma_list(values, "--values")
     piece: tuple[str, str] | list[str]
     if vals is not None:
         if lower is not None or upper is not None:
@@ -163,7 +162,8 @@ def carve(table: str, lower: str | None, upper: str | None, values: str | None,
         piece = (lower, upper)
     with common.db() as conn:
         plan = plan_carve(conn, table, [piece], names=[name] if name else None, method=method,
-                          max_lock_ms=max_lock_ms, batch_size=batch_size)
+                          max_lock_ms=max_lock_ms, batch_size=batch_size, jobs=jobs,
+                          max_rate=max_rate)
     common.execute(plan, dry_run=dry_run, yes=yes, as_json=as_json)
 
 

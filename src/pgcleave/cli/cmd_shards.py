@@ -9,7 +9,16 @@ import click
 from ..ops import alter as _alter
 from ..ops import move as _move
 from .app import app
-from .common import db, dry_run_option, execute, json_option, out, print_json, yes_option
+from .common import (
+    db,
+    dry_run_option,
+    execute,
+    json_option,
+    max_rate_option,
+    out,
+    print_json,
+    yes_option,
+)
 
 
 @app.command()
@@ -30,18 +39,24 @@ from .common import db, dry_run_option, execute, json_option, out, print_json, y
                    "pg_create_subscription; wal_level = logical). copy: COPY between the "
                    "servers plus a capture trigger and its key log (table ownership and the "
                    "user mapping suffice). auto: replication where possible, else copy.")
+@click.option("--jobs", "-j", default="1", show_default=True, metavar="N|auto",
+              help="The copy method's bulk copy on N pairs of connections, each a disjoint "
+                   "range of the primary key, in one exported snapshot (refused for "
+                   "replication: one sync worker copies the table); auto as for fill.")
+@max_rate_option
 @dry_run_option
 @yes_option
 @json_option
 def move(partition: str, to: str, drop_source: bool, origin_dsn: str | None, method: str,
-         dry_run: bool, yes: bool, as_json: bool) -> None:
+         jobs: str, max_rate: float | None, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Move PARTITION to another server (a postgres_fdw foreign partition), or back with
     --to local, online: rows are replicated (or copied, with the writes made meanwhile
     replayed from a key log) while the application writes, then a short cut-over verifies
     them (count + hash) and swaps the partitions."""
     with db() as conn:
         plan = _move.plan_move(conn, partition, to=to, drop_source=drop_source,
-                               origin_dsn=origin_dsn, method=method)
+                               origin_dsn=origin_dsn, method=method, jobs=jobs,
+                               max_rate=max_rate)
     execute(plan, dry_run=dry_run, yes=yes, as_json=as_json,
             secrets={_move.ORIGIN_DSN_SECRET: origin_dsn} if origin_dsn else None)
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
-from rich.tree import Tree
 
+from ..status import human_rows as _rows
+from ..status import human_size as _size
 from ..status import table_status
 from .app import app
 from .common import db, json_option, out, print_json
+
+if TYPE_CHECKING:
+    from rich.tree import Tree
 
 
 @app.command()
@@ -33,9 +36,14 @@ def status(table: str, as_json: bool) -> None:
 def render(st: dict[str, Any]) -> None:
     for r in st.get("residue", []):
         out.print(f"UNFINISHED JOB: {r['message']}", markup=False, style="bold red")
+    for sc in st.get("span_checks", []):
+        head = "UNFINISHED JOB" if sc["job"] is not None else "LEFTOVER CHECK"
+        out.print(f"{head}: {sc['message']}", markup=False, style="bold red")
     head = (f"{st['table']}  {st['kind']}, {_rows(st['rows'])} rows, {_size(st['bytes'])}"
             + (f", {st['primary_key']}" if st.get("primary_key") else ""))
     if "partitioning" not in st:
+        from rich.table import Table  # each of rich's renderables when it is drawn
+
         t = Table(show_header=True, header_style="bold")
         for col in ("table", "kind", "rows (est.)", "size", "primary key"):
             t.add_column(col)
@@ -43,9 +51,13 @@ def render(st: dict[str, Any]) -> None:
                   st.get("primary_key") or "none")
         out.print(t)
         return
+    from rich.tree import Tree
+
     tree = Tree(head)
     _branch(tree, st["partitioning"])
     out.print(tree)
+    for fk in st.get("emulated_foreign_keys", []):
+        out.print(f"emulated foreign key {fk['name']}: {fk['summary']}", markup=False)
     if "policy" in st:
         pol = st["policy"]
         out.print("policy: " + (pol["summary"] if pol else "none (nothing maintains it; "
@@ -66,18 +78,3 @@ def _branch(node: Tree, p: dict[str, Any]) -> None:
         child = node.add(label)
         if "partitioning" in part:
             _branch(child, part["partitioning"])
-
-
-def _rows(n: int | None) -> str:
-    return "?" if n is None else f"{n:,}"
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "remote"
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"

@@ -15,27 +15,45 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from ..connection import Connection, Settings, connect
 from ..errors import ConfirmationRequired
-from ..execute import Event, Executor
-from ..plan import Plan
+from ..settings import Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+    from ..connection import Connection
+    from ..execute import Event
+    from ..plan import Plan
 
 
-def _console(stderr: bool) -> Console:
-    # Off a terminal (pipes, cron, CI logs) rich would crop trees at 80 columns; never crop.
-    probe = Console(stderr=stderr)
-    width = None if probe.is_terminal else 400
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+class _LazyConsole:
+    """A rich ``Console`` built on first use: rich takes longer to import than a command that
+    prints nothing of it (``--version``) takes to run."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            # Off a terminal (pipes, cron, CI logs) rich would crop trees at 80 columns;
+            # never crop.
+            probe = Console(stderr=self._stderr)
+            width = None if probe.is_terminal else 400
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True,
+                                    width=width)
+        return getattr(self._console, name)
 
 
-out = _console(stderr=False)
-err = _console(stderr=True)
+out = cast("Console", _LazyConsole(stderr=False))
+err = cast("Console", _LazyConsole(stderr=True))
 
 
 @dataclass
@@ -52,6 +70,15 @@ yes_option = click.option("--yes", "-y", is_flag=True,
                           help="Accept the consequences the plan lists without asking.")
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Machine-readable output on stdout.")
+jobs_option = click.option(
+    "--jobs", "-j", default="1", show_default=True, metavar="N|auto",
+    help="Copy on N connections at once, each a disjoint share of the table; auto picks from "
+         "max_parallel_workers, max_worker_processes, the free connections (and the cores, "
+         "when the server is on this machine), at most 4. --max-rate counts them together.")
+
+max_rate_option = click.option(
+    "--max-rate", type=click.FloatRange(min=1), default=None, metavar="ROWS/S",
+    help="Bulk copy at most this many rows per second (every --jobs connection together).")
 
 
 def settings() -> Settings:
@@ -59,7 +86,20 @@ def settings() -> Settings:
 
 
 def db() -> Connection:
+    from ..connection import connect
+
     return connect(STATE.settings)
+
+
+def comma_list(text: str | None, option: str) -> list[str] | None:
+    """``RU,US, GB`` -> ``["RU", "US", "GB"]`` (None when the option was not given); an empty
+    item is a usage error naming ``option``."""
+    if text is None:
+        return None
+    vals = [v.strip() for v in text.split(",")]
+    if not all(vals):
+        raise click.BadParameter("empty value in the list", param_hint=option)
+    return vals
 
 
 def print_json(obj: Any) -> None:
@@ -92,6 +132,8 @@ class Reporter:
         """On a terminal, progress that counts (``done``/``total``) shows as a bar with the
         rate and the time left."""
         if self._bar is None:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
             self._bar = Progress(TextColumn("    {task.description}"), BarColumn(),
                                  TextColumn("{task.fields[count]}"),
                                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
@@ -130,7 +172,14 @@ class Reporter:
             held = ev.data.get("held_ms")
             if held is not None and ev.step is not None and ev.step.strongest_lock is not None \
                     and ev.step.strongest_lock.level.blocks_writes:
-                extra += f", {ev.step.strongest_lock.level.value} held {held:.0f} ms"
+                blocking = [lk for lk in ev.step.locks if lk.level.blocks_writes]
+                if any("(detached, unused)" in lk.on for lk in blocking):
+                    # a table nobody uses any more (dropping it grows with its size): not a
+                    # hold the application waits on; say which locks the figure is about
+                    extra += (f", locks held up to {held:.0f} ms: "
+                              + "; ".join(str(lk) for lk in blocking))
+                else:
+                    extra += f", {ev.step.strongest_lock.level.value} held {held:.0f} ms"
             err.print(f"{stamp}  [{ev.index + 1}/{ev.total}] done ({extra})")
         elif ev.kind == "retry":
             err.print(f"{stamp}    lock not available, {ev.message}")
@@ -168,6 +217,8 @@ def execute(plan: Plan, *, dry_run: bool, yes: bool, as_json: bool = False,
         for w in plan.warnings:
             err.print(f"warning: {w}", markup=False)
         confirm("Proceed with the changes listed above?", yes)
+    from ..execute import Executor
+
     job_id = Executor(STATE.settings, Reporter(), secrets=secrets).run(plan)
     if as_json:
         print_json({"job": job_id, "operation": plan.operation, "target": plan.target,

@@ -1,36 +1,31 @@
-"""Entry point: the command group with every command module attached, and exit codes."""
+"""Entry point: the command group and exit codes. The command modules are imported by the
+group when their command runs (``app.COMMANDS``)."""
 
 from __future__ import annotations
 
 import sys
 
 import click
-import psycopg
 
-from ..connection import redact
 from ..errors import PgcleaveError, Refused
-from . import (
-    cmd_copy,
-    cmd_demo,
-    cmd_doctor,
-    cmd_drop_partition,
-    cmd_jobs,
-    cmd_keys,
-    cmd_maintain,
-    cmd_partition,
-    cmd_sandbox,
-    cmd_server,
-    cmd_shards,
-    cmd_status,
-)
+from ..settings import redact
 from .app import app
 from .common import err
 
-#: The modules whose commands are attached to ``app`` (each does so as it is imported).
-COMMAND_MODULES = (
-    cmd_copy, cmd_demo, cmd_doctor, cmd_drop_partition, cmd_jobs,
-    cmd_keys, cmd_maintain, cmd_partition, cmd_sandbox, cmd_server, cmd_shards, cmd_status,
-)
+
+def _driver_error(exc: Exception) -> None:
+    """Exit with the code of a database error the driver raised; return for anything else.
+    The driver is looked up, not imported: a command that never connected raised none."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None or not isinstance(exc, psycopg.Error):
+        return
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        err.print(f"error: {redact(str(exc).strip())}; nothing was changed", markup=False)
+        err.print("hint: `pgcleave doctor TABLE` lists what this role can do here and the "
+                  "grants that fix the rest", markup=False)
+        sys.exit(Refused.exit_code)
+    err.print(f"error: {redact(str(exc).strip())}", markup=False)
+    sys.exit(1)
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -42,14 +37,6 @@ def run(argv: list[str] | None = None) -> None:
         if exc.hint:
             err.print(f"hint: {exc.hint}", markup=False)
         sys.exit(exc.exit_code)
-    except psycopg.errors.InsufficientPrivilege as exc:
-        err.print(f"error: {redact(str(exc).strip())}; nothing was changed", markup=False)
-        err.print("hint: `pgcleave doctor TABLE` lists what this role can do here and the "
-                  "grants that fix the rest", markup=False)
-        sys.exit(Refused.exit_code)
-    except psycopg.Error as exc:
-        err.print(f"error: {redact(str(exc).strip())}", markup=False)
-        sys.exit(1)
     except click.exceptions.Abort:
         err.print("aborted")
         sys.exit(130)
@@ -58,5 +45,8 @@ def run(argv: list[str] | None = None) -> None:
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        _driver_error(exc)
+        raise
     sys.exit(0)
 

@@ -110,8 +110,10 @@ class Bound:
         raise Refused(f"no predicate for a {self.kind} bound")
 
     def check(self, col: sql.Composable, type_name: str) -> sql.Composable:
-        """A CHECK that proves this bound to ATTACH (a range excludes NULL keys)."""
-        if self.kind == "range":
+        """A CHECK that proves this bound to ATTACH: it excludes NULL keys unless the bound
+        holds NULL (a CHECK passes on NULL, so without that ATTACH scans the table for them,
+        under its ACCESS EXCLUSIVE lock, when the key column may be NULL)."""
+        if self.kind == "range" or (self.kind == "list" and not self.has_null):
             return sql.SQL("{} IS NOT NULL AND {}").format(col, self.predicate(col, type_name))
         return self.predicate(col, type_name)
 
@@ -243,6 +245,18 @@ def bound_le(conn: Connection, x: sql.Composable | None, y: sql.Composable | Non
 
 
 def bound_contains(conn: Connection, outer: Bound, inner: Bound, t: str) -> bool:
+    """Whether every value of ``inner`` lies in ``outer`` (ranges, or value lists compared
+    by the server in the key's type)."""
+    if outer.kind == inner.kind == "list":
+        if inner.has_null and not outer.has_null:
+            return False
+        if not inner.values:
+            return True
+        if not outer.values:
+            return False
+        return server_bool(conn, sql.SQL("ARRAY[{}] <@ ARRAY[{}]").format(
+            sql.SQL(", ").join(cast(v, t) for v in inner.values),
+            sql.SQL(", ").join(cast(v, t) for v in outer.values)))
     return (bound_le(conn, outer.lower, inner.lower, t, x_min=True, y_min=True)
             and bound_le(conn, inner.upper, outer.upper, t, x_min=False, y_min=False))
 

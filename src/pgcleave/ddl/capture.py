@@ -88,6 +88,30 @@ class CopyAcross:
         return sql.SQL("COPY (SELECT {} FROM ONLY {}) TO STDOUT{}").format(
             collist(self.columns), self.src.ident, self._fmt())
 
+    def key_range(self, types: list[str], after: list[str] | None,
+                  upto: list[str] | None) -> sql.Composable:
+        """The keys in ``(after, upto]`` (None: no bound on that side), compared as rows in
+        the key's types: one share of a parallel copy (``--jobs``)."""
+        k = collist(self.pk)
+
+        def row(vals: list[str]) -> sql.Composable:
+            return sql.SQL(", ").join(sql.SQL("CAST({} AS {})").format(sql.Literal(v), sql.SQL(t))
+                                      for v, t in zip(vals, types, strict=True))
+
+        conds = ([sql.SQL("({}) > ({})").format(k, row(after))] if after is not None else []) \
+            + ([sql.SQL("({}) <= ({})").format(k, row(upto))] if upto is not None else [])
+        return sql.SQL(" AND ").join(conds) if conds else sql.SQL("true")
+
+    def range_out(self, cond: sql.Composable) -> sql.Composed:
+        return sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT{}").format(
+            collist(self.columns), self.src.ident, cond, self._fmt())
+
+    def range_delete(self, cond: sql.Composable) -> sql.Composed:
+        """What an earlier try of a share left on the destination (its commit and the
+        journal's are on two servers: a kill between them leaves the share copied but not
+        recorded), deleted in the transaction that copies it again."""
+        return sql.SQL("DELETE FROM ONLY {} WHERE {}").format(self.dst.ident, cond)
+
     @property
     def rows_in(self) -> sql.Composed:
         return sql.SQL("COPY {} ({}) FROM STDIN{}").format(

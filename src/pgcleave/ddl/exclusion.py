@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from ..catalog import TableInfo
 from ..connection import Connection
 from ..names import QualifiedName
-from ..plan import Lock, LockTaken, Residue, Step
+from ..plan import Lock, LockTaken, Residue, Statement, Step
+from ..span_checks import SPAN_CHECK  # the CHECK proving a DEFAULT holds no row of a span
 from .bounds import (
     Bound,
     cast,
@@ -108,3 +110,53 @@ def run_exclusion(conn: Connection, strategy: str, bounds: list[Bound], col: sql
             alts.append(sql.SQL("{} IS NULL").format(col))
         parts.append(sql.SQL("({})").format(sql.SQL(" OR ").join(alts)))
     return sql.SQL(" AND ").join(parts)
+
+
+
+
+def span_exclusion(conn: Connection, info: TableInfo, bounds: list[Bound], *, op: str,
+                   tag: str, done: sql.Composable, suffix: str = ""
+                   ) -> tuple[list[Step], list[Statement]]:
+    """Steps that let partitions re-cut beside a DEFAULT attach without scanning it, and the
+    statement that drops their CHECK after the swap (nothing when there is no DEFAULT).
+
+    ATTACH scans the DEFAULT under ACCESS EXCLUSIVE for rows of the new bound unless one of
+    its CHECKs proves there are none. The new partitions cover exactly ``bounds`` (the old
+    partitions' span): rows of the span route to the old partitions, so the DEFAULT holds
+    none and a CHECK excluding the span, added NOT VALID (catalog only) and validated while
+    writes go on, refuses no application row (no residue). It is dropped after the swap: kept,
+    it would refuse the span's rows once one of its partitions is detached (retention), as
+    carve's DEFAULT CHECKs would. ``tag`` keeps the constraints of several batches apart;
+    ``done`` is true once the swap has begun (the steps are then not needed any more)."""
+    p = info.partitioning
+    if p is None or p.default is None:
+        return [], []
+    dflt = p.default.name
+    con = sql.Identifier(f"{SPAN_CHECK}_{tag}")
+    check = run_exclusion(conn, p.strategy, bounds, sql.Identifier(p.key_columns[0]),
+                          p.key_types[0])
+    drop = sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(dflt.ident, con)
+    what = ", ".join(b.describe() for b in bounds)
+
+    def guard(validated: bool) -> sql.Composable:
+        return sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass({}) AND "
+            "conname = {}{}) OR {}").format(
+            dflt.literal, sql.Literal(f"{SPAN_CHECK}_{tag}"),
+            sql.SQL(" AND convalidated" if validated else ""), done)
+
+    steps = [
+        Step.sql(f"{op}-exclude-default{suffix}",
+                 f"add a CHECK excluding {what} to the DEFAULT {dflt} NOT VALID (no scan), so "
+                 "that the swap's ATTACH does not scan it",
+                 [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({}) NOT VALID").format(
+                     dflt.ident, con, check)],
+                 locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{dflt} (brief, no scan)")],
+                 guard=guard(False), undo=[drop]),
+        Step.sql(f"{op}-validate-default{suffix}",
+                 f"validate it: scans {dflt} while writes continue (its rows of {what} route "
+                 "to the partitions being re-cut: there are none)",
+                 [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(dflt.ident, con)],
+                 locks=[LockTaken(Lock.SHARE_UPDATE_EXCLUSIVE, str(dflt))],
+                 guard=guard(True), nothing_to_undo=True)]
+    return steps, [drop]

@@ -19,16 +19,14 @@ gids still 'preparing' whose job is not running are rolled back. ``resume``/``ro
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import uuid
 from typing import NotRequired, TypedDict, cast
 
 import psycopg
 from psycopg import sql
 
-from .. import preflight, servers
+from .. import faults, preflight, servers
 from ..catalog import TableInfo, snapshot
 from ..connection import Connection
 from ..errors import Refused, StepFailed
@@ -228,13 +226,6 @@ def _strip_literals(text: str) -> str:
     return re.sub(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"", "''", text)
 
 
-def _fault(point: str) -> None:
-    """Test hook inside the two-phase action: PGCLEAVE_FAULT=kill-in:POINT."""
-    spec = os.environ.get("PGCLEAVE_FAULT", "")
-    if f"kill-in:{point}" in spec.split(","):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _gid_prefix(conn: Connection) -> str:
     row = conn.execute("SELECT (SELECT system_identifier FROM pg_control_system()),"
                        " (SELECT oid FROM pg_database WHERE datname = current_database())"
@@ -282,14 +273,14 @@ def _attempt(ctx: ActionContext, side: Connection, table: QualifiedName) -> None
                 ctx.set_lock_timeout(rc)
                 rc.execute(s["statement"].encode())
                 rc.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
-                _fault("alter-prepared")
+                faults.kill_at("kill-in", "alter-prepared")
             conn.execute(p["statement"].encode())
             conn.execute("UPDATE pgcleave.twophase SET state = 'commit', updated_at ="
                          " clock_timestamp() WHERE gid = ANY(%s)", [[g for g, _, _ in remotes]])
             conn.execute("UPDATE pgcleave.sharded_tables SET columns ="
                          " pgcleave.columns_signature(relid), updated_at = clock_timestamp()"
                          " WHERE relid = %s::regclass", [table.quoted])
-            _fault("alter-before-decision")
+            faults.kill_at("kill-in", "alter-before-decision")
     except BaseException as exc:
         gids = [g for g, _, _ in remotes]
         row = side.execute("SELECT count(*) FROM pgcleave.twophase WHERE gid = ANY(%s) AND"

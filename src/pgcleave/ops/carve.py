@@ -48,12 +48,27 @@ from ..ddl.bounds import (
     same_value,
 )
 from ..ddl.capture import key_log_function
-from ..ddl.exclusion import run_exclusion
-from ..ddl.tables import collist, index_tail, insert_columns, is_partition_of, overriding
+from ..ddl.exclusion import run_exclusion, span_exclusion
+from ..ddl.parallel import Jobs, resolve_jobs
+from ..ddl.standalone import (
+    BOUND_CHECK,
+    digest_query,
+    drop_copied,
+    hashes_by_type,
+    index_statements,
+    like_source,
+)
+from ..ddl.tables import collist, insert_columns, is_partition_of, overriding
 from ..errors import Refused
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Statement, Step, render
-from .carve_state import CopyParams, SwapGroup, SwapParams, VerifyParams
+from .carve_state import (
+    CopyParams,
+    SwapGroup,
+    SwapParams,
+    VerifyParams,
+    parallel_copy,
+)
 
 # The direct method holds ACCESS EXCLUSIVE on the parent while it moves the carved rows and
 # PostgreSQL scans the rest of the DEFAULT. Measured on the reference machine (2 cores, PG 15,
@@ -64,7 +79,6 @@ from .carve_state import CopyParams, SwapGroup, SwapParams, VerifyParams
 # cut-over's own (~20-25 ms measured) plus margin; anything larger is copied and swapped.
 DIRECT_ROWS_PER_MS = 400.0
 DIRECT_MAX_LOCK_MS = 50
-BOUND_CHECK = "pgcleave_bound"
 SUB_CHECK = "pgcleave_sub_bound"
 HOLD_CHECK = "pgcleave_hold"
 CAPTURE_TRIGGER = "pgcleave_carve"
@@ -79,16 +93,21 @@ CATCHUP_ROWS = 1000
 # Before the first swap transaction, replays run until fewer keys than this are left, so the
 # replay inside it (under ACCESS EXCLUSIVE) handles only a handful.
 FINAL_REPLAY_ROWS = 100
+#: The most connections one bulk copy of carve (drain, split, merge, reslice) uses.
+MAX_COPY_JOBS = 8
+ONE = Jobs(1, "--jobs 1")
 
 
 @dataclass
 class Sub:
-    """A piece that is itself range-partitioned (a new branch of a two-level table): its
-    sub-partitions by name and bound, and the name of its DEFAULT if it gets one."""
+    """A piece that is itself partitioned (a new branch): its partitions by name and bound,
+    its DEFAULT's name, and the oid of the table whose indexes each one copies (its source)."""
 
     key: str
     parts: list[tuple[str, Bound]] = field(default_factory=list)
     default: str | None = None
+    strategy: str = "range"  # or list (a branch split by ops/branch.py)
+    origin: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,7 +147,8 @@ def plan_carve(conn: Connection, table: str, ranges_or_values: Sequence[PieceLik
                names: Sequence[str] | None = None, method: str = "auto",
                max_lock_ms: float = DIRECT_MAX_LOCK_MS, batch_size: int = CATCHUP_ROWS,
                sleep_ms: int = 0, also: Sequence[Bound] = (),
-               swap_batch: int = SWAP_BATCH, info: TableInfo | None = None) -> Plan:
+               swap_batch: int = SWAP_BATCH, info: TableInfo | None = None,
+               jobs: str | int | Jobs = 1, max_rate: float | None = None) -> Plan:
     """Plan moving rows of the given ranges (``("A", "B")``) or value lists (``["x", "y"]``)
     of ``table`` out of the partition that holds them into new partitions.
 
@@ -139,8 +159,9 @@ def plan_carve(conn: Connection, table: str, ranges_or_values: Sequence[PieceLik
     that earlier steps of the same job create (``maintain``'s premake), so the new DEFAULT's
     CHECK excludes them too. ``swap_batch``: pieces attached per swap transaction.
     ``info``: the table's catalog snapshot when the caller read it already (``maintain``: a
-    snapshot of 1,000 partitions takes ~100-250 ms). ``sleep_ms`` is accepted for
-    compatibility and unused.
+    snapshot of 1,000 partitions takes ~100-250 ms). ``jobs`` (``--jobs N|auto``): the swap
+    method's bulk copy on that many connections (``parallel_copy``); ``max_rate``: rows per
+    second over all of them. ``sleep_ms`` is accepted for compatibility and unused.
     """
     del sleep_ms
     if method not in ("auto", "direct", "swap"):
@@ -171,7 +192,7 @@ def plan_carve(conn: Connection, table: str, ranges_or_values: Sequence[PieceLik
                 raise Refused(f"{b.describe()} and {b2.describe()} overlap")
 
     source = _find_source(conn, info, bounds)
-    if source.kind != "r":
+    if source.kind != "r" and (source.kind != "p" or not all(p.sub for p in pieces)):
         raise Refused(f"the rows sit in {source.name}, which is "
                       f"{'foreign' if source.kind == 'f' else 'itself partitioned'}",
                       hint="carve works on local, plain partitions")
@@ -222,31 +243,39 @@ def plan_carve(conn: Connection, table: str, ranges_or_values: Sequence[PieceLik
     notes = [f"carve from {source.name} ({source.bound}): method {method}: {why}"]
 
     src_info = snapshot(conn, source.name.quoted)
+    nj = ONE
     if method == "direct":
         steps = [_direct_step(info, src_info, source, targets)]
+        if str(getattr(jobs, "n", jobs)) != "1":
+            notes.append(f"--jobs {getattr(jobs, 'n', jobs)} is not used: the direct method "
+                         "moves the rows in one statement")
     else:
-        if part.default is not None and not source.is_default:
-            raise Refused(f"{parent} also has a DEFAULT partition ({part.default.name}); "
-                          "splitting a range partition would scan it under an exclusive lock",
-                          hint="carve the DEFAULT empty first, or split by hand")
+        nj = jobs if isinstance(jobs, Jobs) else resolve_jobs(conn, jobs, limit=MAX_COPY_JOBS)
         if src_info.primary_key is None:
             raise Refused(f"{source.name} has no primary key: the change capture needs one to "
                           "keep copies in sync",
                           hint="add a primary key or unique index to the partition first")
         rest = _remainder(conn, info, source, src_bound, targets)
         steps = _swap_steps(conn, info, src_info, source, targets, rest, list(also),
-                            batch_size, swap_batch)
+                            batch_size, swap_batch, jobs=nj, max_rate=max_rate)
+        if not source.is_default:  # a partition split beside a DEFAULT
+            retired = source.name.sibling(child_name(source.name.name, "pgcleave_retired"))
+            pre, post = span_exclusion(
+                conn, info, [src_bound], op="carve", tag=str(source.oid),
+                done=sql.SQL("to_regclass({}) IS NOT NULL").format(retired.literal))
+            steps = [*pre, *steps[:-1], dataclasses.replace(
+                steps[-1], statements=(*steps[-1].statements, *map(render, post)))]
         notes.append(f"needs free space for a copy of {source.name} ({_size(source.bytes)})")
     args = {"pieces": [b.describe() for b in bounds], "source": source.name.quoted,
-            "method": method, "targets": [tg.name.quoted for tg in targets]}
+            "method": method, "targets": [tg.name.quoted for tg in targets],
+            **({"jobs": nj.n} if str(getattr(jobs, "n", jobs)) != "1" else {}),
+            **({"max_rate": max_rate} if max_rate else {})}
     return Plan("carve", parent.quoted, args, steps, notes=notes,
                 requires=[*preflight.table_change(parent), preflight.owner(source.name)])
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    return f"{n / 1024 / 1024:.1f} MB"
+    return "?" if n is None else f"{n / 1024 / 1024:.1f} MB"
 
 
 def _relations(conn: Connection, reqs: list[Bound], parts: list[Partition], t: str
@@ -261,7 +290,7 @@ def _relations(conn: Connection, reqs: list[Bound], parts: list[Partition], t: s
         over = {(i, j) for i, r in enumerate(reqs) for j, b in enumerate(pbs)
                 if bounds_overlap(conn, r, b, t)}
         inside = {(i, j) for i, j in over
-                  if reqs[i].kind == pbs[j].kind == "range"
+                  if reqs[i].kind == pbs[j].kind
                   and bound_contains(conn, pbs[j], reqs[i], t)}
         return over, inside
 
@@ -321,16 +350,11 @@ def _find_source(conn: Connection, info: TableInfo, bounds: list[Bound]) -> Part
     return found
 
 
-
-
-
-
-
-
 def _remainder(conn: Connection, info: TableInfo, source: Partition, src_bound: Bound,
                targets: list[_Target]) -> list[_Target]:
-    """What stays: a new DEFAULT (its CHECK excludes every partition's bound), or for a range
-    source the gaps its new partitions leave; the first takes the source's name at the swap."""
+    """What stays: a new DEFAULT (its CHECK excludes every partition's bound), for a range
+    source the gaps its new partitions leave, for a list source one partition of the values
+    they do not take; the first takes the source's name at the swap."""
     part = info.partitioning
     assert part is not None
     t = part.key_types[0]
@@ -340,6 +364,9 @@ def _remainder(conn: Connection, info: TableInfo, source: Partition, src_bound: 
                       hint="drop it, or resume/rollback the job that created it")
     if source.is_default:
         return [_Target(source.name, filling, Bound("default"))]
+    if src_bound.kind == "list":
+        left = _values_left(conn, src_bound, [tg.bound for tg in targets], t)
+        return [_Target(source.name, filling, left)] if left is not None else []
     ordered = _order_ranges(conn, targets, t)
     gaps: list[Bound] = []
     lo = src_bound.lower
@@ -361,6 +388,21 @@ def _remainder(conn: Connection, info: TableInfo, source: Partition, src_bound: 
     return out
 
 
+def _values_left(conn: Connection, src: Bound, taken: list[Bound], t: str) -> Bound | None:
+    """The values of list bound ``src`` that no bound of ``taken`` names (compared by the
+    server in the key's type), as one list bound; None when every value is taken."""
+    out = [sql.SQL("{}::{}").format(v, sql.SQL(t)) for v in src.values]
+    names = [v for b in taken for v in b.values]
+    keep = list(range(len(src.values)))
+    if src.values and names:
+        keep = [int(r[0]) - 1 for r in conn.execute(sql.SQL(
+            "SELECT i FROM unnest(ARRAY[{}]) WITH ORDINALITY u(v, i) WHERE v <> ALL(ARRAY[{}])"
+            " ORDER BY i").format(sql.SQL(", ").join(out), sql.SQL(", ").join(
+                cast(v, t) for v in names))).fetchall()]
+    null = src.has_null and not any(b.has_null for b in taken)
+    if not keep and not null:
+        return None
+    return Bound("list", values=[src.values[i] for i in keep], has_null=null)
 
 
 def _order_ranges(conn: Connection, targets: list[_Target], t: str) -> list[_Target]:
@@ -372,32 +414,6 @@ def _order_ranges(conn: Connection, targets: list[_Target], t: str) -> list[_Tar
         "SELECT i FROM (VALUES {}) v(i, lo) ORDER BY lo NULLS FIRST").format(
         sql.SQL(", ").join(rows))).fetchall()]
     return [targets[i] for i in order]
-
-
-def _like(src: TableInfo, new: QualifiedName, check: sql.Composable, *,
-          indexes: bool = True, partition_by: sql.Composable | None = None
-          ) -> list[Statement]:
-    """A standalone copy of the source's shape, with a CHECK of its bound: added to the empty
-    table, it is valid at once. With ``indexes`` the source's indexes come along (so ATTACH
-    finds every index of the parent); the swap method builds them after its bulk copy instead.
-    """
-    return [
-        sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING "
-                "GENERATED {}INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING "
-                "STATISTICS){}").format(
-            new.ident, src.name.ident, sql.SQL("INCLUDING INDEXES " if indexes else ""),
-            sql.SQL(" PARTITION BY {}").format(partition_by) if partition_by is not None
-            else sql.SQL("")),
-        *_drop_copied(src, new),
-        sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
-            new.ident, sql.Identifier(BOUND_CHECK), check)]
-
-
-def _drop_copied(src: TableInfo, new: QualifiedName) -> list[Statement]:
-    """``LIKE ... INCLUDING CONSTRAINTS`` copied the source's own pgcleave CHECKs (a DEFAULT's
-    bound, a legacy cutoff, a pending exclusion): the new table has its own bound instead."""
-    return [sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(new.ident, sql.Identifier(c.name))
-            for c in src.constraints if c.type == "c" and c.name.startswith("pgcleave_")]
 
 
 def _direct_step(info: TableInfo, src: TableInfo, source: Partition, targets: list[_Target]
@@ -414,7 +430,7 @@ def _direct_step(info: TableInfo, src: TableInfo, source: Partition, targets: li
         sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(parent.ident),
         sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(source.name.ident)]
     for tg in targets:
-        st += _like(src, tg.name, tg.bound.check(col, t))
+        st += like_source(src, tg.name, tg.bound.check(col, t))
     for tg in targets:
         st.append(sql.SQL(
             "WITH moved AS (DELETE FROM ONLY {} WHERE {} RETURNING *) "
@@ -446,8 +462,6 @@ def _direct_step(info: TableInfo, src: TableInfo, source: Partition, targets: li
         guard=is_partition_of(targets[-1].name, parent), undo=undo)
 
 
-
-
 def _span_of(strategy: str, ordered: list[_Target]) -> Bound:
     """The bound covering ``ordered`` (contiguous ranges in order, or list pieces)."""
     if strategy == "range":
@@ -473,48 +487,10 @@ def _span(conn: Connection, strategy: str, ordered: list[_Target], t: str) -> Bo
     return _span_of(strategy, ordered)
 
 
-def _index_statements(conn: Connection, src: TableInfo, hold: QualifiedName,
-                      leaves: list[QualifiedName]
-                      ) -> tuple[list[tuple[QualifiedName, list[Statement]]], list[Statement]]:
-    """The source's indexes for the copies, built after the bulk copy (a bulk load followed
-    by one sort per index, instead of index maintenance row by row): per leaf, the statements
-    that build its indexes (one transaction each, so the leaves can be built on several
-    connections at once), then the statements on the holder that run after every leaf is
-    built. Indexes attached to the parent's go on the holder too (so the swap's ATTACH finds
-    them): PostgreSQL finds each leaf's matching index (a constraint's index with the same
-    constraint) and attaches it instead of building another one. A partition's own unique
-    keys (they lack the partition key, the parent cannot have them) go on each leaf only."""
-    rows = conn.execute(
-        "SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisunique, con.contype::text,"
-        " pg_get_constraintdef(con.oid),"
-        " EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)"
-        " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-        " LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid"
-        " AND con.conrelid = i.indrelid"
-        " WHERE i.indrelid = %s AND i.indisvalid ORDER BY i.indexrelid", [src.oid]).fetchall()
-
-    def build(tab: QualifiedName, name: str, idxdef: str, unique: bool, contype: str | None,
-              condef: str | None) -> Statement:
-        if contype in ("p", "u", "x"):
-            return sql.SQL("ALTER TABLE {} ADD {}").format(tab.ident, sql.SQL(str(condef)))
-        tail = index_tail(idxdef)
-        return sql.SQL("CREATE {}INDEX ON {} {}").format(
-            sql.SQL("UNIQUE " if unique else ""), tab.ident, sql.SQL(tail))
-
-    per_leaf: list[tuple[QualifiedName, list[Statement]]] = [(leaf, []) for leaf in leaves]
-    top: list[Statement] = []
-    for name, idxdef, unique, contype, condef, attached in rows:
-        args = (str(name), str(idxdef), bool(unique), contype, condef)
-        for leaf, stmts in per_leaf:
-            stmts.append(build(leaf, *args))
-        if attached:
-            top.append(build(hold, *args))
-    return per_leaf, top
-
-
 def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Partition,
                 targets: list[_Target], rest: list[_Target], also: list[Bound],
-                catchup_rows: int, swap_batch: int) -> list[Step]:
+                catchup_rows: int, swap_batch: int, *, jobs: Jobs = ONE,
+                max_rate: float | None = None) -> list[Step]:
     """Copy with a key log, then swap in short transactions.
 
     The new tables are the leaves of a standalone partitioned *holder* (same partitioning as
@@ -564,6 +540,9 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
     retired = S.sibling(child_name(S.name, "pgcleave_retired"))
     as_default = source.is_default
     trig = sql.Identifier(CAPTURE_TRIGGER)
+    # A branch (ops/branch.py) is read through its leaves: whole, or (--jobs) leaf by leaf.
+    read = sql.SQL("{}" if source.kind == "p" else "ONLY {}").format(S.ident)
+    srcs = [x.name for x in source.partitioning.partitions] if source.partitioning else [S]
 
     # CHECKs: each piece its bound; the rest (a new DEFAULT) excludes every bound there will
     # be once the swap is done; the holder (and so each leaf) excludes the bounds of the
@@ -610,16 +589,16 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
         sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING "
                 "GENERATED INCLUDING STORAGE INCLUDING COMPRESSION) PARTITION BY {}").format(
             hold.ident, S.ident, strategy),
-        *_drop_copied(src, hold), *with_hold(hold)]
+        *drop_copied(src, hold), *with_hold(hold)]
     leaves: list[QualifiedName] = []
     for p, chk in zip(pieces, checks, strict=True):
         if p.sub is None:
-            prepare += _like(src, p.create_as, chk, indexes=False)
+            prepare += like_source(src, p.create_as, chk, indexes=False)
             prepare += with_hold(p.create_as)
             mine = [p.create_as]
         else:
-            prepare += _like(src, p.create_as, chk, indexes=False, partition_by=sql.SQL(
-                "RANGE ({})").format(sql.Identifier(p.sub.key)))
+            prepare += like_source(src, p.create_as, chk, indexes=False, partition_by=sql.SQL(
+                "{} ({})").format(sql.SQL(p.sub.strategy.upper()), sql.Identifier(p.sub.key)))
             prepare += with_hold(p.create_as)
             mine = []
             sub_col, sub_t = sql.Identifier(p.sub.key), src.column(p.sub.key).type
@@ -630,7 +609,7 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
                     prepare.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
                         child.ident, sql.Identifier(SUB_CHECK), b.check(sub_col, sub_t)
                         if b.kind != "default" else run_exclusion(
-                            conn, "range", [x for _, x in p.sub.parts], sub_col, sub_t)))
+                            conn, p.sub.strategy, [x for _, x in p.sub.parts], sub_col, sub_t)))
                 mine.append(child)
         for leaf in mine:
             for fk in info.foreign_keys_out:
@@ -678,12 +657,14 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
         # last replay runs under ACCESS EXCLUSIVE. Without JIT a replay of 500 keys takes ms.
         sql.SQL("SET LOCAL jit = off"),
         sql.SQL("DELETE FROM {} WHERE {}").format(hold.ident, in_log),
-        sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM ONLY {} WHERE {}").format(
-            hold.ident, collist(cols), overriding(src), collist(cols), S.ident, in_log),
+        sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM {} WHERE {}").format(
+            hold.ident, collist(cols), overriding(src), collist(cols), read, in_log),
         sql.SQL("DELETE FROM {}").format(log.ident)]
-    copy_sql = sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM ONLY {}").format(
-        hold.ident, collist(cols), overriding(src), collist(cols), S.ident)
-    per_leaf, index_top = _index_statements(conn, src, hold, leaves)
+    head = sql.SQL("INSERT INTO {} ({}){} SELECT {} FROM ").format(
+        hold.ident, collist(cols), overriding(src), collist(cols))
+    copy_sql = sql.Composed([head, read])
+    own = {S.sibling(n): o for p in pieces if p.sub for n, o in p.sub.origin.items()}
+    per_leaf, index_top = index_statements(conn, src, hold, leaves, own)
     # Each plain piece is analyzed right after its indexes are built, on the connection that
     # built them; a partitioned piece (two levels) is analyzed whole in the verify step.
     sub_pieces = [p.create_as for p in pieces if p.sub is not None]
@@ -692,21 +673,26 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
                                  if leaf in plain else []))
                  for leaf, stmts in per_leaf]
     index_sql = [x for _, stmts in leaf_jobs for x in stmts] + index_top
+    par, shown, how = parallel_copy(jobs, [(x, sql.Composed([head, sql.SQL("ONLY {}").format(
+        x.ident)])) for x in srcs], hold, max_rate)
     copy_step = Step.sql(
         "carve-copy",
-        f"copy the rows of {S} into {names} in one statement (one snapshot), build and "
+        f"copy the rows of {S} into {names} {how}, build and "
         "analyze their indexes (two connections), then replay the logged keys until few are "
-        "left", [copy_sql, *index_sql, *replay],
+        "left", [shown or copy_sql, *index_sql, *replay],
         locks=[LockTaken(Lock.ACCESS_SHARE, f"{S} (reads only)")], ddl=False)
     # A rollback refused once the swap had begun may have marked this step undone; a resume
     # then runs it again: it sees the swap begun and does nothing.
     done_first = sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(retired.literal)
-    copy_step = dataclasses.replace(copy_step, action="carve.copy", params=CopyParams(
+    cp = CopyParams(
         copy=render(copy_sql), index=[render(x) for x in index_sql],
         leaf_jobs=[(leaf.quoted, [render(x) for x in stmts]) for leaf, stmts in leaf_jobs],
         index_top=[render(x) for x in index_top],
         replay=[render(x) for x in replay], catchup_rows=catchup_rows,
-        begun=render(done_first)))
+        begun=render(done_first))
+    if par:
+        cp["parallel"] = par
+    copy_step = dataclasses.replace(copy_step, action="carve.copy", params=cp)
     steps.append(copy_step)
 
     verify_stmts: list[Statement] = []
@@ -717,8 +703,9 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
     # Not the holder: it is dropped after the swap, its own (inherited) statistics are never
     # used, and computing them took another sample of every leaf (~0.4 s for 1M rows).
     verify_stmts += [sql.SQL("ANALYZE {}").format(x.ident) for x in sub_pieces]
-    count_src = sql.SQL("SELECT count(*) FROM ONLY {}").format(S.ident)
-    count_copies = sql.SQL("SELECT count(*) FROM {}").format(hold.ident)
+    by_type = hashes_by_type(conn, S)
+    count_src = digest_query([S], only=source.kind != "p", by_type=by_type)
+    count_copies = digest_query([hold], only=False, by_type=by_type)
     verify = Step.sql(
         "carve-verify",
         f"validate foreign keys and check in one snapshot (after a replay; the source counted "
@@ -758,8 +745,15 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
     groups: list[SwapGroup] = []
     batch = max(1, swap_batch)
     ordered = _order_ranges(conn, targets, t) if part.strategy == "range" else list(targets)
-    span = _span(conn, part.strategy, ordered, t) if as_default else None
-    if as_default and span is not None:
+    # A range split into more pieces than one swap transaction moves, with no remainder
+    # (split, reslice): the holder takes the source's place whole (its leaves' CHECKs prove
+    # its bound), then the pieces move to the parent a few per transaction, as below.
+    whole = not as_default and not rest and len(ordered) > batch
+    span = _span(conn, part.strategy, ordered, t) if as_default or whole else None
+    if whole and span is not None:
+        first += [sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
+            parent.ident, hold.ident, span.for_values()), *mark(hold, targets)]
+    if span is not None:
         # The holder goes in as an ordinary partition covering the new partitions' bounds
         # (one range, or their list values) and the remainder as the new DEFAULT, in the
         # first transaction. Never as the DEFAULT itself: a partitioned DEFAULT that has a
@@ -769,8 +763,8 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
         # for seconds while the holder was attached. As a range partition: 0.4 ms.
         # The holder has no CHECK of its span (its DEFAULT leaf holds the remainder until
         # then): PostgreSQL proves the span from each leaf's CHECK, no leaf is scanned.
-        r = rest[0]
-        first += [
+        r = rest[0] if rest else None
+        first += [] if r is None else [
             *move(r)[:-1],
             sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
                 parent.ident, hold.ident, span.for_values()),
@@ -824,9 +818,10 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
     swap = Step.sql(
         "carve-swap",
         f"short transactions: detach {S} and attach "
-        + (f"{hold.name} for {span.describe()} and {rest[0].name.name} as the DEFAULT; then "
-           f"move {swap_batch} piece(s) per transaction from {hold.name} to {parent}"
-           if as_default and span is not None else
+        + (f"{hold.name} for {span.describe()}"
+           + (f" and {rest[0].name.name} as the DEFAULT" if rest else "")
+           + f"; then move {swap_batch} piece(s) per transaction from {hold.name} to {parent}"
+           if span is not None else
            f"{hold.name} as the DEFAULT; then move {swap_batch} piece(s) per transaction "
            f"from {hold.name} to {parent}; then attach {rest[0].name.name} as the DEFAULT"
            if as_default else ", ".join(p.name.name for p in pieces))
@@ -843,9 +838,10 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
         catchup_rows=min(catchup_rows, FINAL_REPLAY_ROWS)))
     steps.append(swap)
 
+    # One (idempotent) statement per transaction, the detached table's drop first: locks on
+    # live partitions are never held while its files are removed (that grows with its size).
     drop_old: list[Statement] = [sql.SQL("DROP TABLE IF EXISTS {}").format(retired.ident),
-                                 sql.SQL("DROP TABLE IF EXISTS {}").format(log.ident),
-                                 sql.SQL("DROP FUNCTION IF EXISTS {}()").format(fname.ident)]
+                                 sql.SQL("DROP TABLE IF EXISTS {}").format(log.ident)]
     # A DEFAULT whose CHECK excludes every other bound would refuse rows of a range whose
     # partition is later detached (retention): its CHECK only had to prove the attach.
     drop_old += [sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
@@ -866,10 +862,14 @@ def _swap_steps(conn: Connection, info: TableInfo, src: TableInfo, source: Parti
             "END LOOP; END $pgcleave$").format(
             t=p.name.literal, tmp=sql.Literal(p.create_as.name), s=sql.Literal(p.name.schema),
             final=sql.Literal(p.name.name)))
+    locks = [LockTaken(Lock.ACCESS_EXCLUSIVE, f"{retired} (detached, unused)")]
+    locks += [LockTaken(Lock.ACCESS_EXCLUSIVE, "each new partition, catalog only")
+              ] * (len(drop_old) > 2)
+    drop_old.append(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(fname.ident))  # last
     steps.append(Step.sql(
         "carve-drop-old", f"drop the detached {retired.name}, the key log and the capture "
-        "function", drop_old,
-        locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, f"{retired} (detached, unused)")],
-        guard=sql.SQL("SELECT to_regclass({}) IS NULL AND to_regclass({}) IS NULL").format(
-            retired.literal, log.literal), undo=[]))
+        "function", drop_old, transactional=False, locks=locks,
+        guard=sql.SQL("SELECT to_regclass({}) IS NULL AND to_regclass({}) IS NULL AND "
+                      "to_regprocedure({}) IS NULL").format(
+            retired.literal, log.literal, sql.Literal(f"{fname.quoted}()")), undo=[]))
     return steps

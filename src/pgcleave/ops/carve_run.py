@@ -8,16 +8,20 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from psycopg import sql
 
-from ..connection import Connection
+from .. import journal
+from ..connection import Connection, pipelined_transaction
+from ..ddl.parallel import block_layout, block_shares, run_queue
 from ..errors import StepFailed
 from ..execute import ActionContext
-from ..throttle import Throttle
+from ..faults import kill_if_due
+from ..throttle import RateLimit, Throttle
 from .carve import FINAL_REPLAY_ROWS
-from .carve_state import CopyParams, SwapParams, VerifyParams
+from .carve_state import CopyParams, ParallelCopy, SwapParams, VerifyParams
 
 T = TypeVar("T")
 
@@ -33,6 +37,11 @@ SWAP_RETRY_CAP_S = 0.25
 
 #: The most rows one range of the bulk copy reads (``--batch-time`` sizes them below this).
 BULK_RANGE_ROWS = 200_000
+
+#: A range of a parallel bulk copy is its own transaction and journal row, sized to last
+#: about this long (or --batch-time if longer): no application write ever waits on these
+#: rows, and longer ranges cost fewer commits.
+PARALLEL_RANGE_MS = 250
 
 
 def _replay(conn: Connection, statements: list[str]) -> int:
@@ -132,13 +141,9 @@ def _bulk_copy(ctx: ActionContext, statement: str, throttle: Throttle) -> int:
     if not _ENDS_WITH_SOURCE.search(statement):
         return conn.execute(statement.encode()).rowcount
     source = statement[statement.rindex("FROM ONLY ") + len("FROM ONLY "):]
-    row = conn.execute(sql.SQL("SELECT pg_relation_size({}::regclass) / current_setting("
-                               "'block_size')::bigint, greatest(reltuples, 0) / greatest("
-                               "relpages, 1) FROM pg_class WHERE oid = {}::regclass").format(
-        sql.Literal(source), sql.Literal(source))).fetchone()
-    assert row is not None
-    blocks, per_block = int(row[0]), float(row[1] or 100.0)
-    cap = max(1, round(BULK_RANGE_ROWS / max(per_block, 1.0)))
+    layout = block_layout(conn, source)
+    blocks = layout.blocks
+    cap = max(1, round(BULK_RANGE_ROWS / max(layout.per_block, 1.0)))
     pacer = ctx.pacer(cap=cap, first=max(1, cap // 100))
     lo, n = 0, 0
     while True:
@@ -157,10 +162,170 @@ def _bulk_copy(ctx: ActionContext, statement: str, throttle: Throttle) -> int:
         lo = hi
 
 
+# -- the bulk copy on several connections (--jobs) -------------------------------------------
+@dataclass
+class _Run:
+    """What the connections of one parallel copy share."""
+
+    ctx: ActionContext
+    par: ParallelCopy
+    shares: list[dict[str, Any]]
+    snapshot: str
+    throttle: Throttle
+    rate: RateLimit
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    rows: int = 0
+    ranges: int = 0
+
+
+def _fresh_shares(conn: Connection, par: ParallelCopy) -> dict[str, Any]:
+    """A first run's shares: each source cut into ``jobs`` contiguous block ranges (its last
+    one open-ended: rows added at the end are the key log's, but copying them is harmless)."""
+    shares: list[dict[str, Any]] = []
+    nodes: list[int] = []
+    for i, src in enumerate(par["sources"]):
+        layout = block_layout(conn, src["source"])
+        nodes.append(layout.filenode)
+        shares += [{"source": i, "lo": lo, "hi": hi, "per_block": layout.per_block}
+                   for lo, hi in block_shares(layout.blocks, int(par["jobs"]))]
+    return {"filenodes": nodes, "shares": shares}
+
+
+def _positions(shares: list[dict[str, Any]], parts: dict[str, dict[str, Any]]
+               ) -> tuple[list[int], list[bool]]:
+    """Where each share stands: the end of its last committed range, and whether that was
+    its last. A share's ranges commit in order on one connection, so they form a prefix."""
+    at = [int(s["lo"]) for s in shares]
+    done = [False] * len(shares)
+    for part in parts.values():
+        k = int(part["share"])
+        if part.get("last"):
+            done[k] = True
+        elif part.get("hi") is not None:
+            at[k] = max(at[k], int(part["hi"]))
+    return at, done
+
+
+def _copy_share(run: _Run, conn: Connection, k: int, lo: int,
+                stop: threading.Event) -> None:
+    """One share, range after range, each in its own REPEATABLE READ transaction that
+    imports the run's snapshot and journals the range (``step_parts``) before it commits."""
+    ctx, share = run.ctx, run.shares[k]
+    src = run.par["sources"][int(share["source"])]
+    hi_share = share["hi"]
+    per_block = max(float(share["per_block"]), 1.0)
+    # --max-rate: a range holds at most PARALLEL_RANGE_MS of the rate, so the copy goes at
+    # the rate in small steps rather than in bursts at full speed with long rests between
+    rows = min(BULK_RANGE_ROWS, run.rate.rows_per_s * PARALLEL_RANGE_MS / 1000
+               if run.rate.rows_per_s else BULK_RANGE_ROWS)
+    cap = max(1, round(rows / per_block))
+    pacer = ctx.pacer(cap, max(1, cap // 100),
+                      target_ms=max(ctx.settings.batch_time_ms, PARALLEL_RANGE_MS))
+    end = int(hi_share) if hi_share is not None else block_layout(conn, src["source"]).blocks
+    set_snapshot = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(run.snapshot))
+    while not stop.is_set():
+        run.throttle.check()
+        last = lo + pacer.size >= end
+        hi: int | None = hi_share if last else lo + pacer.size
+        cond = (sql.SQL(" WHERE ctid >= {}::tid").format(sql.Literal(f"({lo},0)")) if hi is None
+                else sql.SQL(" WHERE ctid >= {}::tid AND ctid < {}::tid").format(
+                    sql.Literal(f"({lo},0)"), sql.Literal(f"({hi},0)")))
+        t = time.monotonic()
+        with pipelined_transaction(conn) as sync:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.execute(set_snapshot)
+            cur = conn.execute(sql.Composed([sql.SQL(src["copy"]), cond]))
+            sync()
+            n = max(cur.rowcount, 0)
+            journal.insert_part(conn, ctx.job_id, ctx.index, f"{k}:{lo}",
+                                {"share": k, "lo": lo, "hi": hi, "rows": n, "last": last})
+        with run.lock:
+            run.rows += n
+            run.ranges += 1
+            ranges = run.ranges
+        kill_if_due("kill-carve-after-ranges", ranges)
+        run.rate.add(n)  # the last range's rows too: the copy ends no sooner than the rate
+        if last:
+            return
+        assert hi is not None
+        pacer.record(hi - lo, time.monotonic() - t)
+        pacer.rest()
+        lo = hi
+
+
+def _parallel_copy(ctx: ActionContext, p: CopyParams, par: ParallelCopy,
+                   throttle: Throttle) -> int:
+    """The bulk copy on ``jobs`` connections (see ``carve_state.parallel_copy``); returns the rows
+    copied, in this run and the ones before.
+
+    Resumed after a kill, the shares go on from their last committed range in a new snapshot
+    T1, the ranges already copied being of the first one, T0. What the copies then hold is
+    still exact for every key no replay will touch: a row nobody wrote since T0 is the same
+    tuple at the same place in both snapshots, in one range, copied once; every row written
+    since T0 has its key in the log (the trigger was there before T0). A row an UPDATE moved
+    from a range not yet copied to one copied already (or back) may be missing or there
+    twice: its key is logged, and a replay before the indexes are built (a unique index
+    would refuse the second copy) sets it right. Only a rewrite of a source (VACUUM FULL,
+    CLUSTER: new tuple places, nothing logged) breaks that; its new filenode shows it, and
+    the copy then starts again from nothing."""
+    conn = ctx.conn
+    state = ctx.load()
+    parts = journal.load_parts(conn, ctx.job_id, ctx.index)
+    nodes = [block_layout(conn, s["source"]).filenode for s in par["sources"]]
+    if parts and state.get("filenodes") != nodes:
+        ctx.progress("a source was rewritten (VACUUM FULL, CLUSTER) since the copy began: "
+                     "copying again from the start", final=True)
+        with conn.transaction():
+            conn.execute(par["truncate"].encode())
+            journal.clear_parts(conn, ctx.job_id, ctx.index)
+        parts = {}
+    if not parts:
+        state = _fresh_shares(conn, par)
+        ctx.save(state)
+    shares: list[dict[str, Any]] = state["shares"]
+    at, done = _positions(shares, parts)
+    todo = [k for k in range(len(shares)) if not done[k]]
+    before = sum(int(x.get("rows", 0)) for x in parts.values())
+    if todo and parts and not state.get("mixed"):
+        state = {**state, "mixed": True}
+        ctx.save(state)
+    if todo:
+        _run_shares(ctx, par, shares, at, todo, throttle, before)
+    if state.get("mixed"):
+        n = _replay(conn, [s for s in p["replay"] if not s.startswith("SET LOCAL")])
+        ctx.progress(f"replayed {n:,} logged key(s) before the index builds (the copy was "
+                     "resumed in a second snapshot)", replayed=n, final=True)
+    return sum(int(x.get("rows", 0))
+               for x in journal.load_parts(conn, ctx.job_id, ctx.index).values())
+
+
+def _run_shares(ctx: ActionContext, par: ParallelCopy, shares: list[dict[str, Any]],
+                at: list[int], todo: list[int], throttle: Throttle, before: int) -> None:
+    """The shares left, on up to ``jobs`` connections taking them in turn, while the job's
+    connection holds the snapshot they import open."""
+    conn = ctx.conn
+    t0 = time.monotonic()
+    jobs = max(1, min(int(par["jobs"]), len(todo)))
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        run = _Run(ctx, par, shares, _snapshot_id(conn), throttle,
+                   RateLimit(float(par["max_rate"]) if par.get("max_rate") else None))
+
+        def report() -> None:
+            s = max(time.monotonic() - t0, 1e-6)
+            ctx.progress(f"copied {before + run.rows:,} rows ({run.rows / s:,.0f} rows/s, "
+                         f"{jobs} connections)", done=before + run.rows, rate=run.rows / s)
+
+        run_queue(todo, jobs, lambda c, k, stop: _copy_share(run, c, k, at[k], stop),
+                  open_worker=lambda i: ctx.connect(f"carve-copy {i + 1}/{jobs}"),
+                  report=report, name="pgcleave-carve")
+
+
 def copy(ctx: ActionContext) -> None:
     """The bulk copy (one statement, its progress saved in its transaction so a resumed job
-    does not copy twice), the index builds (two connections), then replays of the key log
-    until fewer than ``catchup_rows`` keys changed during the last one."""
+    does not copy twice; or, with ``--jobs``, ranges on several connections, each journaled
+    as it commits), the index builds (two connections), then replays of the key log until
+    fewer than ``catchup_rows`` keys changed during the last one."""
     conn = ctx.conn
     p = cast(CopyParams, ctx.params)
     if _begun(conn, p):
@@ -168,6 +333,14 @@ def copy(ctx: ActionContext) -> None:
     state = ctx.load()
     t0 = time.monotonic()
     with ctx.throttle() as throttle:
+        if "copied" not in state and "parallel" in p:
+            n = _parallel_copy(ctx, p, p["parallel"], throttle)
+            state = {"copied": n}
+            ctx.save(state)
+            s = time.monotonic() - t0
+            ctx.progress(f"copied {n:,} rows in {s:.1f} s on {p['parallel']['jobs']} "
+                         f"connection(s) ({n / max(s, 1e-6):,.0f} rows/s)", copied=n,
+                         final=True)
         if "copied" not in state:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -223,14 +396,14 @@ def verify(ctx: ActionContext) -> None:
         if "count_source" in p:
             snap = _snapshot_id(conn)
 
-            def count(side: Connection) -> int:
+            def count(side: Connection) -> tuple[Any, ...]:
                 with side.transaction():
                     side.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                     side.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
                         sql.Literal(snap)))
                     r = side.execute(p["count_source"].encode()).fetchone()
                 assert r is not None
-                return int(r[0])
+                return tuple(r)
 
             wait = _on_side(ctx, count)
             try:
@@ -238,21 +411,29 @@ def verify(ctx: ActionContext) -> None:
                     conn.execute(s.encode())
                 r = conn.execute(p["count_copies"].encode()).fetchone()
             finally:
-                n_src = wait()
+                src_digest = wait()
             assert r is not None
-            row: tuple[int, int] = (n_src, int(r[0]))
+            copy_digest = tuple(r)
         else:  # a job planned by an earlier version
             for s in p["replay"]:
                 conn.execute(s.encode())
             r = conn.execute(p["count"].encode()).fetchone()
             assert r is not None
-            row = (int(r[0]), int(r[1]))
-    if row[0] != row[1]:
-        raise StepFailed(f"the copies hold {row[1]:,} rows but the source {row[0]:,}",
+            src_digest, copy_digest = (r[0],), (r[1],)
+    # (count) or, planned since 0.3, (count, sum of the rows' hashes): same rows, same values
+    n_src, n_copy = int(src_digest[0]), int(copy_digest[0])
+    if n_src != n_copy:
+        raise StepFailed(f"the copies hold {n_copy:,} rows but the source {n_src:,}",
                          job_id=ctx.job_id,
                          hint=f"nothing was swapped; `pgcleave rollback {ctx.job_id}` removes "
                               "the copies")
-    ctx.progress(f"verified: {row[0]:,} rows in the source and in the copies", final=True)
+    if src_digest[1:] != copy_digest[1:]:
+        raise StepFailed(f"the copies hold {n_copy:,} rows as the source does, but their "
+                         "values differ (hash of every row)", job_id=ctx.job_id,
+                         hint=f"nothing was swapped; `pgcleave rollback {ctx.job_id}` removes "
+                              "the copies")
+    what = "rows (and row hashes)" if len(src_digest) > 1 else "rows"
+    ctx.progress(f"verified: {n_src:,} {what} in the source and in the copies", final=True)
 
 
 def swap(ctx: ActionContext) -> None:

@@ -3,9 +3,10 @@ Prometheus text exposition).
 
 Problems, one line each: premake horizon shorter than the policy asks, rows in a DEFAULT
 partition (with late rows for retired ranges told apart), a detach left pending, more leaf
-partitions than the planner handles well, retention overdue, a failed maintenance job, a
-table with no policy. Read-only: it takes no lock stronger than ACCESS SHARE. It reads the
-table through the same policy view as ``maintain`` so they always agree.
+partitions than the planner handles well, retention overdue, a failed maintenance job, what
+an unfinished job left (a CHECK refusing rows, rows hidden, a split's or merge's CHECK on a
+DEFAULT), a table with no policy. Read-only: it takes no lock stronger than ACCESS SHARE. It
+reads the table through the same policy view as ``maintain`` so they always agree.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .. import journal, schemes, servers
+from .. import journal, schemes, servers, span_checks
 from .. import levels as lv
 from .. import policy as pol
 from ..catalog import Partition, TableInfo, snapshot
 from ..catalog.table import foreign_target
 from ..connection import Connection
+from ..ddl import inbound_fks as ifk
 from ..journal import schema_exists
 
 MAX_PARTITIONS = 1000
@@ -33,8 +35,24 @@ MAX_PARTITIONS = 1000
 class Problem:
     kind: str  # premake, default-rows, late-rows, detach-pending, too-many, overdue, job, policy,
     # drift (a shard's table no longer matches its foreign partition), shard-away,
-    # residue (an unfinished job left a CHECK that refuses rows, or rows hidden)
+    # residue (an unfinished job left a CHECK that refuses rows, or rows hidden, or a split's
+    # or merge's CHECK on a DEFAULT), foreign-key
+    # (an emulated foreign key with a trigger missing or disabled, or orphan rows)
     message: str
+
+
+@dataclass
+class Horizon:
+    """What check read of one range level, for reports: the period "now" falls in, how far
+    ahead partitions are ready (premake) and where retention cuts, in the key's own values."""
+
+    parent: str
+    now: Any  # None: an integer key with no row yet
+    premake_horizon: Any  # rows up to here have a partition waiting (None: unbounded/unknown)
+    retention_cutoff: Any  # partitions ending at or before it are past retention (None: keep)
+    past_retention: list[str] = field(default_factory=list)  # partition names, by bounds
+    ahead: list[str] = field(default_factory=list)  # partitions of periods after now's
+    bounds: dict[str, list[Any]] = field(default_factory=dict)  # name: [lo, hi] (None: MIN/MAX)
 
 
 @dataclass
@@ -50,6 +68,7 @@ class Health:
     overdue: int = 0
     drift: int = 0
     problems: list[Problem] = field(default_factory=list)
+    horizons: list[Horizon] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,15 +90,45 @@ def _unfinished_jobs(conn: Connection, info: TableInfo, h: Health) -> None:
                          "its own jobs)")
 
 
+def _span_checks(conn: Connection, info: TableInfo, h: Health) -> None:
+    """A split's or merge's CHECK left on a DEFAULT (``span_checks``): it refuses nothing
+    while the partitions of its span are attached, but the rows of one of them once it is
+    detached (retention), and its job, left unfinished by a kill, blocks every other job on
+    the table. Found in the catalog, then its job in the journal (the unfinished one whose
+    statements name it), so that one no job owns any more is found too. A live job's is no
+    finding: it drops it after its swap."""
+    assert info.partitioning is not None
+    defaults = {p.oid: p.name for p in _all_partitions(info.partitioning) if p.is_default}
+    for sc in span_checks.find(conn, defaults):
+        if not sc.alive:
+            h.add("residue", sc.message())
+
+
+def _emulated_keys(conn: Connection, info: TableInfo, h: Health) -> None:
+    """Each foreign key emulated by triggers: its triggers there and enabled, no orphan row
+    (an anti-join of the child against the table)."""
+    for r in ifk.emulated(conn, info.name):
+        row = conn.execute(ifk.triggers_ok_sql(r)).fetchone()
+        if not (row and row[0]):
+            h.add("foreign-key", f"emulated foreign key {r.name} ({r.describe()}): a trigger is "
+                                 "missing or disabled, so the key is not enforced")
+        row = conn.execute(ifk.orphans_sql(r)).fetchone()
+        if row and row[0]:
+            h.add("foreign-key", f"emulated foreign key {r.name} ({r.describe()}): {row[0]} "
+                                 f"row(s) of {r.child} reference no row of {r.parent}")
+
+
 def check_table(conn: Connection, table: str, *, now: datetime | None = None,
                 max_partitions: int = MAX_PARTITIONS) -> Health:
     info = snapshot(conn, table)
     h = Health(info.name.quoted)
     policy = pol.load(conn, info.name)
     _unfinished_jobs(conn, info, h)  # a plain table too: a conversion killed half-way
+    _emulated_keys(conn, info, h)
     if info.partitioning is None:
         h.add("policy", f"{info.name} is not partitioned")
         return h
+    _span_checks(conn, info, h)
     leaves = info.partitioning.leaves()
     h.partitions = len(leaves)
     if h.partitions > max_partitions:
@@ -119,6 +168,14 @@ def check_table(conn: Connection, table: str, *, now: datetime | None = None,
         cut = lv.cutoff(level, now_v, policy.retention)
         live = [rp for rp in level.parts if not rp.part.detach_pending]
         view = lv.Level(**{**level.__dict__, "parts": live})
+        overdue = lv.retired(view, cut)
+        nxt = None if now_v is None else schemes.add(view.period(now_v), view.interval)
+        h.horizons.append(Horizon(
+            level.parent.quoted, now_v, None if now_v is None else view.horizon(now_v), cut,
+            [rp.part.name.quoted for rp in overdue],
+            [rp.part.name.quoted for rp in view.parts
+             if nxt is not None and rp.lo is not None and rp.lo >= nxt],
+            {rp.part.name.quoted: [rp.lo, rp.hi] for rp in view.parts}))
         if now_v is not None:
             horizon = view.horizon(now_v)
             cur = view.period(now_v)
@@ -154,7 +211,6 @@ def check_table(conn: Connection, table: str, *, now: datetime | None = None,
             if nulls:
                 h.add("default-rows", f"{nulls} rows with NULL {view.key} in DEFAULT partition "
                                       f"{view.default.name}: no partition can hold them")
-        overdue = lv.retired(view, cut)
         if overdue:
             h.overdue += len(overdue)
             h.add("overdue", f"retention overdue: {len(overdue)} partition(s) of {level.parent} "

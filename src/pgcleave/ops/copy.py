@@ -50,8 +50,10 @@ from psycopg.types.json import Jsonb
 from .. import preflight
 from ..catalog import TableInfo, relation_exists, relation_exists_sql, snapshot
 from ..connection import Connection
+from ..ddl import inbound_fks as ifk
 from ..ddl import orm
 from ..ddl.bounds import parse_by
+from ..ddl.parallel import Jobs, resolve_jobs
 from ..ddl.renames import NameSwap, derived_name, index_names, taken
 from ..ddl.tables import collist, excludes_by_key, parse_indexdef
 from ..errors import NotFound, Refused
@@ -69,6 +71,8 @@ from .copy_capture import (
     drop_functions,
 )
 from .copy_state import (
+    MAX_FILL_JOBS,
+    PARALLEL_MARK,
     TRIGGER,
     TRIGGER_BACK,
     TRIGGER_TRUNCATE,
@@ -85,7 +89,7 @@ from .copy_state import (
     resolve_copy,
     state_where,
 )
-from .copy_swap import INCOMING, OUTGOING, swap_steps, unswap_steps
+from .copy_swap import INCOMING, OUTGOING, inbound_of, swap_steps, unswap_steps
 
 AE = Lock.ACCESS_EXCLUSIVE
 SRE = Lock.SHARE_ROW_EXCLUSIVE
@@ -93,19 +97,7 @@ SUE = Lock.SHARE_UPDATE_EXCLUSIVE
 
 MAX_PARTITIONS = 5000
 
-
-
-
-
-
-
-
-
-
-
-
-
-
+ONE = Jobs(1, "--jobs 1")
 
 
 # -- small SQL helpers -----------------------------------------------------------------------------
@@ -397,23 +389,6 @@ def check_fresh(conn: Connection, info: TableInfo, spec: Spec) -> None:
                           hint="a copy is in progress; `pgcleave unprep` removes it")
 
 
-def _check_inbound_fks(info: TableInfo, spec: Spec, notes: list[str]) -> None:
-    """Refuse inbound foreign keys the new table cannot take (the referenced columns must be a
-    unique key of it, so they must contain the partition key)."""
-    for fk in info.foreign_keys_in:
-        if fk.table == info.name:
-            raise Refused(f"{info.name} references itself ({fk.name}); not supported by the copy")
-        if spec.by not in fk.ref_columns:
-            raise Refused(
-                f"foreign key {fk.name} on {fk.table} references {info.name}"
-                f"({', '.join(fk.ref_columns)}), which will not be unique on the partitioned "
-                f"table: its unique keys must include {spec.by}",
-                hint=f"make {fk.table} reference ({', '.join(fk.ref_columns)}, {spec.by}) "
-                     "(add the column there), or drop the foreign key before the copy")
-        notes.append(f"foreign key {fk.name} on {fk.table} is moved to the new table at the swap "
-                     "(NOT VALID, then validated without blocking writes)")
-
-
 def incoming_name(info: TableInfo, name: str) -> str:
     """The name the intermediate table's copy of the index or constraint ``name`` carries
     until the swap gives it ``name`` itself."""
@@ -456,7 +431,7 @@ def prep_steps(conn: Connection, info: TableInfo, spec: Spec, *, defer_indexes: 
     t, new = spec.table, spec.intermediate
     warnings = notes if warnings is None else warnings
     indexes = new_indexes(info, spec, notes, warnings)
-    _check_inbound_fks(info, spec, notes)
+    inbound_of(info, spec, notes, warnings)  # refuses what the swap could not carry over
     if len(spec.match) > len(spec.pk):
         warnings.append(key_change_warning(spec))
     assert info.primary_key is not None
@@ -507,6 +482,9 @@ def prep_steps(conn: Connection, info: TableInfo, spec: Spec, *, defer_indexes: 
              sql.Literal(str(spec.interval)), sql.Literal(spec.time_zone),
              sql.Literal(Jsonb(deferred_json))))
     stmts += layout_statements(spec)
+    if spec.inbound_fks != "refuse":
+        stmts.append(sql.SQL("UPDATE pgcleave.copies SET inbound_fks = {} WHERE {}").format(
+            sql.Literal(spec.inbound_fks), state_where(t)))
     step = Step.sql(
         "create-intermediate", f"create {new} partitioned by {spec.method} ({spec.by}), its key, "
         "indexes and DEFAULT partition", _st(stmts), locks=[LockTaken(Lock.ACCESS_SHARE, str(t))],
@@ -528,11 +506,13 @@ def capture_step(spec: Spec) -> Step:
 
 def plan_prep(conn: Connection, table: str, *, by: str, interval: str, time_zone: str = "UTC",
               defer_indexes: bool = False, past: int | None = None,
-              future: int | None = None) -> Plan:
+              future: int | None = None, inbound_fks: str = "refuse") -> Plan:
     """``pgcleave prep``: create ``T_intermediate`` and start change capture into it. With
-    ``past``/``future``, also create partitions (as ``add-partitions`` would)."""
+    ``past``/``future``, also create partitions (as ``add-partitions`` would); ``inbound_fks``
+    is kept for the swap (``ops.inbound``)."""
     info = snapshot(conn, table)
     spec = make_spec(info, _key_column(by), interval, time_zone)
+    spec.inbound_fks = inbound_fks
     check_fresh(conn, info, spec)
     notes: list[str] = []
     warnings: list[str] = []
@@ -590,8 +570,8 @@ def _check_where(conn: Connection, table: QualifiedName, where: str) -> None:
 
 
 def fill_params(spec: Spec, *, batch_size: int, sleep: float, where: str | None,
-                max_rate: float | None, order: str) -> FillParams:
-    return FillParams(
+                max_rate: float | None, order: str, jobs: int = 1) -> FillParams:
+    p = FillParams(
         source=[spec.table.schema, spec.table.name],
         target=[spec.intermediate.schema, spec.intermediate.name],
         default=[spec.default.schema, spec.default.name],
@@ -601,6 +581,9 @@ def fill_params(spec: Spec, *, batch_size: int, sleep: float, where: str | None,
         advisory=spec.fill_lock, order=order, batch_size=batch_size, sleep=sleep,
         where=where, max_rate=max_rate,
     )
+    if jobs > 1:  # absent for one connection: the plan journaled is the one of before --jobs
+        p["jobs"] = jobs
+    return p
 
 
 def resolve_order(conn: Connection, order: str) -> str:
@@ -617,10 +600,26 @@ def resolve_order(conn: Connection, order: str) -> str:
     return order
 
 
+def fill_jobs(conn: Connection, spec: Spec, jobs: str | int) -> Jobs:
+    """``--jobs`` of a fill, resolved; more than one needs a capture trigger that waits for
+    every fill connection (prepared by this version: older ones wait for one)."""
+    n = resolve_jobs(conn, jobs, limit=MAX_FILL_JOBS)
+    if n.n > 1:
+        row = conn.execute("SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure(%s)",
+                           [f"{spec.fn_forward.quoted}()"]).fetchone()
+        if row is None or PARALLEL_MARK not in str(row[0]):
+            raise Refused(f"the change capture on {spec.table} was installed by an older "
+                          "pgcleave and waits for one fill connection only; nothing was "
+                          "changed", hint="fill with --jobs 1, or `pgcleave unprep` and "
+                          "`pgcleave prep` again")
+    return n
+
+
 def fill_steps(spec: Spec, deferred: list[DeferredIndex], *, batch_size: int, sleep: float,
-               where: str | None, max_rate: float | None, order: str) -> list[Step]:
+               where: str | None, max_rate: float | None, order: str,
+               jobs: Jobs = ONE) -> list[Step]:
     p = fill_params(spec, batch_size=batch_size, sleep=sleep, where=where, max_rate=max_rate,
-                    order=order)
+                    order=order, jobs=jobs.n)
     cond: sql.Composable
     if order == "key":
         cond = sql.SQL("({}) > ($last) AND ({}) <= ($upper)").format(collist(spec.pk),
@@ -635,31 +634,45 @@ def fill_steps(spec: Spec, deferred: list[DeferredIndex], *, batch_size: int, sl
     ).format(lock=sql.Literal(spec.fill_lock), t=spec.intermediate.ident,
              c=collist(spec.columns), s=spec.table.ident, cond=cond,
              w=sql.SQL(f" AND ({where})" if where else ""))
+    lock, conns = (f"pg_advisory_xact_lock({spec.fill_lock})", "")
+    if jobs.n > 1:
+        how += f" on {jobs.n} connections at once ({jobs.reason}), each a disjoint share of " \
+               + ("the blocks" if order == "physical" else "the key range") \
+               + " under its own advisory lock"
+        conns = f"-- {jobs.n} connections, each in its own batches:\n"
     steps = [Step(name="fill", description=f"copy the rows of {spec.table} into "
                   f"{spec.intermediate} in batches of ~{batch_size} rows {how}",
-                  statements=[shown.as_string(None)],
+                  statements=[conns + shown.as_string(None).replace(
+                      lock, "pg_advisory_xact_lock($fill_lock + ($connection << 32))")
+                              if jobs.n > 1 else shown.as_string(None)],
                   locks=[LockTaken(Lock.ACCESS_SHARE, str(spec.table)),
                          LockTaken(Lock.ROW_EXCLUSIVE, str(spec.intermediate))],
                   action="copy.fill", params=p, ddl=False)]
     if deferred:
+        bp = BuildIndexesParams(parent=[spec.intermediate.schema, spec.intermediate.name],
+                                indexes=deferred)
+        par = ""
+        if jobs.n > 1:
+            bp["jobs"] = jobs.n
+            par = f", {jobs.n} builds at once"
+            if jobs.build_mem_kb:
+                bp["mem_kb"] = jobs.build_mem_kb
+                par += f" with maintenance_work_mem = {jobs.build_mem} each"
         steps.append(Step(
             name="build-indexes", description=f"build {len(deferred)} secondary index(es) of "
-            f"{spec.intermediate} concurrently, partition by partition",
+            f"{spec.intermediate} concurrently, partition by partition{par}",
             statements=[f"CREATE INDEX {d['name']} ON ONLY "
                         f"{spec.intermediate.ident.as_string(None)} {d['tail']}"
                         for d in deferred] + ["-- then CREATE INDEX CONCURRENTLY on each "
                                               "partition and ALTER INDEX ... ATTACH PARTITION"],
             locks=[LockTaken(SUE, f"each partition of {spec.intermediate}")],
-            transactional=False, action="copy.build_indexes",
-            params=BuildIndexesParams(
-                parent=[spec.intermediate.schema, spec.intermediate.name], indexes=deferred),
-            ddl=False))
+            transactional=False, action="copy.build_indexes", params=bp, ddl=False))
     return steps
 
 
 def plan_fill(conn: Connection, table: str, *, batch_size: int = 10000, sleep: float = 0.0,
               where: str | None = None, max_rate: float | None = None,
-              order: str = "auto") -> Plan:
+              order: str = "auto", jobs: str | int = 1) -> Plan:
     """``pgcleave fill``: copy the old table's rows into the intermediate table, batch by batch,
     resumable after a kill. ``order``: ``physical`` (block ranges; PG14+, the default there) or
     ``key`` (keyset on the primary key, any key type)."""
@@ -679,11 +692,15 @@ def plan_fill(conn: Connection, table: str, *, batch_size: int = 10000, sleep: f
         notes.append(f"{spec.table} was filled already at {st.filled_at:%Y-%m-%d %H:%M:%S}; "
                      "filling again copies only what is missing")
     order = resolve_order(conn, order)
+    n = fill_jobs(conn, spec, jobs)
     steps = fill_steps(spec, st.deferred, batch_size=batch_size, sleep=sleep, where=where,
-                       max_rate=max_rate, order=order)
-    return Plan("fill", info.name.quoted, {"batch_size": batch_size, "sleep": sleep,
-                                           "where": where, "max_rate": max_rate,
-                                           "order": order}, steps, notes=notes,
+                       max_rate=max_rate, order=order, jobs=n)
+    options: dict[str, Any] = {"batch_size": batch_size, "sleep": sleep, "where": where,
+                               "max_rate": max_rate, "order": order}
+    if str(jobs) != "1":
+        options["jobs"] = n.n
+        notes.append(f"the fill copies on {n.n} connection(s) at once ({n.reason})")
+    return Plan("fill", info.name.quoted, options, steps, notes=notes,
                 requires=[preflight.owner(spec.intermediate)])
 
 
@@ -769,11 +786,18 @@ def plan_unswap(conn: Connection, table: str) -> Plan:
                       "back would lose them", hint="it was unprepped; unswap is not possible")
     old = snapshot(conn, spec.retired.quoted)
     check_capture_key(info, spec)
-    return Plan("unswap", info.name.quoted, {}, [*unswap_steps(info, old, spec),
-                                                 *policy_steps(spec, forget=True)],
+    emulated = ifk.emulated(conn, info.name)
+    dropped = [ifk.Rule.from_json(text) for text in st.dropped_fks]
+    notes = [f"{spec.table} is the old table again; capture into {spec.intermediate} resumes, "
+             "`pgcleave swap` can run again"]
+    if dropped:
+        notes.append("the foreign keys the swap dropped come back, validated with writes "
+                     "flowing: " + ", ".join(f"{r.child}.{r.name}" for r in dropped))
+    return Plan("unswap", info.name.quoted, {},
+                [*unswap_steps(info, old, spec, emulated, dropped),
+                 *policy_steps(spec, forget=True)],
                 requires=[*preflight.table_change(info.name), preflight.owner(spec.retired)],
-                notes=[f"{spec.table} is the old table again; capture into {spec.intermediate} "
-                       "resumes, `pgcleave swap` can run again"])
+                notes=notes)
 
 
 # -- unprep ----------------------------------------------------------------------------------------
@@ -822,7 +846,8 @@ def plan_partition_copy(conn: Connection, table: str, *, by: str, interval: str 
                         premake: int, past: int | None = None, batch_size: int = 10000,
                         sleep: float = 0.0, where: str | None = None,
                         max_rate: float | None = None, defer_indexes: bool = False,
-                        time_zone: str = "UTC", swap: bool = True, order: str = "auto") -> Plan:
+                        time_zone: str = "UTC", swap: bool = True, order: str = "auto",
+                        inbound_fks: str = "refuse", jobs: str | int = 1) -> Plan:
     """``pgcleave partition TABLE --strategy copy``: prep, partitions, capture, fill, (deferred
     indexes), analyze, verify and swap as one resumable job.
 
@@ -836,6 +861,7 @@ def plan_partition_copy(conn: Connection, table: str, *, by: str, interval: str 
                       "keys)")
     info = snapshot(conn, table)
     spec = make_spec(info, by, interval, time_zone)
+    spec.inbound_fks = inbound_fks
     check_fresh(conn, info, spec)
     if where:
         _check_where(conn, spec.table, where)
@@ -848,8 +874,10 @@ def plan_partition_copy(conn: Connection, table: str, *, by: str, interval: str 
                                  exists=False)
     steps.append(capture_step(spec))
     deferred_json = deferred_params(spec, deferred, info)
+    # the capture is installed by this job itself: it waits for every fill connection
+    n = resolve_jobs(conn, jobs, limit=MAX_FILL_JOBS)
     steps += fill_steps(spec, deferred_json, batch_size=batch_size, sleep=sleep, where=where,
-                        max_rate=max_rate, order=resolve_order(conn, order))
+                        max_rate=max_rate, order=resolve_order(conn, order), jobs=n)
     steps.append(analyze_step(spec.intermediate))
     steps.append(verify_step(spec))
     if swap:
@@ -859,7 +887,8 @@ def plan_partition_copy(conn: Connection, table: str, *, by: str, interval: str 
                  f"{spec.table} is kept as {spec.retired}, in sync, until `pgcleave unprep`")
     return Plan("partition", spec.table.quoted,
                 {"strategy": "copy", "by": by, "interval": interval, "premake": premake,
-                 "past": past, "batch_size": batch_size}, steps, notes=notes,
+                 "past": past, "batch_size": batch_size,
+                 **({"jobs": n.n} if str(jobs) != "1" else {})}, steps, notes=notes,
                 warnings=warnings, requires=preflight.table_change(spec.table))
 
 

@@ -9,6 +9,8 @@ from psycopg import sql
 from ..ddl.tables import collist
 from ..names import QualifiedName
 from .copy_state import (
+    MAX_FILL_JOBS,
+    PARALLEL_MARK,
     TRIGGER,
     TRIGGER_BACK,
     TRIGGER_TRUNCATE,
@@ -45,10 +47,15 @@ def capture_function(fn: QualifiedName, target: QualifiedName, spec: Spec,
     # A fill batch may hold (or be about to copy) the row being deleted: wait for the running
     # batch to commit before deleting, and keep the next one from starting until this
     # transaction ends, so its snapshot no longer sees the row. See the module docstring.
+    # One key per fill connection (``fill --jobs``), taken in the same order by every
+    # writer; each batch holds only its own connection's key.
     delete = sql.SQL(
-        "PERFORM pg_catalog.pg_advisory_xact_lock_shared({k});\n"
+        "PERFORM pg_catalog.pg_advisory_xact_lock_shared({k} + (w::bigint << 32))"
+        " FROM pg_catalog.{gs}(0, {n}) w;\n"
         "    DELETE FROM {t} WHERE {m};").format(t=target.ident, m=match_old,
-                                              k=sql.Literal(spec.fill_lock))
+                                              k=sql.Literal(spec.fill_lock),
+                                              gs=sql.SQL(PARALLEL_MARK),
+                                              n=sql.Literal(MAX_FILL_JOBS - 1))
     moved = sql.SQL("ROW({}) IS DISTINCT FROM ROW({})").format(
         collist(spec.match, "OLD"), collist(spec.match, "NEW"))
     body = sql.SQL(

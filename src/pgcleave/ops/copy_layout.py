@@ -33,12 +33,13 @@ from .. import preflight
 from ..catalog import TableInfo, relation_exists, relation_exists_sql, snapshot
 from ..connection import Connection
 from ..ddl.bounds import Bound, parse_by
+from ..ddl.parallel import resolve_jobs
 from ..errors import Refused
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Step
 from ..schemes import key_kind
 from . import copy as copy_ops
-from .copy_state import Spec, make_spec, policy_steps
+from .copy_state import MAX_FILL_JOBS, Spec, make_spec, policy_steps
 from .copy_swap import swap_steps
 
 AE = Lock.ACCESS_EXCLUSIVE
@@ -237,7 +238,8 @@ def plan_partition_layout(conn: Connection, table: str, *, by: str, modulus: int
                           interval: str | None = None, premake: int = 3,
                           batch_size: int = 10000, order: str = "auto",
                           notes: list[str] | None = None, warnings: list[str] | None = None,
-                          swap: bool = True) -> Plan:
+                          swap: bool = True, inbound_fks: str = "refuse",
+                          jobs: str | int = 1) -> Plan:
     """``pgcleave partition TABLE --by 'hash(col)' --modulus N`` or ``--by 'list(col)'
     [--values ...] [--then 'range(col)' --interval ...]``: prep, partitions, capture, fill,
     analyze, verify, swap and the policy, as one resumable job."""
@@ -246,6 +248,7 @@ def plan_partition_layout(conn: Connection, table: str, *, by: str, modulus: int
     layout, iv = make_layout(conn, info, method=method, col=col, modulus=modulus,
                              values=values, then=then, interval=interval, premake=premake)
     spec = make_spec(info, col, iv, "UTC", layout)
+    spec.inbound_fks = inbound_fks
     copy_ops.check_fresh(conn, info, spec)
     notes = list(notes or [])
     warnings = list(warnings or [])  # a key that widens: confirmed like every strategy's
@@ -256,7 +259,8 @@ def plan_partition_layout(conn: Connection, table: str, *, by: str, modulus: int
     steps.append(copy_ops.capture_step(spec))
     fill = copy_ops.fill_steps(spec, copy_ops.deferred_params(spec, deferred, info),
                                batch_size=batch_size, sleep=0.0, where=None, max_rate=None,
-                               order=copy_ops.resolve_order(conn, order))
+                               order=copy_ops.resolve_order(conn, order),
+                               jobs=(n := resolve_jobs(conn, jobs, limit=MAX_FILL_JOBS)))
     # no DEFAULT of leftovers to report: a list DEFAULT holds the values not listed
     steps += [dataclasses.replace(s, params={**s.params, "default": []})
               if s.action == "copy.fill" else s for s in fill]
@@ -279,7 +283,8 @@ def plan_partition_layout(conn: Connection, table: str, *, by: str, modulus: int
                          "from now on that are not among them go to the DEFAULT partition")
     notes.append(f"{spec.table} is kept as {spec.retired}, in sync, until `pgcleave unprep`")
     args = {"strategy": "copy", "by": by, "modulus": modulus, "values": values, "then": then,
-            "interval": interval, "premake": premake, "batch_size": batch_size}
+            "interval": interval, "premake": premake, "batch_size": batch_size,
+            **({"jobs": n.n} if str(jobs) != "1" else {})}
     return Plan("partition", spec.table.quoted, args, steps, notes=notes,
                 warnings=warnings, requires=preflight.table_change(spec.table))
 

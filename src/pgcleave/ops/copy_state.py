@@ -4,9 +4,10 @@ names and advisory-lock base the fill and the capture trigger share."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -15,7 +16,6 @@ from .. import policy as policy_mod
 from ..catalog import TableInfo, snapshot
 from ..connection import Connection
 from ..errors import NotFound, Refused
-from ..journal import schema_exists
 from ..names import QualifiedName, child_name
 from ..plan import Step
 from ..schemes import (
@@ -36,6 +36,19 @@ TRIGGER_TRUNCATE = "pgcleave_capture_truncate"
 
 
 FILL_LOCK_BASE = 0x7067_636C_0000_0000  # 'pgcl' << 32, plus the table's OID
+
+#: The most connections one fill copies with (``fill --jobs``): each holds its own advisory
+#: key while a batch runs, and the capture trigger's DELETE waits for every one of them.
+MAX_FILL_JOBS = 8
+
+#: What a capture function written before parallel fills lacks (it waits for one key only).
+PARALLEL_MARK = "generate_series"
+
+
+def fill_lock_key(base: int, worker: int) -> int:
+    """The advisory key of fill connection ``worker`` (0-based): the copy's key for the first,
+    the same OID under 'pgcm', 'pgcn', ... for the next ones (no other copy's key)."""
+    return base + (worker << 32)
 
 
 # -- the shape of one copy ------------------------------------------------------------------------
@@ -66,24 +79,28 @@ class CopyState:
     default_rows: int | None
     verified_at: datetime | None
     layout: dict[str, Any] = field(default_factory=dict)
+    inbound_fks: str = "refuse"
+    dropped_fks: list[str] = field(default_factory=list)  # Rule JSON texts (copy_swap)
 
 
 def load_state(conn: Connection, table: QualifiedName) -> CopyState | None:
-    if not schema_exists(conn):
-        return None
-    row = conn.execute("SELECT to_regclass('pgcleave.copies') IS NOT NULL").fetchone()
+    row = conn.execute("SELECT to_regclass('pgcleave.jobs') IS NOT NULL"
+                       " AND to_regclass('pgcleave.copies') IS NOT NULL").fetchone()
     if not (row and row[0]):
         return None
     r = conn.execute(
         'SELECT table_oid, intermediate, retired, by_column, "interval", time_zone, state,'
         # the layout through to_jsonb: a schema not migrated yet has no such column
-        " deferred, fill_where, filled_at, default_rows, verified_at, to_jsonb(c) -> 'layout'"
+        " deferred, fill_where, filled_at, default_rows, verified_at, to_jsonb(c) -> 'layout',"
+        " coalesce(to_jsonb(c) ->> 'inbound_fks', 'refuse'),"
+        " coalesce(to_jsonb(c) -> 'dropped_fks', '[]')"
         " FROM pgcleave.copies c WHERE table_schema = %s AND table_name = %s",
         [table.schema, table.name]).fetchone()
     if r is None:
         return None
     return CopyState(table, int(r[0]), table.sibling(r[1]), table.sibling(r[2]), r[3], r[4], r[5],
-                     r[6], list(r[7] or []), r[8], r[9], r[10], r[11], dict(r[12] or {}))
+                     r[6], list(r[7] or []), r[8], r[9], r[10], r[11], dict(r[12] or {}),
+                     str(r[13]), [json.dumps(x) for x in r[14]])
 
 
 def state_where(table: QualifiedName) -> sql.Composable:
@@ -116,6 +133,8 @@ class Spec:
     identity_always: list[str]
     # {} for one range level; else how the copy partitions (see ``copy_layout``)
     layout: dict[str, Any] = field(default_factory=dict)
+    # inbound foreign keys the swap cannot re-point: refuse, drop or emulate (ops.inbound)
+    inbound_fks: str = "refuse"
     default: QualifiedName = field(init=False)
 
     def __post_init__(self) -> None:
@@ -212,6 +231,7 @@ def make_spec(info: TableInfo, by: str, interval: str, time_zone: str = "UTC",
 def spec_from_state(info: TableInfo, st: CopyState) -> Spec:
     s = make_spec(info, st.by, st.interval, st.time_zone, st.layout)
     s.oid = st.table_oid
+    s.inbound_fks = st.inbound_fks
     s.table = st.table
     s.intermediate = st.intermediate
     s.retired = st.retired
@@ -260,11 +280,14 @@ class FillParams(TypedDict):
     sleep: float
     where: str | None
     max_rate: float | None
+    jobs: NotRequired[int]  # connections copying at once (absent in plans before --jobs: 1)
 
 
 class BuildIndexesParams(TypedDict):
     parent: list[str]
     indexes: list[DeferredIndex]
+    jobs: NotRequired[int]  # builds at once, each on its own connection (absent: 1)
+    mem_kb: NotRequired[int]  # the maintenance_work_mem of each (absent: the server's)
 
 
 class CopyVerifyParams(TypedDict):

@@ -20,12 +20,14 @@ from psycopg import sql
 from ..catalog import TableInfo, Trigger
 from ..connection import Connection
 from ..ddl import dependents
+from ..ddl import inbound_fks as ifk
 from ..ddl.renames import NameSwap, derived_name, sequence_rename_to, swap_names
-from ..ddl.tables import collist
+from ..errors import Refused
 from ..names import QualifiedName
 from ..plan import Lock, LockTaken, Statement, Step
 from .copy_capture import capture_statements, drop_capture_statements
 from .copy_state import TRIGGER, TRIGGER_BACK, TRIGGER_TRUNCATE, Spec, set_state, state_where
+from .inbound import Inbound, classify
 
 AE = Lock.ACCESS_EXCLUSIVE
 SRE = Lock.SHARE_ROW_EXCLUSIVE
@@ -58,31 +60,40 @@ def _sequences(info: TableInfo, *, to: QualifiedName, frm: QualifiedName
     return out
 
 
-def fk_moves(info: TableInfo, to: QualifiedName) -> tuple[list[sql.Composable], list[Step]]:
-    """Inbound foreign keys dropped from the old table and added NOT VALID to ``to`` inside the
-    swap; validated afterwards (SHARE UPDATE EXCLUSIVE on the referencing table: writes go on)."""
-    stmts: list[sql.Composable] = []
-    steps: list[Step] = []
-    for fk in info.foreign_keys_in:
-        refs = fk.definition[fk.definition.index("REFERENCES"):]
-        tail = refs[refs.index(")") + 1:]
-        tail = tail.replace(" NOT VALID", "")
-        stmts.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
-            fk.table.ident, sql.Identifier(fk.name)))
-        stmts.append(sql.SQL(
-            "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}){} NOT VALID"
-        ).format(fk.table.ident, sql.Identifier(fk.name), collist(fk.columns), to.ident,
-                 collist(fk.ref_columns), sql.SQL(tail)))
-        if fk.validated:
-            steps.append(Step.sql(
-                f"validate {fk.name}", f"validate foreign key {fk.name} of {fk.table}",
-                [sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
-                    fk.table.ident, sql.Identifier(fk.name))],
-                locks=[LockTaken(SUE, str(fk.table)), LockTaken(Lock.ROW_SHARE, str(to))],
-                guard=sql.SQL("SELECT EXISTS (SELECT FROM pg_constraint WHERE conrelid = "
-                              "to_regclass({}) AND conname = {} AND convalidated)").format(
-                    fk.table.literal, sql.Literal(fk.name))))
-    return stmts, steps
+def inbound_of(info: TableInfo, spec: Spec, notes: list[str] | None = None,
+               warnings: list[str] | None = None) -> Inbound:
+    """What the swap does with each foreign key pointing at the old table (``ops.inbound``):
+    re-pointed where the new table's primary key (``spec.match``) or a unique index carried
+    over whole holds its referenced columns; else as ``spec.inbound_fks`` says."""
+    keys = [spec.match] + [ix.columns for ix in info.indexes
+                           if ix.unique and ix.valid and " WHERE " not in ix.definition
+                           and all(c in ix.columns for c in spec.partition_cols)]
+    return classify(info, spec.by, keys, spec.inbound_fks, [] if notes is None else notes,
+                    [] if warnings is None else warnings)
+
+
+def fk_moves(inbound: Inbound, to: QualifiedName, *, emulated: list[ifk.Rule] | None = None,
+             restored: list[ifk.Rule] | None = None
+             ) -> tuple[list[sql.Composable], list[sql.Composable], list[Step]]:
+    """Inbound foreign keys inside the swap: dropped from the old table first (``before``);
+    added NOT VALID to ``to`` or emulated on it once the names have moved (``after``);
+    validated afterwards (SHARE UPDATE EXCLUSIVE on the referencing table: writes go on).
+    ``emulated``: the keys emulated on the table ``to`` replaces (the unswap), whose triggers
+    go first and which come back as plain keys; ``restored``: the keys the swap dropped (the
+    unswap), which come back as plain keys too."""
+    before: list[sql.Composable] = [
+        *[sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(fk.table.ident,
+                                                              sql.Identifier(fk.name))
+          for fk in inbound.drop],
+        *[ifk.drop_fk(r) for r in inbound.changed],
+        *[s for r in emulated or [] for s in (*ifk.drop_triggers(r, to),
+                                              *ifk.drop_functions(r))]]
+    back = [*inbound.repoint, *(emulated or []), *(restored or [])]
+    after: list[sql.Composable] = [
+        *[ifk.add_not_valid(r, to) for r in back],
+        *[s for r in inbound.emulate for s in (*ifk.functions(r), *ifk.triggers(r, to))]]
+    steps = [ifk.validate_step(r, to) for r in back if r.validated]
+    return before, after, steps
 
 
 def swap_steps(conn: Connection, old: TableInfo, spec: Spec, names: list[NameSwap]
@@ -92,10 +103,12 @@ def swap_steps(conn: Connection, old: TableInfo, spec: Spec, names: list[NameSwa
     capture turned around. Then validate the moved foreign keys. ``names``: the indexes and
     constraints ``T_intermediate`` carries under their ``incoming`` names."""
     t, new, retired = spec.table, spec.intermediate, spec.retired
-    fk_stmts, fk_steps = fk_moves(old, t)
+    inbound = inbound_of(old, spec)
+    fk_before, fk_after, fk_steps = fk_moves(inbound, t)
     stmts: list[sql.Composable] = [
         sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(t.ident),
         sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(new.ident),
+        *fk_before,
         *drop_capture_statements(spec, t, back=False),
         sql.SQL("ALTER TABLE {} RENAME TO {}").format(t.ident, sql.Identifier(retired.name)),
         sql.SQL("ALTER TABLE {} RENAME TO {}").format(new.ident, sql.Identifier(t.name)),
@@ -111,12 +124,14 @@ def swap_steps(conn: Connection, old: TableInfo, spec: Spec, names: list[NameSwa
           for tr in old.triggers if tr.name not in (TRIGGER, TRIGGER_TRUNCATE)
           and tr.enabled != "D"],
         *dependents.views(old),
-        *fk_stmts,
+        *fk_after,
         *capture_statements(spec, t, retired, back=True),
         set_state(t, "state = 'swapped', swapped_at = now()"),
+        *_record_dropped(inbound, t),
     ]
     locks = [LockTaken(AE, str(t)), LockTaken(AE, str(new))]
-    locks += [LockTaken(SRE, str(fk.table)) for fk in old.foreign_keys_in]
+    # dropping a foreign key locks its table ACCESS EXCLUSIVE (briefly: the swap is short)
+    locks += [LockTaken(AE, str(fk.table)) for fk in old.foreign_keys_in]
     swap = Step.sql(
         "swap", f"swap {t} and {new} (the old table stays as {retired}, kept in sync)", _st(stmts),
         locks=locks,
@@ -125,9 +140,32 @@ def swap_steps(conn: Connection, old: TableInfo, spec: Spec, names: list[NameSwa
     return [swap, *fk_steps]
 
 
+def dropped_rules(inbound: Inbound) -> list[ifk.Rule]:
+    """The keys ``--inbound-fks drop`` drops, as rules ``unswap`` can add back (but an ON
+    DELETE SET NULL with a column list, which the plan's warning says it cannot)."""
+    rules = []
+    for fk in inbound.drop:
+        try:
+            rules.append(ifk.Rule.from_fk(fk))
+        except ValueError:
+            continue
+    return rules
+
+
+def _record_dropped(inbound: Inbound, t: QualifiedName) -> list[sql.Composable]:
+    rules = dropped_rules(inbound)
+    if not rules:
+        return []
+    texts = "[" + ", ".join(r.to_json() for r in rules) + "]"
+    return [sql.SQL("UPDATE pgcleave.copies SET dropped_fks = {}::jsonb WHERE {}").format(
+        sql.Literal(texts), state_where(t))]
+
+
 def user_triggers(info: TableInfo) -> list[Trigger]:
+    """The table's triggers but pgcleave's own (capture, emulated foreign keys)."""
     return [tr for tr in info.triggers
-            if tr.name not in (TRIGGER, TRIGGER_BACK, TRIGGER_TRUNCATE)]
+            if tr.name not in (TRIGGER, TRIGGER_BACK, TRIGGER_TRUNCATE)
+            and not ifk.is_emulation(tr.definition)]
 
 
 
@@ -179,12 +217,23 @@ def sequence_names_back(new: TableInfo, old: TableInfo, t: QualifiedName
     return out
 
 
-def unswap_steps(new: TableInfo, old: TableInfo, spec: Spec) -> list[Step]:
+def unswap_steps(new: TableInfo, old: TableInfo, spec: Spec, emulated: list[ifk.Rule],
+                 dropped: list[ifk.Rule] | None = None) -> list[Step]:
+    """The swap back; the keys re-pointed at the partitioned table, the ``emulated`` ones and
+    the ones the swap ``dropped`` become plain foreign keys of the plain table (NOT VALID,
+    then validated: rows written while no key checked them are checked then)."""
+    dropped = dropped or []
     t, inter, retired = spec.table, spec.intermediate, spec.retired
-    fk_stmts, fk_steps = fk_moves(new, t)
+    try:
+        back = Inbound(repoint=[ifk.Rule.from_fk(fk, t) for fk in new.foreign_keys_in])
+    except ValueError as exc:
+        raise Refused(f"a foreign key pointing at {t} cannot be moved back: {exc}",
+                      hint="drop it first, and re-create it after the unswap") from exc
+    fk_before, fk_after, fk_steps = fk_moves(back, t, emulated=emulated, restored=dropped)
     stmts: list[sql.Composable] = [
         sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(t.ident),
         sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(retired.ident),
+        *fk_before,
         *drop_capture_statements(spec, t, back=True),
         *[sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(tr.name), t.ident)
           for tr in user_triggers(new)],
@@ -203,12 +252,13 @@ def unswap_steps(new: TableInfo, old: TableInfo, spec: Spec) -> list[Step]:
           for tr in user_triggers(new) if tr.enabled != "D"
           and tr.name in {o.name for o in user_triggers(old)}],
         *dependents.views(new),
-        *fk_stmts,
+        *fk_after,
         *capture_statements(spec, t, inter, back=False),
-        set_state(t, "state = 'prepped', swapped_at = NULL"),
+        set_state(t, "state = 'prepped', swapped_at = NULL"
+                  + (", dropped_fks = '[]'" if dropped else "")),
     ]
     locks = [LockTaken(AE, str(t)), LockTaken(AE, str(retired))]
-    locks += [LockTaken(SRE, str(fk.table)) for fk in new.foreign_keys_in]
+    locks += [LockTaken(AE, str(r.child)) for r in [*back.repoint, *emulated, *dropped]]
     step = Step.sql(
         "unswap", f"swap back: {retired} becomes {t} again, the partitioned table {inter}",
         _st(stmts), locks=locks,

@@ -105,7 +105,7 @@ def diagnose(conn: Connection, table: str | None = None,
     facts = _facts(conn)
     name: QualifiedName | None = resolve(conn, table)[1] if table else None
     change = (preflight.table_change(name) if name is not None else [])
-    journal = [preflight.journal_schema()]
+    journal = [preflight.journal_schema(), preflight.journal_tables(parts=True)]
     caps = [
         _ask(conn, "partition in place", [*journal, *change]),
         _ask(conn, "partition by copy", [*journal, *change]),

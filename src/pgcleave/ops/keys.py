@@ -38,7 +38,7 @@ from ..catalog.table import foreign_target
 from ..connection import Connection
 from ..ddl import orm
 from ..errors import NotFound, Refused
-from ..names import QualifiedName, child_name
+from ..names import QualifiedName, child_name, parse_columns
 from ..plan import Lock, LockTaken, Plan, Residue, Step
 
 AE = Lock.ACCESS_EXCLUSIVE
@@ -50,56 +50,6 @@ ON_DELETE = ("no action", "restrict", "cascade", "set null", "set default")
 
 # The undo of a step that leaves nothing to reverse once the steps before it are undone (a
 # VALIDATE, an index ATTACH): the executor's rollback refuses steps with no undo at all.
-
-
-# -- parsing user input --------------------------------------------------------------------------
-def parse_columns(text: str | list[str] | tuple[str, ...]) -> list[str]:
-    """``id, created_at`` / ``(id,created_at)`` / ``id,"Created At"`` -> column names.
-
-    Unquoted names fold to lower case and quoted ones keep their spelling, as in SQL.
-    """
-    if not isinstance(text, str):
-        return [c for part in text for c in parse_columns(part)]
-    s = text.strip()
-    if s.startswith("(") and s.endswith(")"):
-        s = s[1:-1]
-    out: list[str] = []
-    cur: list[str] = []
-    quoted = False
-    in_quote = False
-    i = 0
-    while i < len(s):
-        ch = s[i]
-        if in_quote:
-            if ch == '"':
-                if i + 1 < len(s) and s[i + 1] == '"':
-                    cur.append('"')
-                    i += 1
-                else:
-                    in_quote = False
-            else:
-                cur.append(ch)
-        elif ch == '"':
-            in_quote = quoted = True
-        elif ch == ",":
-            out.append(_fold(cur, quoted))
-            cur, quoted = [], False
-        elif not ch.isspace():
-            cur.append(ch)
-        i += 1
-    if in_quote:
-        raise Refused(f"unterminated quote in column list {text!r}")
-    if cur or quoted:
-        out.append(_fold(cur, quoted))
-    if not out or any(c == "" for c in out):
-        raise Refused(f"empty column name in {text!r}",
-                      hint="give columns separated by commas, e.g. id,created_at")
-    return out
-
-
-def _fold(chars: list[str], quoted: bool) -> str:
-    name = "".join(chars)
-    return name if quoted else name.lower()
 
 
 # -- catalog helpers -----------------------------------------------------------------------------
@@ -489,7 +439,8 @@ def plan_set_primary_key(conn: Connection, table: str, columns: list[str], *,
 
 def _build_index_step(name: str, description: str, table: QualifiedName, idx: QualifiedName,
                       cols: list[str], *, unique: bool, done: sql.Composable,
-                      where: str | None = None, method: str | None = None) -> Step:
+                      where: str | None = None, method: str | None = None,
+                      residue: Residue = Residue.NONE) -> Step:
     """CREATE INDEX CONCURRENTLY, resumable: an INVALID leftover of an interrupted build (or
     of a build that timed out waiting for old transactions) is dropped and built again."""
     create = sql.SQL("CREATE {}INDEX CONCURRENTLY {} ON {}{} ({}){}").format(
@@ -501,9 +452,13 @@ def _build_index_step(name: str, description: str, table: QualifiedName, idx: Qu
     # than its snapshots; under lock_timeout such a wait fails *after* the build and leaves an
     # INVALID index (verified on 15), so a busy server would never finish one. Its only table
     # lock is SHARE UPDATE EXCLUSIVE, which no read or write of the application waits behind.
+    # A unique build that stopped half-way (even INVALID, once ready for inserts) already
+    # refuses duplicates: with ``residue`` REFUSES a failure drops it at once.
     return Step.sql(name, description, [drop, create], locks=[LockTaken(SUE, str(table))],
                     transactional=False, guard=done, undo=[drop], retry_cleanup=[drop],
-                    ddl=False)
+                    ddl=False, residue=residue,
+                    residue_note=f"unique index {idx.name} refuses duplicates in {table}"
+                    if residue.harmful else "")
 
 
 # =================================================================================================
@@ -558,6 +513,9 @@ def plan_create_index(conn: Connection, table: str, columns: list[str], *, uniqu
     using = sql.SQL(" USING {}").format(sql.Identifier(method)) if method else sql.SQL("")
     pred = sql.SQL(" WHERE {}").format(sql.SQL(where)) if where else sql.SQL("")
     uniq = sql.SQL("UNIQUE ") if unique else sql.SQL("")
+    # A unique index half built refuses the application's duplicates: a failure undoes it all
+    # at once (the parent's index first, which drops every partition index attached to it).
+    residue = Residue.REFUSES if unique else Residue.NONE
     if not foreign:
         for node in nodes:
             idx = parent_idx if node.parent is None else node.name.sibling(_attached_or_free(
@@ -572,9 +530,12 @@ def plan_create_index(conn: Connection, table: str, columns: list[str], *, uniqu
                 [sql.SQL("CREATE {}INDEX IF NOT EXISTS {} ON ONLY {}{} ({}){}").format(
                     uniq, sql.Identifier(idx.name), node.name.ident, using, _cols(cols), pred)],
                 locks=[LockTaken(SHARE, str(node.name))], guard=_g_index_exists(idx),
-                undo=[sql.SQL("DROP INDEX IF EXISTS {}").format(idx.ident)]))
+                undo=[sql.SQL("DROP INDEX IF EXISTS {}").format(idx.ident)], residue=residue,
+                residue_note=f"unique index {parent_idx.name} refuses duplicates in "
+                f"{info.name}'s partitions" if unique else ""))
             if node.parent is not None:
-                steps.append(_attach_step(sub_idx[node.parent.oid], idx, node.name))
+                steps.append(_attach_step(sub_idx[node.parent.oid], idx, node.name,
+                                          unique_top=parent_idx if unique else None))
     for p, parent in leaves:
         if p.kind == "f":
             continue
@@ -585,9 +546,10 @@ def plan_create_index(conn: Connection, table: str, columns: list[str], *, uniqu
         steps.append(_build_index_step(
             f"build:{p.name.name}", f"build index {idx.name} on {p.name} concurrently",
             p.name, idx, cols, unique=unique, where=where, method=method,
-            done=_or(_g_index_valid(idx), _g_attached(idx, above))))
+            done=_or(_g_index_valid(idx), _g_attached(idx, above)), residue=residue))
         if not foreign:
-            steps.append(_attach_step(above, idx, p.name))
+            steps.append(_attach_step(above, idx, p.name,
+                                      unique_top=parent_idx if unique else None))
     if foreign:
         # An index created ON ONLY never turns valid while a foreign partition exists (nothing
         # can be attached for it). A plain CREATE INDEX on the parent skips foreign partitions
@@ -651,13 +613,21 @@ def _remote_index_step(conn: Connection, part: Partition, cols: list[str], *, un
         undo=[remote_sql(dbl, part.server, drop, durable=False)])
 
 
-def _attach_step(parent_idx: QualifiedName, idx: QualifiedName, table: QualifiedName) -> Step:
+def _attach_step(parent_idx: QualifiedName, idx: QualifiedName, table: QualifiedName, *,
+                 unique_top: QualifiedName | None = None) -> Step:
+    """Attach a partition's index. No DETACH exists for indexes: undoing the ON ONLY step drops
+    the attached ones with it. A unique one refuses duplicates once built and attached, and an
+    attached index cannot be dropped alone: its undo drops the whole index from the top."""
+    undo: list[str | sql.Composable] = (
+        [sql.SQL("DROP INDEX IF EXISTS {}").format(unique_top.ident)] if unique_top else [])
     return Step.sql(
         f"attach:{idx.name}", f"attach index {idx.name} to {parent_idx.name}",
         [sql.SQL("ALTER INDEX {} ATTACH PARTITION {}").format(parent_idx.ident, idx.ident)],
         locks=[LockTaken(SUE, str(parent_idx)), LockTaken(AE, f"{idx} (index of {table})")],
-        # No DETACH for indexes; undoing the ON ONLY step drops the attached indexes with it.
-        guard=_g_attached(idx, parent_idx), nothing_to_undo=True)
+        guard=_g_attached(idx, parent_idx), nothing_to_undo=not undo, undo=undo,
+        residue=Residue.REFUSES if undo else Residue.NONE,
+        residue_note=f"unique index {unique_top.name} refuses duplicates in {table}"
+        if unique_top else "")
 
 
 def _attached_or_free(conn: Connection, table: QualifiedName, parent_idx: QualifiedName,

@@ -38,12 +38,21 @@ from .. import policy as pol
 from ..catalog import Partition, TableInfo, snapshot
 from ..connection import Connection
 from ..ddl.bounds import Bound
+from ..ddl.parallel import Jobs, resolve_jobs
 from ..ddl.shards import ddl_guard_step, is_superuser, refuse_parent_keys, shard_table_step
 from ..errors import Refused
 from ..execute import ActionContext
 from ..names import QualifiedName, child_name
 from ..plan import Lock, LockTaken, Plan, Residue, Statement, Step, render
-from .carve import DIRECT_MAX_LOCK_MS, DIRECT_ROWS_PER_MS, Piece, Sub, plan_carve
+from .carve import (
+    DIRECT_MAX_LOCK_MS,
+    DIRECT_ROWS_PER_MS,
+    MAX_COPY_JOBS,
+    ONE,
+    Piece,
+    Sub,
+    plan_carve,
+)
 from .retention import detach_step, retention_steps
 
 
@@ -124,8 +133,12 @@ class Summary:
         return ", ".join(bits)
 
 
-def plan_maintain(conn: Connection, table: str, *, now: datetime | None = None
+def plan_maintain(conn: Connection, table: str, *, now: datetime | None = None,
+                  jobs: str | int = 1, max_rate: float | None = None
                   ) -> tuple[Plan, Summary]:
+    """The maintenance of ``table`` due now; ``jobs``: the connections of each DEFAULT
+    drain's bulk copy (``carve_state.parallel_copy``), ``max_rate``: its rows per second over
+    all of them (each drain's copy on its own: a table's drains run one after the other)."""
     info = snapshot(conn, table)
     policy = pol.load(conn, info.name)
     if policy is None:
@@ -145,17 +158,21 @@ def plan_maintain(conn: Connection, table: str, *, now: datetime | None = None
                 steps.append(detach_step(info.name, part.name, concurrently=True, pending=True))
                 summary.finalized.append(part.name.quoted)
 
+    nj = ONE if str(jobs) == "1" else resolve_jobs(conn, jobs, limit=MAX_COPY_JOBS)
     for level in lv.levels(conn, policy, info):
-        steps += _level_steps(conn, policy, info, level, now, summary, notes, taken)
+        steps += _level_steps(conn, policy, info, level, now, summary, notes, taken, jobs=nj,
+                              max_rate=max_rate)
 
     if policy.strategy in ("list", "hash") and policy.sub_strategy == "range":
-        steps += _new_branches(conn, policy, info, now, summary, notes, taken)
+        steps += _new_branches(conn, policy, info, now, summary, notes, taken, jobs=nj,
+                               max_rate=max_rate)
 
     if policy.strategy == "list" and policy.sub_strategy is None:
         steps += _placed_lists(conn, policy, info, summary, notes, taken)
 
     plan = Plan("maintain", info.name.quoted,
-                {"now": now.isoformat() if now else None, "summary": summary.to_json()},
+                {"now": now.isoformat() if now else None, "summary": summary.to_json(),
+                 **({"max_rate": max_rate} if max_rate else {})},
                 steps, notes=notes, requires=preflight.table_change(info.name)
                 + ([preflight.writable(policy.archive_dir)]
                    if policy.archive_dir and any(s.action == "retention.archive" for s in steps)
@@ -164,8 +181,8 @@ def plan_maintain(conn: Connection, table: str, *, now: datetime | None = None
 
 
 def _level_steps(conn: Connection, policy: pol.Policy, info: TableInfo, level: lv.Level,
-                 now: datetime | None, summary: Summary, notes: list[str], taken: set[str]
-                 ) -> list[Step]:
+                 now: datetime | None, summary: Summary, notes: list[str], taken: set[str],
+                 *, jobs: Jobs = ONE, max_rate: float | None = None) -> list[Step]:
     steps: list[Step] = []
     max_key = (lv.max_key(conn, level.parent, level.key)
                if level.kind in ("integer", "numeric") else None)
@@ -247,7 +264,7 @@ def _level_steps(conn: Connection, policy: pol.Policy, info: TableInfo, level: l
     if targets:
         assert view.default is not None
         steps += drain_steps(conn, info, view.parent, view.default.name, targets, summary,
-                             notes)
+                             notes, jobs=jobs, max_rate=max_rate)
     if rest:
         steps += premake_steps(view, [g for g, _ in rest], taken, summary,
                                placed=[srv for _, srv in rest], conn=conn, info=info)
@@ -613,9 +630,11 @@ def _placed_lists(conn: Connection, policy: pol.Policy, info: TableInfo, summary
 # -- drain -------------------------------------------------------------------------------------
 def drain_steps(conn: Connection, info: TableInfo, parent: QualifiedName,
                 old_default: QualifiedName, targets: list[Target], summary: Summary,
-                notes: list[str], also: list[Bound] | None = None) -> list[Step]:
+                notes: list[str], also: list[Bound] | None = None, *,
+                jobs: Jobs = ONE, max_rate: float | None = None) -> list[Step]:
     """Move the DEFAULT's rows into their new partitions: ``carve``'s copy-and-swap method
-    (ops/carve.py) with the new partitions as pieces."""
+    (ops/carve.py) with the new partitions as pieces, its bulk copy on ``jobs``
+    connections, at most ``max_rate`` rows per second together."""
     if info.primary_key is None:
         notes.append(f"{sum(t.rows for t in targets)} rows in {old_default} need partitions, "
                      f"but {info.name} has no primary key: the online drain needs one to mirror "
@@ -623,7 +642,7 @@ def drain_steps(conn: Connection, info: TableInfo, parent: QualifiedName,
         return []
     plan = plan_carve(conn, parent.quoted,
                       [Piece(name=t.name.name, bound=t.bound, sub=t.sub) for t in targets],
-                      method="swap", also=also or [],
+                      method="swap", also=also or [], jobs=jobs, max_rate=max_rate,
                       # the snapshot already read, unless the DEFAULT is a branch's
                       info=info if parent == info.name else None)
     n_rows = sum(t.rows for t in targets)
@@ -656,7 +675,8 @@ def _slug(value: Any) -> str:
 
 
 def _new_branches(conn: Connection, policy: pol.Policy, info: TableInfo, now: datetime | None,
-                  summary: Summary, notes: list[str], taken: set[str]) -> list[Step]:
+                  summary: Summary, notes: list[str], taken: set[str], *,
+                  jobs: Jobs = ONE, max_rate: float | None = None) -> list[Step]:
     p = info.partitioning
     assert p is not None and policy.sub_key_column and policy.sub_interval
     top_default = p.default
@@ -730,7 +750,8 @@ def _new_branches(conn: Connection, policy: pol.Policy, info: TableInfo, now: da
                               rows=n_rows, sub=Sub(sub, subs, bdef)))
         notes.append(f"new {key} value {value!r}: branch {bname} with {len(ranges)} "
                      f"{iv} partition(s)")
-    return drain_steps(conn, info, info.name, top_default.name, targets, summary, notes)
+    return drain_steps(conn, info, info.name, top_default.name, targets, summary, notes,
+                       jobs=jobs, max_rate=max_rate)
 
 
 def run_summary(conn: Connection, job: int, planned: dict[str, Any]) -> dict[str, Any]:
@@ -738,9 +759,13 @@ def run_summary(conn: Connection, job: int, planned: dict[str, Any]) -> dict[str
     archive files, ranges deferred to the next run)."""
     done = dict(planned)
     archives = []
-    for name, progress in journal.step_progress(conn, job):
-        if name == "drain:copy" and progress:
-            done["moved_rows"] = int(progress.get("copied", done["moved_rows"]))
+    steps = journal.step_progress(conn, job)
+    # the drains' bulk copies measured what they moved (a direct carve measures nothing)
+    copied = [int(p["copied"]) for name, p in steps
+              if name in ("carve-copy", "drain:copy") and "copied" in p]
+    if copied and not any(name == "carve-direct" for name, _ in steps):
+        done["moved_rows"] = sum(copied)
+    for name, progress in steps:
         if name.startswith("archive:") and progress:
             archives.append({"partition": name.split(":", 1)[1], **progress})
         if name in ("premake:validate", "premake:create") and progress \

@@ -40,6 +40,7 @@ from ..connection import Connection, redact
 from ..ddl.bounds import portable_hash_check
 from ..ddl.capture import CopyAcross, key_log_function
 from ..ddl.exclusion import default_exclusion, drop_default_exclusion
+from ..ddl.parallel import Jobs, resolve_jobs
 from ..ddl.shards import (
     BOUND_CHECK,
     ddl_guard_step,
@@ -95,6 +96,9 @@ class CopyFields(TypedDict):
     trigger: str
     pk: list[str]
     catchup_keys: NotRequired[int]  # replay until fewer keys than this were logged
+    jobs: NotRequired[int]  # the copy step's: --jobs N > 1, key ranges on N connection pairs
+    max_rate: NotRequired[float]  # the copy step's --max-rate, rows/s over every pair
+    pk_types: NotRequired[list[str]]  # the key's types, for the ranges' bounds
 
 
 class CopyParams(MoveParams, CopyFields):
@@ -108,6 +112,9 @@ class CopyCutoverParams(CutoverParams, CopyFields):
 class RemoteDDLParams(TypedDict):
     server: str
     statements: list[str]  # run on the server in one transaction, under lock_timeout
+
+#: one connection, as before --jobs
+ONE = Jobs(1, "--jobs 1")
 
 # synchronous_commit = on: the rows a subscriber applied survive its crash (an asynchronous
 # apply can lose its last commits, and the initial copy's progress with them)
@@ -126,13 +133,18 @@ class _Ctx:
     remote: QualifiedName  # the shard's table
     constraint_def: str  # pg_get_partition_constraintdef of the partition
     tag: str  # unique suffix of publication/subscription names
+    jobs: Jobs = ONE  # the copy method's connections (--jobs)
+    max_rate: float | None = None  # the copy method's bulk copy, rows/s (--max-rate)
 
 
 def plan_move(conn: Connection, partition: str, *, to: str, drop_source: bool = False,
-              origin_dsn: str | None = None, method: str = "auto") -> Plan:
+              origin_dsn: str | None = None, method: str = "auto",
+              jobs: str | int = 1, max_rate: float | None = None) -> Plan:
     """Plan moving ``partition`` to server ``to`` (or back with ``to='local'``), by logical
     replication or by copy with a key log (``method``: auto, replication or copy; auto takes
-    replication where the roles and settings allow it)."""
+    replication where the roles and settings allow it). ``jobs``: the copy method's bulk copy
+    on that many pairs of connections, ``max_rate``: its rows per second over all of them
+    (both refused for replication)."""
     if method not in METHODS:
         raise Refused(f"unknown move method {method!r}", hint="use auto, replication or copy")
     info = snapshot(conn, partition)
@@ -179,6 +191,7 @@ def plan_move(conn: Connection, partition: str, *, to: str, drop_source: bool = 
                                opts.get("table_name", info.name.name))
         ctx = _Ctx(parent, part, str(srow[0]), "back", remote, cdef, tag)
         chosen, why = _choose_method(conn, ctx, method, origin_dsn)
+        ctx.jobs, ctx.max_rate = _copy_jobs(conn, chosen, jobs), _copy_rate(chosen, max_rate)
         plan = (_plan_back(conn, ctx, info, drop_source) if chosen == "replication"
                 else _plan_copy_back(conn, ctx, info, drop_source))
         return plan.add(notes=[why])
@@ -189,6 +202,7 @@ def plan_move(conn: Connection, partition: str, *, to: str, drop_source: bool = 
                       hint=f"move it back first: pgcleave move {info.name} --to local")
     ctx = _Ctx(parent, part, server.name, "out", info.name, cdef, tag)
     chosen, why = _choose_method(conn, ctx, method, origin_dsn)
+    ctx.jobs, ctx.max_rate = _copy_jobs(conn, chosen, jobs), _copy_rate(chosen, max_rate)
     plan = (_plan_out(conn, ctx, info, drop_source, origin_dsn) if chosen == "replication"
             else _plan_copy_out(conn, ctx, info, drop_source))
     return plan.add(notes=[why])
@@ -196,6 +210,33 @@ def plan_move(conn: Connection, partition: str, *, to: str, drop_source: bool = 
 
 # -- which method ----------------------------------------------------------------------------
 METHODS = ("auto", "replication", "copy")
+
+#: The most pairs of connections one move by copy uses.
+MAX_MOVE_JOBS = 8
+
+
+def _copy_jobs(conn: Connection, chosen: str, jobs: str | int) -> Jobs:
+    """``--jobs`` of a move: the copy method's; a subscription copies each table with one
+    sync worker, so more than one is refused rather than silently not used."""
+    if str(jobs) == "1":
+        return ONE
+    if chosen == "replication":
+        raise Refused(f"--jobs {jobs}: a move by replication copies the partition with one "
+                      "table sync worker of the subscription; nothing was changed",
+                      hint="add --method copy to copy on several connections, or leave "
+                           "--jobs out")
+    return resolve_jobs(conn, jobs, limit=MAX_MOVE_JOBS)
+
+
+def _copy_rate(chosen: str, max_rate: float | None) -> float | None:
+    """``--max-rate`` of a move: the copy method's; the sync worker of a subscription copies
+    at its own pace, which nothing here can slow, so it is refused rather than ignored."""
+    if max_rate and chosen == "replication":
+        raise Refused(f"--max-rate {max_rate:g}: a move by replication copies the partition "
+                      "with the subscription's table sync worker, which pgcleave cannot pace; "
+                      "nothing was changed",
+                      hint="add --method copy to copy at a bounded rate, or leave --max-rate out")
+    return float(max_rate) if max_rate else None
 
 #: Replication slots and WAL senders a move's subscription uses on the publisher at most: its
 #: own, plus one per table during the initial copy (the partition and the marker table).
@@ -511,6 +552,13 @@ def _copy_notes(c: _Ctx, cap: _Capture) -> list[str]:
             f"{cap.log} (trigger {cap.trigger})"]
 
 
+def _copy_args(c: _Ctx) -> dict[str, object]:
+    """The job's args of a move by copy: what ``pgcleave jobs`` and ``report`` show of how
+    it copies (the copy step journals the same ``jobs`` and ``max_rate``: resume uses them)."""
+    return {"method": "copy", **({"jobs": c.jobs.n} if c.jobs.n > 1 else {}),
+            **({"max_rate": c.max_rate} if c.max_rate else {})}
+
+
 def _plan_copy_out(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool) -> Plan:
     parent, part, srv = c.parent, c.part, c.server
     refuse_parent_keys(parent)
@@ -543,7 +591,7 @@ def _plan_copy_out(conn: Connection, c: _Ctx, info: TableInfo, drop_source: bool
                       undo=[*cap.drop()])]
     steps += _common_tail(conn, c, dbl, staging, local_aside, drop_source, info, cap)
     plan = Plan("move", parent.name.quoted, {"partition": part.name.quoted, "to": srv,
-                                           "drop_source": drop_source, "method": "copy"},
+                                           "drop_source": drop_source, **_copy_args(c)},
                 steps, notes=_copy_notes(c, cap))
     if not any(p.kind == "f" for p in parent.partitioning.leaves()):  # type: ignore[union-attr]
         plan = plan.add(warnings=first_move_warnings(parent))
@@ -590,7 +638,7 @@ def _plan_copy_back(conn: Connection, c: _Ctx, info: TableInfo, drop_source: boo
     steps += _common_tail(conn, c, dbl, target, aside, drop_source, info, cap)
     return Plan("move", parent.name.quoted, {"partition": part.name.quoted, "to": "local",
                                            "from": srv, "drop_source": drop_source,
-                                           "method": "copy"}, steps, notes=_copy_notes(c, cap))
+                                           **_copy_args(c)}, steps, notes=_copy_notes(c, cap))
 
 
 def _uncapture_step(cap: _Capture, dbl: str, srv: str) -> Step:
@@ -623,12 +671,27 @@ def _common_tail(conn: Connection, c: _Ctx, dbl: str, incoming: QualifiedName,
         m = _action_params(c)
         src_at, dst_at = (("this database", f"server {srv}") if out else
                           (f"server {srv}", "this database"))
+        cp = CopyParams(**m, **cap.fields(), columns=cap.columns)
+        shown = cap.across().shown(src_at, dst_at, COPY_CATCHUP_KEYS)
+        how = ""
+        if c.jobs.n > 1:
+            cp["jobs"] = c.jobs.n
+            cp["pk_types"] = [info.column(k).type for k in cap.pk]
+            how = (f" on {c.jobs.n} pairs of connections ({c.jobs.reason}), each a disjoint "
+                   "range of the primary key, each range's destination transaction first "
+                   "deleting what an earlier try of it left")
+            shown = [sql.SQL(f"-- {c.jobs.n} pairs of connections, each copying a range "
+                             "($lo, $hi] of the primary key: the source's transactions import "
+                             "one exported snapshot (SELECT pg_export_snapshot()), each "
+                             "COPY (SELECT ... WHERE (key) > $lo AND (key) <= $hi)"), *shown]
+        if c.max_rate:
+            cp["max_rate"] = c.max_rate
+            how += f", at most {c.max_rate:,.0f} rows/s" + (" together" if c.jobs.n > 1 else "")
         steps.append(Step.act(
             "copy", f"copy the rows of {cap.src} ({src_at}) into {cap.dst} ({dst_at}) with "
-            f"COPY in one snapshot, {'binary' if cap.binary else 'text'} format, streamed; then "
-            "replay the key log until few keys are left",
-            action="move.copy", params=CopyParams(**m, **cap.fields(), columns=cap.columns),
-            shown=cap.across().shown(src_at, dst_at, COPY_CATCHUP_KEYS),
+            f"COPY in one snapshot{how}, {'binary' if cap.binary else 'text'} format, streamed;"
+            " then replay the key log until few keys are left",
+            action="move.copy", params=cp, shown=shown,
             locks=[LockTaken(Lock.ACCESS_SHARE, f"{cap.src} (reads only)")],
             transactional=False, nothing_to_undo=True))
     default = parent.partitioning.default if parent.partitioning else None

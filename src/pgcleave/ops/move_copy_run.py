@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, cast
 
 import psycopg
@@ -24,10 +24,13 @@ from psycopg import sql
 from .. import servers
 from ..connection import Connection
 from ..ddl.capture import PORTABLE_SETTINGS, REPLAY_SETTINGS, CopyAcross
+from ..ddl.parallel import key_cuts, run_queue
 from ..errors import StepFailed
 from ..execute import ActionContext
+from ..faults import kill_if_due
+from ..journal import save_progress_part
 from ..names import QualifiedName
-from ..throttle import Throttle
+from ..throttle import RateLimit, Throttle
 from .move import (
     COPY_CATCHUP_KEYS,
     CopyCutoverParams,
@@ -87,12 +90,37 @@ def _ends(ctx: ActionContext, p: CopyParams | CopyCutoverParams) -> Iterator[_En
         e.close()
 
 
+class _Paced:
+    """What the bulk copy's ``_pipe`` calls after each block: the throttle's check, and the
+    count of ``--max-rate`` (``RateLimit``, one for every pair of connections). A block is a
+    row: PostgreSQL sends each row of a COPY TO in a CopyData message of its own (the binary
+    header rides with the first, the trailer comes alone) and psycopg yields one message per
+    block. The rows reach the shared limit a few at a time (about 50 times a second at the
+    rate), not one lock per row; ``flush`` hands over the last ones."""
+
+    def __init__(self, throttle: Throttle, rate: RateLimit) -> None:
+        self.throttle, self.rate = throttle, rate
+        self.every = max(1, min(1000, int((rate.rows_per_s or 0) / 50)))
+        self.rows = 0
+
+    def __call__(self) -> None:
+        self.throttle.check()
+        if self.rate.rows_per_s:
+            self.rows += 1
+            if self.rows >= self.every:
+                self.flush()
+
+    def flush(self) -> None:
+        self.rate.add(self.rows)
+        self.rows = 0
+
+
 def _pipe(src: Connection, out_sql: sql.Composed, dst: Connection, in_sql: sql.Composed,
           check: Callable[[], None] | None = None) -> int:
     """Stream ``COPY ... TO STDOUT`` on ``src`` into ``COPY ... FROM STDIN`` on ``dst``, block
     by block (never the whole table in memory). Returns the rows written. ``check`` (the
-    throttle's) is called between blocks: it may pause the stream or stop it (the copy's
-    transactions then roll back and a resumed job copies again)."""
+    throttle's, or a ``_Paced``) is called between blocks: it may pause the stream or stop it
+    (the copy's transactions then roll back and a resumed job copies again)."""
     with src.cursor() as sc, dst.cursor() as dc:
         with sc.copy(out_sql) as cout, dc.copy(in_sql) as cin:
             for block in cout:
@@ -102,13 +130,77 @@ def _pipe(src: Connection, out_sql: sql.Composed, dst: Connection, in_sql: sql.C
         return max(dc.rowcount, 0)
 
 
-def _bulk(e: _Ends, throttle: Throttle) -> int:
+def _bulk(e: _Ends, throttle: Throttle, rate: RateLimit) -> int:
     a = e.across
     with e.dst.transaction():
         e.dst.execute(a.truncate)  # a copy cut short by a kill starts again from nothing
         with e.src.transaction():
             e.src.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            return _pipe(e.src, a.bulk_out, e.dst, a.rows_in, throttle.check)
+            return _pipe(e.src, a.bulk_out, e.dst, a.rows_in, _Paced(throttle, rate))
+
+
+def _parallel_bulk(ctx: ActionContext, p: CopyParams, e: _Ends, throttle: Throttle,
+                   rate: RateLimit) -> int:
+    """The bulk copy on ``jobs`` pairs of connections (``--jobs``), each share a range of the
+    primary key (``ddl.parallel.key_cuts``), each pair's source transaction importing one
+    snapshot that ``e.src`` exports. A share is recorded in the journal once its destination
+    committed; a share not recorded (the job was killed) is copied again after deleting
+    what it left there (``CopyAcross.range_delete``), in the snapshot of the resumed run:
+    a key nobody wrote since the first snapshot has the same row in both, and every key
+    written since is in the log, which the replays then apply. Returns the rows copied."""
+    a = e.across
+    state = ctx.load()
+    if "shares" not in state:
+        e.dst.execute(a.truncate)  # a copy cut short before its shares were chosen
+        cuts = key_cuts(e.src, a.src, a.pk, int(p.get("jobs") or 1))
+        state = {"shares": {str(i): {"after": cuts[i], "upto": cuts[i + 1]
+                                     if i + 1 < len(cuts) else None} for i in range(len(cuts))}}
+        ctx.save(state)
+    todo = [k for k, s in sorted(state["shares"].items(), key=lambda kv: int(kv[0]))
+            if not s.get("done")]
+    if todo:
+        _copy_shares(ctx, p, e, state["shares"], todo, throttle, rate)
+    return sum(int(s.get("rows", 0)) for s in ctx.load()["shares"].values())
+
+
+def _copy_shares(ctx: ActionContext, p: CopyParams, e: _Ends, shares: dict[str, Any],
+                 todo: list[str], throttle: Throttle, rate: RateLimit) -> None:
+    a = e.across
+    n_pairs = max(1, min(int(p.get("jobs") or 1), len(todo)))
+    pairs: list[_Ends] = []
+    lock = threading.Lock()
+    saved = [0]
+    try:
+        for _ in range(n_pairs):
+            pairs.append(_Ends(ctx, p, p["server"], p["columns"]))
+        with e.src.transaction():
+            e.src.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            row = e.src.execute("SELECT pg_export_snapshot()").fetchone()
+            assert row is not None
+            snap = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(str(row[0])))
+
+            def copy_share(pair: _Ends, k: str, _stop: threading.Event) -> None:
+                share, paced = shares[k], _Paced(throttle, rate)
+                cond = a.key_range(list(p["pk_types"]), share["after"], share["upto"])
+                with pair.dst.transaction():
+                    pair.dst.execute(a.range_delete(cond))
+                    with pair.src.transaction():
+                        pair.src.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                        pair.src.execute(snap)
+                        n = _pipe(pair.src, a.range_out(cond), pair.dst, a.rows_in, paced)
+                        paced.flush()
+                with lock:  # the job's connection, shared by the pairs' threads
+                    save_progress_part(ctx.conn, ctx.job_id, ctx.index, "shares", k,
+                                       {**share, "done": True, "rows": n})
+                    saved[0] += 1
+                    kill_if_due("kill-move-after-shares", saved[0])
+
+            # the pairs are opened (and closed) here, before the snapshot they import
+            run_queue(todo, n_pairs, copy_share, open_worker=lambda i: nullcontext(pairs[i]),
+                      name="pgcleave-move-copy")
+    finally:
+        for x in pairs:
+            x.close()
 
 
 def _replay(e: _Ends) -> int:
@@ -150,18 +242,27 @@ def remote_ddl(ctx: ActionContext) -> None:
 
 def copy(ctx: ActionContext) -> None:
     """The bulk copy (once: its row count saved when the destination committed it), then
-    replays of the key log until fewer than ``catchup_keys`` keys were logged during one."""
+    replays of the key log until fewer than ``catchup_keys`` keys were logged during one.
+    ``max_rate`` paces the bulk copy only: the replays are what keeps the copy up with the
+    application, and slowing them would only make the log grow."""
     p = cast(CopyParams, ctx.params)
     state = ctx.load()
     t0 = time.monotonic()
     with _ends(ctx, p) as e, ctx.throttle() as throttle:
         if "copied" not in state:
-            n = _bulk(e, throttle)
-            state = {"copied": n}
+            parallel = int(p.get("jobs") or 1) > 1
+            rate = RateLimit(p.get("max_rate"))
+            n = (_parallel_bulk(ctx, p, e, throttle, rate) if parallel
+                 else _bulk(e, throttle, rate))
+            state = {**(ctx.load() if parallel else {}), "copied": n}
             ctx.save(state)
             s = time.monotonic() - t0
             ctx.progress(f"copied {n:,} rows in {s:.1f} s ({n / max(s, 1e-6):,.0f} rows/s, "
-                         f"{'binary' if e.across.binary else 'text'} COPY)", copied=n,
+                         f"{'binary' if e.across.binary else 'text'} COPY"
+                         + (f", {p['jobs']} connection pairs" if parallel else "")
+                         + (f", at most {p['max_rate']:,.0f} rows/s" if p.get("max_rate")
+                            else "") + ")",
+                         copied=n,
                          final=True)
         limit = int(p.get("catchup_keys", COPY_CATCHUP_KEYS))
         for _ in range(50):

@@ -88,14 +88,18 @@ class _Sides:
                 c.close()
 
 
-def _sync_state(sub: Connection, name: str) -> tuple[bool, str]:
+def _sync_state(sub: Connection, name: str) -> tuple[bool, str, list[tuple[int, int]]]:
+    """Whether every table of the subscription is ready, their states as text, and the
+    (subscription, table) oids of those in state 'f' (``_sync_slot_lost`` looks at those)."""
     rows = sub.execute(
-        "SELECT sr.srrelid::regclass::text, sr.srsubstate::text FROM pg_subscription_rel sr"
-        " JOIN pg_subscription s ON s.oid = sr.srsubid WHERE s.subname = %s"
+        "SELECT sr.srrelid::regclass::text, sr.srsubstate::text, sr.srsubid, sr.srrelid"
+        " FROM pg_subscription_rel sr JOIN pg_subscription s ON s.oid = sr.srsubid"
+        " WHERE s.subname = %s"
         " AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
         [name]).fetchall()
     ready = bool(rows) and all(r[1] == "r" for r in rows)
-    return ready, ", ".join(f"{r[0]}={r[1]}" for r in rows)
+    return (ready, ", ".join(f"{r[0]}={r[1]}" for r in rows),
+            [(int(r[2]), int(r[3])) for r in rows if r[1] == "f"])
 
 
 def _sub_errors(sub: Connection, name: str) -> str:
@@ -133,10 +137,20 @@ def catch_up(ctx: ActionContext) -> None:
     try:
         _heal_subscription(ctx, sides)
         t0 = time.monotonic()
+        stuck_since: float | None = None
         while True:
-            ready, state = _sync_state(sides.subscriber, p["name"])
+            ready, state, copied = _sync_state(sides.subscriber, p["name"])
             if ready:
                 break
+            if _sync_slot_lost(sides, copied):
+                stuck_since = stuck_since or time.monotonic()
+                if time.monotonic() - stuck_since > SYNC_SLOT_GRACE_S:
+                    _copy_again(ctx, sides, "a table's copy finished but its synchronization "
+                                "slot is gone (the shard stopped between the two)")
+                    stuck_since = None
+                    continue
+            else:
+                stuck_since = None
             if time.monotonic() - t0 > timeout:
                 raise StepFailed(f"initial copy not done after {timeout:.0f}s: {state}"
                                  + _sub_errors(sides.subscriber, p["name"]),
@@ -150,6 +164,37 @@ def catch_up(ctx: ActionContext) -> None:
         sides.close()
 
 
+#: How long a table may stay "copied, slot gone" before the copy starts again. A table sync
+#: worker drops its slot on the publisher just before it commits the table's next state, so
+#: the pair is seen for a moment in normal operation; a retrying worker takes 5 s per try.
+SYNC_SLOT_GRACE_S = 5.0
+
+
+def _sync_slot_lost(sides: _Sides, copied: list[tuple[int, int]]) -> bool:
+    """True when a table in state 'f' (copied, catching up; ``copied``: its subscription
+    and table oids) no longer has its table sync slot on the publisher. PostgreSQL's sync
+    worker drops that slot before it commits the table's next state; a subscriber that stops
+    between the two comes back with a worker that retries START_REPLICATION on the missing
+    slot forever."""
+    for subid, relid in copied:
+        found = sides.publisher.execute(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE %s",
+            [f"pg\\_{subid}\\_sync\\_{relid}\\_%"]).fetchone()
+        if found == (0,):
+            return True
+    return False
+
+
+def _copy_again(ctx: ActionContext, sides: _Sides, why: str) -> None:
+    """Start the initial copy again from scratch. Nothing reads the receiving table before the
+    cut-over (the origin keeps every row until then), so emptying it loses nothing."""
+    p = cast(MoveParams, ctx.params)
+    ctx.progress(f"{why}: copying again from the start", final=True)
+    sides.subscriber.execute(sql.SQL("DROP SUBSCRIPTION IF EXISTS {}").format(
+        sql.Identifier(p["name"])))
+    _resubscribe(ctx, sides)
+
+
 def _heal_subscription(ctx: ActionContext, sides: _Sides) -> None:
     """A subscriber that crashed right after CREATE SUBSCRIPTION may have lost it (its commit
     was not yet flushed). Start the copy again from scratch: empty the receiving table, drop
@@ -160,6 +205,11 @@ def _heal_subscription(ctx: ActionContext, sides: _Sides) -> None:
         return
     ctx.progress("the subscription is missing on the subscriber (lost in a crash?): "
                  "copying again from the start", final=True)
+    _resubscribe(ctx, sides)
+
+
+def _resubscribe(ctx: ActionContext, sides: _Sides) -> None:
+    p = cast(MoveParams, ctx.params)
     receiving = QualifiedName(*p["remote"])
     sides.subscriber.execute(sql.SQL("TRUNCATE {}").format(receiving.ident))
     sides.publisher.execute("SELECT pg_drop_replication_slot(slot_name) FROM"

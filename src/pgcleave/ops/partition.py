@@ -32,6 +32,7 @@ from .. import policy as policy_mod
 from ..catalog import Index, TableInfo, relation_exists, snapshot
 from ..connection import Connection
 from ..ddl import dependents, identity, orm
+from ..ddl import inbound_fks as ifk
 from ..ddl.bounds import (
     Bound,
     check_new_bound,
@@ -67,6 +68,7 @@ from ..schemes import (
 from . import carve as carve_ops
 from . import copy as copy_ops
 from . import copy_layout
+from .inbound import Inbound, classify, mode_of
 
 CUTOFF_CHECK = "pgcleave_cutoff"
 STRATEGIES = ("legacy", "default", "copy")
@@ -105,12 +107,14 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
                    premake: int = 3, strategy: str | None = None,
                    then: str | None = None, then_interval: str | None = None,
                    cutoff: str | None = None, drop_inbound_fks: bool = False,
-                   require_parent_key: bool = False, old_name: str | None = None,
+                   inbound_fks: str | None = None, require_parent_key: bool = False,
+                   old_name: str | None = None,
                    modulus: int | None = None, values: list[str] | None = None,
-                   batch_size: int = 10000) -> Plan:
+                   batch_size: int = 10000, jobs: str | int = 1) -> Plan:
     """Plan the in-place conversion of ``table`` into a partitioned table of the same name
     (or, for hash, list value groups and two levels by copy, the copy's job)."""
     method, col = parse_by(by)
+    fk_mode = mode_of(inbound_fks, drop_inbound_fks)
     if strategy is not None and strategy not in STRATEGIES:
         raise Refused(f"unknown strategy {strategy!r}", hint="use legacy, default or copy")
     if method == "range" and (values or modulus is not None):
@@ -122,10 +126,11 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
         return _plan_layout_copy(conn, table, by=by, method=method, strategy=strategy,
                                  modulus=modulus, values=values, then=then,
                                  interval=interval or then_interval, premake=premake,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, inbound_fks=fk_mode, jobs=jobs)
     if strategy == "copy":
         return copy_ops.plan_partition_copy(conn, table, by=by, interval=interval,
-                                            premake=premake, batch_size=batch_size)
+                                            premake=premake, batch_size=batch_size,
+                                            inbound_fks=fk_mode, jobs=jobs)
     info = snapshot(conn, table)
     name = info.name
     if info.kind == "p":
@@ -207,20 +212,15 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
     for fk in info.foreign_keys_out:
         if fk.ref_table == name:
             raise Refused(f"{name} has a self-referencing foreign key ({fk.name}); not supported")
-    if info.foreign_keys_in and not drop_inbound_fks:
-        fks = "; ".join(f"{fk.table}.{fk.name} ({', '.join(fk.columns)}) -> "
-                        f"({', '.join(fk.ref_columns)})" for fk in info.foreign_keys_in)
-        raise Refused(f"foreign keys point at {name}: {fks}. After the cut-over they would "
-                      "still point at the old table (now one partition), so rows in new "
-                      "partitions could not be referenced",
-                      hint="rerun with --drop-inbound-fks to drop them in the cut-over (their "
-                           "definitions are printed so you can re-create them on the "
-                           "partitions), or partition the referencing table too")
 
     keys = _classify_indexes(info, col, strategy)
     pk_has_key = col in info.primary_key.columns
     warnings: list[str] = []
     notes = [f"strategy {strategy}: {reason}"]
+    inbound = classify(info, col, [ix.columns for ix in keys.on_parent if ix.unique
+                                   and " WHERE " not in ix.definition], fk_mode, notes, warnings)
+    if str(jobs) != "1":
+        notes.append(f"--jobs {jobs} is not used: an in-place conversion copies no rows")
     if not pk_has_key:
         if require_parent_key:
             raise Refused(f"the primary key of {name} ({', '.join(info.primary_key.columns)}) "
@@ -239,10 +239,6 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
         if not ix.primary:
             warnings.append(f"unique index {ix.name} does not include {col}: it stays unique "
                             "per partition only")
-    if info.foreign_keys_in:
-        for fk in info.foreign_keys_in:
-            warnings.append(f"foreign key {fk.table}.{fk.name} will be dropped: "
-                            f"ALTER TABLE {fk.table} ADD CONSTRAINT {fk.name} {fk.definition}")
 
     suffix_word = "legacy" if strategy == "legacy" else "old"
     old = name.sibling(old_name or child_name(name.name, suffix_word))
@@ -317,8 +313,8 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
             nothing_to_undo=True))
 
     cut = _cutover(info, col, method, old, attach, premade, keys, pol,
-                   cutoff_check=strategy == "legacy", drop_fks=drop_inbound_fks)
-    undo = revert_statements(_RevertSpec.from_info(info, old, keys, drop_fks=drop_inbound_fks))
+                   cutoff_check=strategy == "legacy", inbound=inbound)
+    undo = revert_statements(_RevertSpec.from_info(info, old, keys, inbound=inbound))
     locks = [LockTaken(Lock.ACCESS_EXCLUSIVE, str(name)),
              *[LockTaken(Lock.SHARE_ROW_EXCLUSIVE, str(fk.ref_table))
                for fk in info.foreign_keys_out],
@@ -334,20 +330,21 @@ def plan_partition(conn: Connection, table: str, *, by: str, interval: str | Non
         guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = "
                       "to_regclass({}))").format(name.literal),
         undo=undo))
+    steps += [ifk.validate_step(r, name, name=f"validate-fk:{r.name}")
+              for r in inbound.repoint if r.validated]
     args = {"by": by, "interval": interval, "premake": premake, "strategy": strategy,
             "then": then, "then_interval": then_interval, "cutoff": str(cut_value)
             if cut_value is not None else None, "old_table": old.quoted}
     return Plan("partition", name.quoted, args, steps, notes=notes, warnings=warnings,
                 requires=[*preflight.table_change(name),
                           *(preflight.owner(v.name) for v in info.views),
-                          *(preflight.owner(fk.table) for fk in info.foreign_keys_in
-                            if drop_inbound_fks)])
+                          *(preflight.owner(fk.table) for fk in info.foreign_keys_in)])
 
 
 def _plan_layout_copy(conn: Connection, table: str, *, by: str, method: str,
                       strategy: str | None, modulus: int | None, values: list[str] | None,
                       then: str | None, interval: str | None, premake: int,
-                      batch_size: int) -> Plan:
+                      batch_size: int, inbound_fks: str, jobs: str | int = 1) -> Plan:
     """Hash, list value groups and list-then-range: only the copy strategy can build them."""
     warnings: list[str] = []
     if method == "hash":
@@ -366,8 +363,8 @@ def _plan_layout_copy(conn: Connection, table: str, *, by: str, method: str,
                   "the rows into the new layout")
     return copy_layout.plan_partition_layout(
         conn, table, by=by, modulus=modulus, values=values, then=then, interval=interval,
-        premake=premake, batch_size=batch_size, notes=[f"strategy copy: {reason}"],
-        warnings=warnings)
+        premake=premake, batch_size=batch_size, jobs=jobs, notes=[f"strategy copy: {reason}"],
+        warnings=warnings, inbound_fks=inbound_fks)
 
 
 def _classify_indexes(info: TableInfo, col: str, strategy: str) -> _Keys:
@@ -465,15 +462,18 @@ def _too_close(base: Any, cut: Any, iv: Interval) -> bool:
 
 def _cutover(info: TableInfo, col: str, method: str, old: QualifiedName, attach: Bound,
              premade: list[tuple[QualifiedName, Bound]], keys: _Keys,
-             pol: policy_mod.Policy, *, cutoff_check: bool, drop_fks: bool
+             pol: policy_mod.Policy, *, cutoff_check: bool, inbound: Inbound
              ) -> list[Statement]:
     name = info.name
     st: list[Statement] = [
         sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(name.ident)]
-    if drop_fks:
-        for fk in info.foreign_keys_in:
-            st.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
-                fk.table.ident, sql.Identifier(fk.name)))
+    # Inbound keys leave the old table first; re-pointed and emulated ones come back last,
+    # referencing the partitioned table (the old one's rows satisfied them a moment ago).
+    for fk in inbound.drop:
+        st.append(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+            fk.table.ident, sql.Identifier(fk.name)))
+    for r in inbound.changed:
+        st.append(ifk.drop_fk(r))
     # The old table's own triggers would fire twice once the parent's are cloned onto it.
     st += dependents.drop_triggers(info, name)
     st.append(sql.SQL("ALTER TABLE {} RENAME TO {}").format(name.ident,
@@ -517,6 +517,10 @@ def _cutover(info: TableInfo, col: str, method: str, old: QualifiedName, attach:
     st += dependents.comments(info, name)
     st += dependents.row_security(info, name)
     st += dependents.views(info)
+    for r in inbound.repoint:
+        st.append(ifk.add_not_valid(r, name))
+    for r in inbound.emulate:
+        st += [*ifk.functions(r), *ifk.triggers(r, name)]
     st.append(pol.upsert())
     return st
 
@@ -546,9 +550,14 @@ class _RevertSpec:
     identities: list[identity.Identity]
     shared_identity: bool  # 17+: the identity is the partitioned table's (see ddl.identity)
     refk: list[tuple[QualifiedName, str, str]]  # inbound FKs to re-add
+    # re-pointed and emulated keys, put back as plain keys on the plain table; validated in
+    # the transaction (the cut-over's undo) or by steps after it (unpartition)
+    back_fks: list[ifk.Rule]
+    emulated: list[ifk.Rule]
+    validate_inline: bool = True
 
     @classmethod
-    def from_info(cls, info: TableInfo, old: QualifiedName, keys: _Keys, *, drop_fks: bool
+    def from_info(cls, info: TableInfo, old: QualifiedName, keys: _Keys, *, inbound: Inbound
                   ) -> _RevertSpec:
         return cls(
             name=info.name, old=old, columns=insert_columns(info),
@@ -560,8 +569,8 @@ class _RevertSpec:
             serials=[(s.name, s.column) for s in info.sequences if s.kind == "serial"],
             identities=identity.identities(info),
             shared_identity=identity.shared_by_partitions(info.server_version),
-            refk=[(fk.table, fk.name, fk.definition) for fk in info.foreign_keys_in]
-            if drop_fks else [])
+            refk=[(fk.table, fk.name, fk.definition) for fk in inbound.drop],
+            back_fks=inbound.changed, emulated=inbound.emulate)
 
 
 def revert_statements(r: _RevertSpec) -> list[Statement]:
@@ -573,6 +582,10 @@ def revert_statements(r: _RevertSpec) -> list[Statement]:
     cols = collist(r.columns)
     st: list[Statement] = [
         sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(name.ident),
+        # an emulated key's child-side trigger carries the key's name: it goes first
+        *[s for fk in r.emulated for s in (*ifk.drop_triggers(fk, name),
+                                           *ifk.drop_functions(fk))],
+        *[ifk.drop_fk(fk, if_exists=True) for fk in r.back_fks if fk not in r.emulated],
         sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(name.ident, old.ident),
         sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
             old.ident, sql.Identifier(CUTOFF_CHECK)),
@@ -610,6 +623,11 @@ def revert_statements(r: _RevertSpec) -> list[Statement]:
             child.ident, sql.Identifier(fkname), sql.SQL(fkdef)))
         st.append(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
             child.ident, sql.Identifier(fkname)))
+    for fk in r.back_fks:
+        st.append(ifk.add_not_valid(fk, name))
+        if r.validate_inline and fk.validated:
+            st.append(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                fk.child.ident, sql.Identifier(fk.name)))
     st.append(policy_mod.Policy.delete(name))
     return st
 
@@ -646,10 +664,14 @@ def plan_unpartition(conn: Connection, table: str) -> Plan:
                       hint=f"unpartition is the way back while the rows still sit in {old.name}"
                            f" (at most {UNPARTITION_MAX_ROWS:,} rows elsewhere); otherwise "
                            "copy the table out instead")
-    if info.foreign_keys_in:
-        raise Refused(f"foreign keys point at {name}: "
-                      + ", ".join(f"{fk.table}.{fk.name}" for fk in info.foreign_keys_in),
-                      hint="drop them first")
+    # Keys re-pointed at the partitioned table, and emulated ones, become plain keys of the
+    # plain table again: NOT VALID in the transaction, validated after it with writes flowing.
+    try:
+        back = [ifk.Rule.from_fk(fk) for fk in info.foreign_keys_in]
+    except ValueError as exc:
+        raise Refused(f"a foreign key pointing at {name} cannot be moved back: {exc}",
+                      hint="drop it first, and re-create it after unpartition") from exc
+    emulated = ifk.emulated(conn, name)
     # Index names: the old table's indexes attached to the parent's take the parent's names back.
     renames = [(r[0], r[1]) for r in conn.execute(
         "SELECT ci.relname, pi.relname FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid"
@@ -659,12 +681,13 @@ def plan_unpartition(conn: Connection, table: str) -> Plan:
     spec = _RevertSpec(
         name=name, old=old.name, columns=insert_columns(info),
         overriding=any(c.identity == "a" for c in info.columns), index_renames=renames,
-        triggers=[t.definition for t in info.triggers],
+        triggers=[t.definition for t in info.triggers if not ifk.is_emulation(t.definition)],
         disabled_triggers=[t.name for t in info.triggers if t.enabled == "D"],
         views=[(v.name, v.definition) for v in info.views if not v.materialized],
         serials=[(s.name, s.column) for s in info.sequences if s.kind == "serial"],
         identities=identity.identities(info),
-        shared_identity=identity.shared_by_partitions(info.server_version), refk=[])
+        shared_identity=identity.shared_by_partitions(info.server_version), refk=[],
+        back_fks=[*back, *emulated], emulated=emulated, validate_inline=False)
     stmts = revert_statements(spec)
     # Privileges and comments given to the partitioned table since the cut-over.
     stmts += [s for s in dependents.grants(info, name)]
@@ -673,14 +696,21 @@ def plan_unpartition(conn: Connection, table: str) -> Plan:
         "unpartition",
         f"one transaction: detach {old.name}, move {moved:,} rows of {len(others)} other "
         f"partition(s) into it, give it back the name {name.name}",
-        stmts, locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, str(name))],
+        stmts, locks=[LockTaken(Lock.ACCESS_EXCLUSIVE, str(name)),
+                      *[LockTaken(Lock.ACCESS_EXCLUSIVE, str(r.child)) for r in spec.back_fks]],
         guard=sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = "
                       "to_regclass({}))").format(name.literal),
         undo=[])
+    fk_steps = [ifk.validate_step(r, name, name=f"validate-fk:{r.name}")
+                for r in spec.back_fks if r.validated]
     notes = [f"{old.name} becomes {name.name} again; partitions dropped: "
              + (", ".join(p.name.name for p in others) or "none")]
-    return Plan("unpartition", name.quoted, {"old_table": old.name.quoted}, [step], notes=notes,
-                requires=preflight.table_change(name),
+    notes += [f"foreign key {r.name} of {r.child} points at the plain {name} again (NOT VALID, "
+              "then validated while writes continue)" for r in spec.back_fks]
+    return Plan("unpartition", name.quoted, {"old_table": old.name.quoted},
+                [step, *fk_steps], notes=notes,
+                requires=[*preflight.table_change(name),
+                          *(preflight.owner(r.child) for r in spec.back_fks)],
                 warnings=[f"the partitions {', '.join(p.name.name for p in others)} are "
                           "dropped after their rows are moved"] if others else [])
 

@@ -9,11 +9,14 @@ moment (the failure mode of naive DELETE+INSERT moves) and is recorded as an ano
 
 from __future__ import annotations
 
+import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import psycopg
@@ -59,7 +62,7 @@ class Workload:
 
     def __init__(self, dsn: str, spec: Spec, *, writers: int = 4, seed: int = 1,
                  max_seconds: float = 60.0, pause_s: float = 0.0,
-                 weights: dict[str, int] | None = None) -> None:
+                 weights: dict[str, int] | None = None, server_log: str | None = None) -> None:
         self.dsn = dsn
         self.spec = spec
         self.n = writers
@@ -71,9 +74,13 @@ class Workload:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started = threading.Barrier(writers + 1)
+        self.server_log_path = server_log
+        self.server_log: StatementLog | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Workload:
+        if self.server_log_path is not None:
+            self.server_log = StatementLog(self.server_log_path)
         for i in range(self.n):
             t = threading.Thread(target=self._writer, args=(i,), daemon=True,
                                  name=f"writer-{i}")
@@ -125,8 +132,27 @@ class Workload:
         return rows
 
     def summary(self) -> str:
-        return (f"writers={self.n} ops={self.ops} errors={len(self.errors)} "
+        text = (f"writers={self.n} ops={self.ops} errors={len(self.errors)} "
                 f"anomalies={len(self.anomalies)} longest_stall_ms={self.max_stall_ms:.1f}")
+        if self.server_log is not None:
+            slow = self.server_log.slow()  # the log read once
+            text += f" longest_server_ms={slow[0][0] if slow else 0.0:.1f} {slow[:2]}"
+        return text
+
+    @property
+    def max_lock_wait_ms(self) -> float:
+        """The writers' longest lock wait as their server logged it (``server_log``, with
+        log_lock_waits on: waits under deadlock_timeout count as 0)."""
+        assert self.server_log is not None, "Workload(server_log=...) reads the server's times"
+        return max(self.server_log.lock_waits(), default=0.0)
+
+    @property
+    def max_server_ms(self) -> float:
+        """The writers' longest statement as their server timed it (needs ``server_log``: the
+        server's log file, with log_min_duration_statement set)."""
+        assert self.server_log is not None, "Workload(server_log=...) reads the server's times"
+        slow = self.server_log.slow()
+        return slow[0][0] if slow else 0.0
 
     def verify(self, conn: psycopg.Connection[Any], *, connection_loss_ok: bool = False,
                fault_error: Callable[[str], bool] | None = None) -> None:
@@ -267,3 +293,138 @@ class Workload:
     def _check(res: WriterResult, op: str, rid: Any, n: int) -> None:
         if n != 1:
             res.anomalies.append(f"{op} of row {rid} touched {n} rows (expected 1)")
+
+
+class StatementLog:
+    """The writers' statements as their server timed them: every one that ran longer than
+    ``log_min_duration_statement`` is logged with its length, measured by the server, so a
+    client thread scheduled late on a busy machine does not inflate it (lock waits count,
+    the client's own delays do not). Read from where the log stood when the writers
+    started; statements under the threshold are not logged (they count as 0)."""
+
+    LINE = re.compile(r"^(\S+ \S+) \S+ \[\d+\] (writer-\d+) LOG:  duration: ([\d.]+) ms  "
+                      r"(?:statement|execute[^:]*|parse[^:]*|bind[^:]*): (.{0,80})")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = os.path.getsize(path)
+
+    WAIT = re.compile(r" (writer-\d+) LOG:  process \d+ acquired (\S+) on (.+?) after "
+                      r"([\d.]+) ms")
+
+    def lock_waits(self) -> list[float]:
+        """The writers' lock waits the server logged (``log_lock_waits``: those longer than
+        ``deadlock_timeout``), in ms, as it measured them."""
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            f.seek(self.offset)
+            return [float(m[4]) for m in map(self.WAIT.search, f) if m]
+
+    def slow(self) -> list[tuple[float, str]]:
+        """(ms, which writer ran what), longest first."""
+        return sorted(((ms, who) for ms, who, _ in self.timed()), reverse=True)
+
+    def timed(self) -> list[tuple[float, str, datetime]]:
+        """(ms, which writer ran what, when it ended: the server's clock, UTC), in log order
+        (the sandbox's log_line_prefix starts with %m, the server's time with milliseconds)."""
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            f.seek(self.offset)
+            return [(float(m[3]), f"{m[2]}: {m[4]}",
+                     datetime.fromisoformat(m[1]).replace(tzinfo=UTC))
+                    for m in map(self.LINE.search, f) if m]
+
+
+class Referencing:
+    """Writers on a table whose foreign key points at the table being converted: each thread
+    INSERTs (RETURNING its id) rows referencing one of ``parents`` (key values no other writer
+    deletes), re-points its own rows at another parent and DELETEs some, remembering what it
+    committed. ``verify`` proves the table holds exactly that and no writer got an error (a
+    refused reference would be one: the foreign key, re-pointed or emulated, lost a parent)."""
+
+    def __init__(self, dsn: str, table: sql.Composable, columns: list[str],
+                 parents: list[tuple[Any, ...]], *, writers: int = 2, seed: int = 7,
+                 id_col: str = "id", max_seconds: float = 60.0) -> None:
+        self.dsn, self.table, self.columns, self.parents = dsn, table, columns, parents
+        self.id_col, self.max_seconds, self.seed = id_col, max_seconds, seed
+        self.expected: dict[Any, tuple[Any, ...]] = {}
+        self.inserted: set[Any] = set()  # every id a writer committed (rows before: not ours)
+        self.errors: list[str] = []
+        self.ops = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._writer, args=(i,), daemon=True)
+                         for i in range(writers)]
+
+    def start(self) -> Referencing:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> Referencing:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=self.max_seconds + 30)
+        return self
+
+    def __enter__(self) -> Referencing:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _writer(self, i: int) -> None:
+        rng = random.Random(self.seed * 1000 + i)
+        cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        ph = sql.SQL(", ").join(sql.Placeholder() * len(self.columns))
+        idc = sql.Identifier(self.id_col)
+        q_insert = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING {}").format(
+            self.table, cols, ph, idc)
+        q_update = sql.SQL("UPDATE {} SET ({}) = ROW({}) WHERE {} = %s").format(
+            self.table, cols, ph, idc)
+        q_delete = sql.SQL("DELETE FROM {} WHERE {} = %s").format(self.table, idc)
+        mine: list[Any] = []
+        deadline = time.monotonic() + self.max_seconds
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=True, application_name=f"ref-{i}")
+        except psycopg.Error as exc:
+            with self._lock:
+                self.errors.append(f"connect: {exc}")
+            return
+        with conn:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                op = rng.choice(["insert", "insert", "update", "delete"]) if mine else "insert"
+                ref = rng.choice(self.parents)
+                try:
+                    if op == "insert":
+                        row = conn.execute(q_insert, list(ref)).fetchone()
+                        assert row is not None
+                        mine.append(row[0])
+                        with self._lock:
+                            self.expected[row[0]] = ref
+                            self.inserted.add(row[0])
+                    elif op == "update":
+                        rid = rng.choice(mine)
+                        conn.execute(q_update, [*ref, rid])
+                        with self._lock:
+                            self.expected[rid] = ref
+                    else:
+                        rid = mine.pop(rng.randrange(len(mine)))
+                        conn.execute(q_delete, [rid])
+                        with self._lock:
+                            del self.expected[rid]
+                    self.ops += 1
+                except psycopg.Error as exc:
+                    with self._lock:
+                        self.errors.append(f"{op}: {type(exc).__name__}: {str(exc).strip()}")
+                    if conn.closed or conn.broken:
+                        return
+
+    def verify(self, conn: psycopg.Connection[Any]) -> None:
+        assert not self.errors, f"referencing writers got errors: {self.errors[:5]}"
+        # rows that were there before the writers started are not theirs to account for
+        assert self.ops > 0, "the referencing writers wrote nothing"
+        cols = sql.SQL(", ").join(map(sql.Identifier, self.columns))
+        got = {r[0]: tuple(r[1:]) for r in conn.execute(sql.SQL("SELECT {}, {} FROM {}").format(
+            sql.Identifier(self.id_col), cols, self.table)) if r[0] in self.inserted}
+        assert got == self.expected, (
+            f"{len(got)} rows, {len(self.expected)} committed; differing: "
+            f"{sorted(set(got.items()) ^ set(self.expected.items()))[:5]}")
