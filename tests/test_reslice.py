@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -188,12 +189,13 @@ def test_split_and_merge_killed_after_each_step(db: Any, conn: Any, cli: Any) ->
     for argv, new, at in (
             # 5 weeks: the pieces move through the holder, a few per transaction
             (["split", "ev_p2026_01", "--interval", "1 week"], 5, {2, 4}),
-            (["merge", "ev_p2026_02_01", "ev_p2026_02_02", "ev_p2026_02_03"], 1, {1, 2, 3, 4, 5})):
+            (["merge", "ev_p2026_02_01", "ev_p2026_02_02", "ev_p2026_02_03"], 1,
+             {1, 2, 3, 4, 5, 6})):
         _kill_reset(conn)
         plan = (plan_split(conn, argv[1], interval=argv[3]) if argv[0] == "split"
                 else plan_merge(conn, argv[1:]))
         steps = [s.name for s in plan.steps]
-        assert len(steps) == 5, steps
+        assert len(steps) == (5 if argv[0] == "split" else 6), steps
         for i, name in enumerate(steps, 1):
             if i not in at:  # carve's other steps are killed in test_fail_each_step
                 continue
@@ -222,6 +224,54 @@ def test_split_and_merge_killed_after_each_step(db: Any, conn: Any, cli: Any) ->
             assert one(conn, "SELECT sum(hashtextextended(t::text, 0)) FROM ev t") == digest
             assert one(conn, "SELECT count(*) FROM pg_class WHERE relname LIKE '%%pgcleave%%'"
                              " AND relnamespace = 'public'::regnamespace") == 0, name
+
+
+def test_merge_waits_for_one_source_holding_no_other(db: Any, conn: Any, cli: Any) -> None:
+    """A writer's open transaction holds the last source while pgcleave waits for it, then
+    writes to the first source. A merge that held the first source's trigger lock while it
+    waited would close a lock cycle, and with deadlock_timeout 10 ms (``lock_waits_logged``)
+    the writer would be its victim. The triggers go one per transaction: the writer goes on,
+    the merge finishes after its commit, and both of its writes are in the merged partition.
+    Killed after the first trigger, the job rolls back to no trigger and resumes."""
+    _ev(conn, 300)
+    d = ("--dsn", db.dsn)
+    argv = ["merge", "ev_p2026_02_01", "ev_p2026_02_02", "ev_p2026_02_03", "--yes"]
+    r = cli(*d, *argv, env={"PGCLEAVE_FAULT": "kill-inside:merge-capture"})
+    assert r.returncode != 0, r.stdout + r.stderr
+    job = one(conn, "SELECT max(id) FROM pgcleave.jobs")
+    trig = "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgcleave%%' AND NOT tgisinternal"
+    assert one(conn, trig) == 1
+    Executor(Settings(dsn=db.dsn)).rollback(job)
+    assert one(conn, trig) == 0
+    assert len(bounds(conn, "ev")) == 9
+    digest = one(conn, "SELECT sum(hashtextextended(t::text, 0)) FROM ev t")
+
+    waiting = ("SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = "
+               "'ShareRowExclusiveLock' AND relation = 'ev_p2026_02_03'::regclass")
+    with db.connect(autocommit=False) as w:
+        w.execute("UPDATE ev SET payload = 'late' WHERE created_at >= '2026-02-03 UTC' AND "
+                  "created_at < '2026-02-04 UTC'")
+        out: list[Any] = []
+        t = threading.Thread(target=lambda: out.append(cli(*d, *argv)))
+        t.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not one(conn, waiting):
+                assert time.monotonic() < deadline and t.is_alive(), out
+                time.sleep(0.002)
+            time.sleep(0.03)  # past pgcleave's own deadlock check, within its lock_timeout
+            w.execute("UPDATE ev SET payload = 'early' WHERE created_at >= '2026-02-01 UTC' "
+                      "AND created_at < '2026-02-02 UTC'")  # the writer's error, if any
+            w.commit()
+        finally:
+            t.join(120)
+    assert out and out[0].returncode == 0, out[0].stdout + out[0].stderr if out else "hung"
+    assert len(bounds(conn, "ev")) == 7
+    assert one(conn, "SELECT count(*) FROM ev_p2026_02_01 WHERE payload IN ('early', 'late')"
+               ) == one(conn, "SELECT count(*) FROM ev_p2026_02_01 WHERE created_at < "
+                              "'2026-02-02 UTC' OR created_at >= '2026-02-03 UTC'") > 0
+    assert one(conn, "SELECT sum(hashtextextended(t::text, 0)) FROM ev t") != digest
+    assert one(conn, trig) == 0
 
 
 def test_bad_input_refused_changing_nothing(db: Any, conn: Any, cli: Any) -> None:

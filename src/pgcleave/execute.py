@@ -540,6 +540,8 @@ class Executor:
                 return (time.monotonic() - t0) * 1000
 
             total += self.retry_locks(conn, attempt_one, step=step, cleanup=cleanup)
+            if step is not None and s is not statements[-1]:
+                _fault("inside", step, -1)  # one statement done (autocommit), not the others
         return total
 
     @staticmethod
@@ -609,7 +611,8 @@ def backoff(attempt: int, base: float = 0.05, cap: float = 5.0) -> float:
 
 def _fault(when: str, step: Step, idx: int) -> None:
     """Fault injection for tests: PGCLEAVE_FAULT=kill-before:STEP, kill-after:STEP, or
-    kill-inside:STEP (statements sent, transaction not yet committed), with STEP a step name or
+    kill-inside:STEP (statements sent, transaction not yet committed; in a step that runs each
+    statement in autocommit, once the first one is done), with STEP a step name or
     its 1-based number, sends SIGKILL to this process at that point, like ``kill -9``;
     fail-before:STEP makes that step fail as a server error would (the job stays resumable)."""
     at = (step.name, str(idx + 1))

@@ -222,9 +222,15 @@ def merge_steps(conn: Connection, info: TableInfo, parts: list[Partition],
         sql.SQL("CREATE TABLE {} AS SELECT {} FROM ONLY {} WITH NO DATA").format(
             log.ident, pk, first.name.ident),
         key_log_function(fname, log, list(src.primary_key.columns))]
-    prepare += [sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW "
-                        "EXECUTE FUNCTION {}()").format(trig, p.name.ident, fname.ident)
-                for p in parts]
+    # Each source's trigger in a transaction of its own (a step of its own, after the
+    # prepare): a transaction that holds SHARE ROW EXCLUSIVE on one source while it waits for
+    # the next one's can deadlock with a writer moving a row between them, and a server whose
+    # deadlock_timeout is under our lock_timeout makes the writer the victim. Holding one lock
+    # at a time, pgcleave is never in a lock cycle. OR REPLACE: a resumed step runs them again.
+    capture = [sql.SQL("CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} "
+                       "FOR EACH ROW EXECUTE FUNCTION {}()").format(trig, p.name.ident,
+                                                                    fname.ident)
+               for p in parts]
     undo_prepare: list[Statement] = [
         sql.SQL("DO $pgcleave$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid"
                 " = {}) THEN RAISE EXCEPTION 'the swap of % has begun: it can only be finished "
@@ -236,14 +242,19 @@ def merge_steps(conn: Connection, info: TableInfo, parts: list[Partition],
         sql.SQL("DROP TABLE IF EXISTS {}").format(tmp.ident)]
     steps = [*pre, Step.sql(
         "merge-prepare" + suffix,
-        f"create {tmp.name} (CHECK of {bound.describe()}, no index yet), a key log, and a "
-        f"capture trigger on each of {names} that fills it", prepare,
+        f"create {tmp.name} (CHECK of {bound.describe()}, no index yet), a key log, and the "
+        "capture function that fills it", prepare,
+        locks=[LockTaken(Lock.ACCESS_SHARE, f"{names} (CREATE TABLE LIKE, brief)")],
+        guard=sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(log.literal),
+        undo=undo_prepare), Step.sql(
+        "merge-capture" + suffix,
+        f"a capture trigger on each of {names}, each in a transaction of its own", capture,
         locks=[LockTaken(Lock.SHARE_ROW_EXCLUSIVE, f"{p.name} (CREATE TRIGGER, brief)")
-               for p in parts],
-        guard=sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = {} AND tgrelid = "
-                      "to_regclass({}))").format(sql.Literal(CAPTURE_TRIGGER),
-                                                 parts[-1].name.literal),
-        undo=undo_prepare)]
+               for p in parts], transactional=False,
+        guard=sql.SQL("SELECT count(*) = {} FROM pg_trigger WHERE tgname = {} AND tgrelid IN "
+                      "({})").format(sql.Literal(len(parts)), sql.Literal(CAPTURE_TRIGGER),
+                                     sql.SQL(", ").join(sql.Literal(p.oid) for p in parts)),
+        nothing_to_undo=True)]
 
     in_log = sql.SQL("({}) IN (SELECT {} FROM {})").format(pk, pk, log.ident)
     over = overriding(src)
