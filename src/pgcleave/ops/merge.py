@@ -227,10 +227,10 @@ def merge_steps(conn: Connection, info: TableInfo, parts: list[Partition],
     # the next one's can deadlock with a writer moving a row between them, and a server whose
     # deadlock_timeout is under our lock_timeout makes the writer the victim. Holding one lock
     # at a time, pgcleave is never in a lock cycle. OR REPLACE: a resumed step runs them again.
-    capture = [sql.SQL("CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} "
-                       "FOR EACH ROW EXECUTE FUNCTION {}()").format(trig, p.name.ident,
-                                                                    fname.ident)
-               for p in parts]
+    capture: list[Statement] = [
+        sql.SQL("CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH "
+                "ROW EXECUTE FUNCTION {}()").format(trig, p.name.ident, fname.ident)
+        for p in parts]
     undo_prepare: list[Statement] = [
         sql.SQL("DO $pgcleave$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid"
                 " = {}) THEN RAISE EXCEPTION 'the swap of % has begun: it can only be finished "
