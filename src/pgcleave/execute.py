@@ -526,7 +526,7 @@ class Executor:
             return self.retry_locks(conn, attempt, step=step, cleanup=cleanup)
 
         total = 0.0
-        for s in statements:
+        for i, s in enumerate(statements):
             def attempt_one(s: str = s) -> float:
                 t0 = time.monotonic()
                 self.set_lock_timeout(conn, timeout, local=False)
@@ -540,7 +540,7 @@ class Executor:
                 return (time.monotonic() - t0) * 1000
 
             total += self.retry_locks(conn, attempt_one, step=step, cleanup=cleanup)
-            if step is not None and s is not statements[-1]:
+            if step is not None and i < len(statements) - 1:
                 _fault("inside", step, -1)  # one statement done (autocommit), not the others
         return total
 

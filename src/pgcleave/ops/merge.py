@@ -240,6 +240,7 @@ def merge_steps(conn: Connection, info: TableInfo, parts: list[Partition],
         sql.SQL("DROP FUNCTION IF EXISTS {}()").format(fname.ident),
         sql.SQL("DROP TABLE IF EXISTS {}").format(log.ident),
         sql.SQL("DROP TABLE IF EXISTS {}").format(tmp.ident)]
+    oids = sql.SQL(", ").join(sql.Literal(p.oid) for p in parts)
     steps = [*pre, Step.sql(
         "merge-prepare" + suffix,
         f"create {tmp.name} (CHECK of {bound.describe()}, no index yet), a key log, and the "
@@ -253,7 +254,7 @@ def merge_steps(conn: Connection, info: TableInfo, parts: list[Partition],
                for p in parts], transactional=False,
         guard=sql.SQL("SELECT count(*) = {} FROM pg_trigger WHERE tgname = {} AND tgrelid IN "
                       "({})").format(sql.Literal(len(parts)), sql.Literal(CAPTURE_TRIGGER),
-                                     sql.SQL(", ").join(sql.Literal(p.oid) for p in parts)),
+                                     oids),
         nothing_to_undo=True)]
 
     in_log = sql.SQL("({}) IN (SELECT {} FROM {})").format(pk, pk, log.ident)
@@ -345,7 +346,6 @@ def merge_steps(conn: Connection, info: TableInfo, parts: list[Partition],
         replay=[render(x) for x in replay],
         catchup_rows=min(catchup_rows, FINAL_REPLAY_ROWS))))
 
-    oids = sql.SQL(", ").join(sql.Literal(p.oid) for p in parts)
     drop: list[Statement] = [
         # by oid, and only once detached: a name may have been given to another table since
         sql.SQL("DO $pgcleave$ DECLARE r record; BEGIN FOR r IN SELECT oid FROM pg_class "
